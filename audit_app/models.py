@@ -1,0 +1,65 @@
+"""The audit trail: one row per /v1 request the relay answers."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Outcome(models.TextChoices):
+    PENDING = "pending", "Pending"
+    OK = "ok", "OK"
+    UPSTREAM_ERROR = "upstream_error", "Upstream error"
+    REJECTED = "rejected", "Rejected by relay"
+    CLIENT_CLOSED = "client_closed", "Client closed"
+    FAILED = "failed", "Failed"
+    INTERRUPTED = "interrupted", "Interrupted"
+
+
+class ApiCall(models.Model):
+    """Written before the call goes upstream, completed once the response is sent.
+
+    No bodies and no secrets: only what an admin needs to answer "who called
+    what, when, and how did it end".
+    """
+
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)
+
+    key = models.ForeignKey(
+        "proxy_app.RelayKey", null=True, blank=True, on_delete=models.PROTECT, related_name="calls"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+        related_name="api_calls",
+    )
+
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=2048)
+    family = models.CharField("endpoint family", max_length=32, blank=True)
+    model = models.CharField(max_length=128, blank=True)
+    stream = models.BooleanField(default=False)
+
+    upstream_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    status = models.PositiveSmallIntegerField("status sent", null=True, blank=True)
+    upstream_request_id = models.CharField(max_length=128, blank=True)
+    bytes_in = models.BigIntegerField(default=0)
+    bytes_out = models.BigIntegerField(default=0)
+
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=512, blank=True)
+    error = models.CharField(max_length=1024, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [
+            models.Index(fields=["-started_at"], name="apicall_started"),
+            models.Index(fields=["user", "-started_at"], name="apicall_user_started"),
+            models.Index(fields=["key", "-started_at"], name="apicall_key_started"),
+            models.Index(fields=["outcome", "started_at"], name="apicall_outcome_started"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} [{self.outcome}]"

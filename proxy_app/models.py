@@ -1,0 +1,88 @@
+"""Relay keys: the personal credentials staff tools use instead of the OpenAI key."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+KEY_PREFIX = "tr-"
+# Characters of the key kept in clear to recognise it by (prefix included).
+VISIBLE_CHARS = 10
+# last_used_at is a hint for admins, not an audit field: writing it on every
+# request would double the writes on the hot path.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+class RelayKeyQuerySet(models.QuerySet):
+    def active(self, now: datetime | None = None) -> "RelayKeyQuerySet":
+        now = now or timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+
+class RelayKey(models.Model):
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="relay_keys"
+    )
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=VISIBLE_CHARS, db_index=True, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = RelayKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        label = f"{self.prefix}…"
+        return f"{label} ({self.name})" if self.name else label
+
+    @classmethod
+    def issue(
+        cls, owner, *, name: str = "", expires_at: datetime | None = None
+    ) -> tuple["RelayKey", str]:
+        """Create a key and return it with its plaintext, which is never stored."""
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = cls.objects.create(
+            owner=owner,
+            name=name,
+            prefix=plaintext[:VISIBLE_CHARS],
+            key_hash=hash_key(plaintext),
+            expires_at=expires_at,
+        )
+        return key, plaintext
+
+    @classmethod
+    def lookup(cls, plaintext: str) -> "RelayKey | None":
+        return cls.objects.select_related("owner").filter(key_hash=hash_key(plaintext)).first()
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])
+
+    def touch(self, now: datetime | None = None) -> None:
+        now = now or timezone.now()
+        if self.last_used_at is None or now - self.last_used_at > LAST_USED_RESOLUTION:
+            type(self).objects.filter(pk=self.pk).update(last_used_at=now)
+            self.last_used_at = now

@@ -1,0 +1,248 @@
+"""The forwarding pipeline that serves every relayed /v1 path.
+
+authenticate -> policy -> open the audit row -> forward -> pass the response
+through while observers watch it -> close the audit row.
+
+Authentication and path policy run in the DRF view; this module does the rest.
+Bodies move in chunks both ways: nothing here holds a whole body.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import requests
+import urllib3
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpRequest, StreamingHttpResponse
+
+from audit_app.models import Outcome
+from audit_app.recorder import CallContext, close_call, open_call, release_connection
+
+from . import headers as header_rules
+from . import policy, upstream
+from .errors import AuditUnavailable, BodyTooLarge, RelayError, UpstreamTimeout, UpstreamUnreachable
+from .observers import Observer, observers_for
+from .paths import ApiPath
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+# Responses at most this large (with a known length) keep their DB connection;
+# anything longer or open-ended gives it back while it streams.
+_SHORT_RESPONSE = 256 * 1024
+_SSE_ERROR = (
+    b'event: error\ndata: {"error": {"message": "The OpenAI API closed the stream early.", '
+    b'"type": "server_error", "param": null, "code": "upstream_disconnected"}}\n\n'
+)
+
+
+class RequestBody:
+    """The client's body as an iterable for `requests`, read and observed chunk by chunk.
+
+    `__len__` gives requests the client's Content-Length, so upstream gets the
+    same framing; 0 (unknown) makes requests send it chunked.
+    """
+
+    def __init__(self, source: BinaryIO, length: int | None, observers: list[Observer]) -> None:
+        self.source = source
+        self.length = length
+        self.observers = observers
+        self.bytes_read = 0
+        self.error: RelayError | None = None
+
+    def __len__(self) -> int:
+        return self.length or 0
+
+    def __bool__(self) -> bool:
+        return True  # a body of unknown length is still a body
+
+    def __iter__(self) -> Iterator[bytes]:
+        limit = settings.RELAY_MAX_BODY_BYTES
+        while True:
+            chunk = self.source.read(CHUNK)
+            if not chunk:
+                return
+            self.bytes_read += len(chunk)
+            if self.bytes_read > limit:
+                # A chunked body has no Content-Length to refuse up front.
+                self.error = BodyTooLarge(f"The request body exceeds the relay's limit of {limit} bytes.")
+                raise self.error
+            for observer in self.observers:
+                observer.on_request_chunk(chunk)
+            yield chunk
+
+
+class RelayedBody:
+    """Upstream's response body on its way to the client.
+
+    Django calls `close()` when the response is done, normally or not; that is
+    where the audit row is completed and the upstream connection let go.
+    """
+
+    def __init__(self, call_id: int, ctx: CallContext, resp: requests.Response,
+                 body: RequestBody | None, observers: list[Observer]) -> None:
+        self.call_id = call_id
+        self.ctx = ctx
+        self.resp = resp
+        self.body = body
+        self.observers = observers
+        self.is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
+        self.bytes_out = 0
+        self.finished = False
+        self.broken: str | None = None
+        self.closed = False
+        self._gen = self._relay()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._gen
+
+    def _relay(self) -> Iterator[bytes]:
+        raw = self.resp.raw
+        try:
+            while True:
+                chunk = raw.read1(CHUNK, decode_content=False)
+                if not chunk:
+                    break
+                self.bytes_out += len(chunk)
+                for observer in self.observers:
+                    observer.on_response_chunk(chunk)
+                yield chunk
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            self.broken = f"upstream broke off the response: {type(exc).__name__}"
+            if self.is_sse:
+                yield _SSE_ERROR
+            # Dropping the client connection, not ending cleanly, is what tells
+            # the client its response is incomplete. ECONNRESET is what the
+            # server quietly treats as a dropped peer.
+            raise ConnectionResetError(errno.ECONNRESET, "upstream closed the response early") from None
+        self.finished = True
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._gen.close()
+        # Closing an unfinished response drops its socket at once rather than
+        # reading the rest: a client that left should stop upstream work too.
+        self.resp.close()
+        status = self.resp.status_code
+        if self.broken:
+            outcome, error = Outcome.FAILED, self.broken
+        elif not self.finished:
+            outcome, error = Outcome.CLIENT_CLOSED, "client closed the connection before the response ended"
+        else:
+            outcome = Outcome.OK if status < 400 else Outcome.UPSTREAM_ERROR
+            error = ""
+        fields: dict[str, Any] = {"error": error}
+        for observer in self.observers:
+            fields.update(observer.audit_fields())
+        if error:
+            fields["error"] = error
+        close_call(
+            self.call_id, self.ctx, outcome=outcome, status=status, upstream_status=status,
+            upstream_request_id=self.resp.headers.get("x-request-id", "")[:128],
+            bytes_in=self.body.bytes_read if self.body else 0, bytes_out=self.bytes_out, **fields,
+        )
+
+
+def _body_framing(request: HttpRequest) -> tuple[BinaryIO | None, int | None, bool]:
+    meta = request.META
+    chunked = "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower()
+    raw_length = meta.get("CONTENT_LENGTH") or ""
+    try:
+        length = int(raw_length) if raw_length else None
+    except ValueError:
+        raise RelayError("Content-Length is not a number.", code="invalid_content_length") from None
+    if length is not None and length < 0:
+        raise RelayError("Content-Length is negative.", code="invalid_content_length")
+    if chunked:
+        # Django only reads up to Content-Length; a chunked body comes straight
+        # from the server's (already de-chunked) input stream.
+        return meta["wsgi.input"], None, True
+    if length:
+        return request, length, False
+    return None, None, False
+
+
+def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> StreamingHttpResponse:
+    source, length, chunked = _body_framing(request)
+    content_type = request.META.get("CONTENT_TYPE", "")
+    policy.check_body(content_type, length, chunked)
+    observers = observers_for(api_path, content_type)
+
+    try:
+        call = open_call(ctx)
+    except DatabaseError:
+        log.exception("audit: cannot open a row; refusing to forward")
+        raise AuditUnavailable() from None
+
+    body = RequestBody(source, length, observers) if source is not None else None
+    try:
+        resp = _send(request, api_path, body)
+    except Exception as exc:
+        relay_exc = body.error if body is not None and body.error else _map_send_error(exc)
+        error = relay_exc.message if isinstance(relay_exc, RelayError) else type(exc).__name__
+        close_call(
+            call.pk, ctx, outcome=Outcome.REJECTED if isinstance(relay_exc, BodyTooLarge) else Outcome.FAILED,
+            status=getattr(relay_exc, "status_code", 500), error=error,
+            bytes_in=body.bytes_read if body else 0, **_fields(observers),
+        )
+        relay_exc.audited = True  # type: ignore[attr-defined]
+        raise relay_exc from None
+
+    for observer in observers:
+        observer.on_response_start(resp.status_code, resp.headers)
+    relayed = RelayedBody(call.pk, ctx, resp, body, observers)
+    response = StreamingHttpResponse(relayed, status=resp.status_code)
+    # Django sets a default content type; upstream's (or none) is what counts.
+    del response["Content-Type"]
+    for name, value in header_rules.response_headers(resp.raw.headers.items()):
+        response[name] = value
+    if relayed.is_sse:
+        response["X-Accel-Buffering"] = "no"  # tell nginx & co. not to buffer the stream
+    content_length = resp.headers.get("content-length")
+    if relayed.is_sse or not content_length or int(content_length) > _SHORT_RESPONSE:
+        release_connection()
+    return response
+
+
+def _send(request: HttpRequest, api_path: ApiPath, body: RequestBody | None) -> requests.Response:
+    session = upstream.session()
+    prepared = session.prepare_request(
+        requests.Request(
+            method=request.method,
+            url=upstream.url_for(api_path.upstream_suffix, ""),
+            headers=header_rules.request_headers_from_meta(request.META),
+            data=body,
+        )
+    )
+    # The client's query string goes upstream byte for byte: requests would
+    # re-quote it (and reorder nothing, but normalise escapes) if given to it.
+    query = request.META.get("QUERY_STRING", "")
+    if query:
+        prepared.url = f"{prepared.url}?{query}"
+    return session.send(prepared, stream=True, timeout=upstream.timeouts(), allow_redirects=False)
+
+
+def _map_send_error(exc: Exception) -> Exception:
+    if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout)):
+        return UpstreamTimeout()
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return UpstreamUnreachable()
+    if isinstance(exc, RelayError):
+        return exc
+    log.exception("relay: unexpected error sending upstream", exc_info=exc)
+    return RelayError("The relay failed to forward this request.", status=502,
+                      code="relay_forward_failed")
+
+
+def _fields(observers: list[Observer]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for observer in observers:
+        fields.update(observer.audit_fields())
+    fields.pop("error", None)
+    return fields

@@ -1,0 +1,94 @@
+"""Thin views: the relay's own endpoints and the one view that forwards /v1."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from rest_framework.exceptions import NotAuthenticated
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from audit_app.recorder import CallContext, record_rejected
+
+from . import paths, pipeline, policy
+from .auth import HasRelayKey
+from .errors import error_response, render_exception
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    if settings.RELAY_TRUST_X_FORWARDED_FOR:
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+        if forwarded:
+            return forwarded.split(",")[0].strip() or None
+    return request.META.get("REMOTE_ADDR") or None
+
+
+class LocalView(APIView):
+    """Answered by the relay itself, no key needed, never audited."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    http_method_names = ["get", "head"]
+    body: dict = {"status": "ok"}
+
+    def get(self, request: Request) -> JsonResponse:
+        return JsonResponse(self.body)
+
+
+class HealthView(LocalView):
+    body = {"status": "ok", "version": settings.VERSION}
+
+
+class PingView(LocalView):
+    pass
+
+
+class RelayView(APIView):
+    """Every relayed /v1 path, every method, through the one pipeline."""
+
+    http_method_names = ["get", "post", "put", "patch", "delete", "head", "options"]
+
+    @property
+    def default_response_headers(self) -> dict[str, str]:
+        return {}  # upstream's headers are the response's headers
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        django_request = request._request
+        self.ctx = CallContext(
+            method=request.method,
+            path=django_request.path,
+            family=paths.family_hint(django_request.path),
+            client_ip=client_ip(django_request),
+            user_agent=django_request.META.get("HTTP_USER_AGENT", ""),
+        )
+        super().initial(request, *args, **kwargs)  # authentication, permissions
+        self.ctx.key, self.ctx.user = request.auth, request.user
+        self.api_path = paths.parse(django_request.path)
+        policy.check_path(self.api_path)
+
+    def permission_denied(self, request: Request, message: str | None = None, code: str | None = None):
+        # DRF drops the permission's message when nobody authenticated.
+        if request.auth is None:
+            raise NotAuthenticated(HasRelayKey.message)
+        super().permission_denied(request, message, code)
+
+    def relay(self, request: Request, *args, **kwargs):
+        return pipeline.forward(request._request, self.api_path, self.ctx)
+
+    get = post = put = patch = delete = head = options = relay
+
+    def handle_exception(self, exc: Exception):
+        response = render_exception(exc)
+        if hasattr(self, "ctx") and not getattr(exc, "audited", False):
+            record_rejected(self.ctx, response.status_code, response.relay_error)
+        return response
+
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return error_response(404, f"Unknown path {request.path}.", code="unknown_url")
+
+
+def server_error(request: HttpRequest) -> JsonResponse:
+    return error_response(500, "The relay failed to handle this request.", type="server_error",
+                          code="relay_error")

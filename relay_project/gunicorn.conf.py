@@ -1,0 +1,31 @@
+"""Production gunicorn settings. Every value can be overridden from the environment.
+
+Worker class: gevent. A relay spends nearly all its time waiting on OpenAI,
+and a streamed response can stay open for minutes. Sync workers would hold a
+whole process per open stream, and gthread a whole OS thread; a gevent worker
+holds a greenlet (a few KB), so a handful of processes keep thousands of
+streams open while each chunk is still written to the socket as it arrives.
+requests, psycopg 3 and the socket calls all cooperate with gevent once it has
+patched the standard library, which the gevent worker does before loading the
+application.
+"""
+import multiprocessing
+import os
+
+bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
+# Concurrent requests per gevent worker.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
+# gevent workers heartbeat from the event loop, so this only fires on a stuck
+# worker, not on a long stream.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "60"))
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
+# Big uploads and many SDK headers are normal; keep gunicorn's other limits.
+limit_request_field_size = 16384
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+# Trust X-Forwarded-* only from the reverse proxy in front.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")

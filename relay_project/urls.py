@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import path, re_path
+
+from proxy_app import views
+
+urlpatterns = [
+    path("", views.HealthView.as_view()),
+    path("health", views.HealthView.as_view()),
+    path("v1/health", views.HealthView.as_view()),
+    path("v1/actions/ping", views.PingView.as_view()),
+    path("admin/", admin.site.urls),
+    re_path(r"^v1(?:/.*)?$", views.RelayView.as_view()),
+]
+
+handler404 = "proxy_app.views.not_found"
+handler500 = "proxy_app.views.server_error"

@@ -1,0 +1,16 @@
+"""Settings for the test suite: production settings with test credentials.
+
+DATABASE_URL still comes from the environment, so the same suite runs on
+SQLite (default) and PostgreSQL (`.ci/run`).
+"""
+import os
+
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
+# A recognisable fake: tests assert it reaches upstream and never anything else.
+os.environ.setdefault("OPENAI_API_KEY", "sk-upstream-SECRET-0123456789")
+os.environ.setdefault("ALLOWED_HOSTS", "*")
+
+from relay_project.settings import *  # noqa: E402,F401,F403
+
+STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
