@@ -41,6 +41,19 @@ class RelayKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
 
+    # Scope and limits; empty means no restriction.
+    allowed_families = models.JSONField(
+        default=list, blank=True,
+        help_text='endpoint families this key may call, e.g. ["responses", "embeddings"]; empty: all',
+    )
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text='models this key may use, e.g. ["gpt-4o-mini"]; empty: all'
+    )
+    monthly_budget_usd = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True, help_text="USD per calendar month"
+    )
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+
     objects = RelayKeyQuerySet.as_manager()
 
     class Meta:
@@ -86,3 +99,17 @@ class RelayKey(models.Model):
         if self.last_used_at is None or now - self.last_used_at > LAST_USED_RESOLUTION:
             type(self).objects.filter(pk=self.pk).update(last_used_at=now)
             self.last_used_at = now
+
+
+class UserLimit(models.Model):
+    """Limits that apply to all of a user's keys together."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="relay_limit"
+    )
+    monthly_budget_usd = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True, help_text="USD per calendar month"
+    )
+
+    def __str__(self) -> str:
+        return f"limits for {self.user}"

@@ -5,6 +5,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from .tokens import TokenUsage
+
 
 class Outcome(models.TextChoices):
     PENDING = "pending", "Pending"
@@ -16,7 +18,7 @@ class Outcome(models.TextChoices):
     INTERRUPTED = "interrupted", "Interrupted"
 
 
-class ApiCall(models.Model):
+class ApiCall(TokenUsage):
     """Written before the call goes upstream, completed once the response is sent.
 
     No bodies and no secrets: only what an admin needs to answer "who called
@@ -51,6 +53,16 @@ class ApiCall(models.Model):
     user_agent = models.CharField(max_length=512, blank=True)
     error = models.CharField(max_length=1024, blank=True)
     outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING)
+
+    # Usage beyond tokens, for endpoints that bill by the unit.
+    images = models.PositiveIntegerField(null=True, blank=True)
+    audio_seconds = models.DecimalField(max_digits=12, decimal_places=3, null=True, blank=True)
+    characters = models.PositiveIntegerField(null=True, blank=True)
+    # A call with usage but no price for its model: cost stays NULL, never 0.
+    unpriced = models.BooleanField(default=False)
+    price = models.ForeignKey(
+        "audit_app.ModelPrice", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
 
     class Meta:
         ordering = ["-started_at"]

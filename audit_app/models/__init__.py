@@ -1,0 +1,10 @@
+"""The audit models, one module per kind of record."""
+from .batches import BatchRecord, BatchResult, BatchStatus
+from .calls import ApiCall, Outcome
+from .files import FileOrigin, FileRecord, UploadRecord
+from .usage import ModelPrice, UsageDaily
+
+__all__ = [
+    "ApiCall", "Outcome", "ModelPrice", "UsageDaily", "FileRecord", "FileOrigin", "UploadRecord",
+    "BatchRecord", "BatchResult", "BatchStatus",
+]

@@ -1,0 +1,79 @@
+"""Prices and daily usage rollups: what answers "who spent what"."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from .tokens import MONEY
+
+PRICE = dict(max_digits=20, decimal_places=10, null=True, blank=True)
+
+
+class ModelPrice(models.Model):
+    """A model's price list from a date on. Token prices are USD per 1M tokens.
+
+    Rows are never rewritten when prices change: a new row with a later
+    `effective_from` keeps past calls priced as they were.
+    """
+
+    model = models.CharField(max_length=128)
+    effective_from = models.DateTimeField(default=timezone.now)
+    input_per_1m = models.DecimalField("input / 1M", **PRICE)
+    cached_input_per_1m = models.DecimalField("cached input / 1M", **PRICE)
+    output_per_1m = models.DecimalField("output / 1M", **PRICE)
+    batch_input_per_1m = models.DecimalField("batch input / 1M", **PRICE)
+    batch_output_per_1m = models.DecimalField("batch output / 1M", **PRICE)
+    per_image = models.DecimalField(**PRICE)
+    per_second = models.DecimalField("per audio second", **PRICE)
+    per_character = models.DecimalField("per character", **PRICE)
+    source = models.CharField(max_length=64, blank=True, help_text="where the price came from")
+
+    class Meta:
+        ordering = ["model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "effective_from"], name="modelprice_model_from"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} from {self.effective_from:%Y-%m-%d}"
+
+
+class UsageDaily(models.Model):
+    """Per day, user, key, model and endpoint family: kept current as calls finish,
+    so that dashboards and budgets never scan raw calls, and totals outlive pruning."""
+
+    date = models.DateField()
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    key = models.ForeignKey("proxy_app.RelayKey", on_delete=models.PROTECT, related_name="+")
+    model = models.CharField(max_length=128, blank=True)
+    family = models.CharField("endpoint family", max_length=32, blank=True)
+
+    calls = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    images = models.BigIntegerField(default=0)
+    audio_seconds = models.DecimalField(max_digits=16, decimal_places=3, default=0)
+    characters = models.BigIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=0, help_text="USD, priced calls only")
+    unpriced_calls = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "usage (daily)"
+        ordering = ["-date"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["date", "user", "key", "model", "family"], name="usagedaily_bucket"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["user", "date"], name="usagedaily_user_date"),
+            models.Index(fields=["key", "date"], name="usagedaily_key_date"),
+            models.Index(fields=["model", "date"], name="usagedaily_model_date"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.date} {self.user_id}/{self.key_id} {self.model or '-'}"
