@@ -4,3 +4,12 @@ from django.apps import AppConfig
 class AuditAppConfig(AppConfig):
     name = "audit_app"
     verbose_name = "Audit trail"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_save
+
+        from .models import ModelPrice
+        from .pricing import clear_cache
+
+        post_save.connect(clear_cache, sender=ModelPrice, dispatch_uid="price-cache-save")
+        post_delete.connect(clear_cache, sender=ModelPrice, dispatch_uid="price-cache-delete")

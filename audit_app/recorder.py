@@ -1,8 +1,8 @@
 """Opening and closing ApiCall rows: the audit half of the forwarding pipeline.
 
 The row is committed before anything goes upstream (no call without its row)
-and completed by a single UPDATE when the response has been sent, whatever
-way it ended.
+and completed, priced and added to the daily rollups in one short
+transaction when the response has been sent, whatever way it ended.
 """
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.utils import timezone
 
+from . import pricing, rollups
 from .models import ApiCall, Outcome
+from .usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +78,51 @@ def record_rejected(ctx: CallContext, status: int, message: str) -> None:
         log.exception("audit: could not record a rejected %s %s", ctx.method, ctx.path)
 
 
-def close_call(call_id: int, ctx: CallContext, **fields: Any) -> None:
-    """Complete the row. Retries once on a fresh connection, because this runs
-    after a long stream whose connection may have been recycled meanwhile."""
+def priced_fields(usage: Usage | None, model: str, at, *, batch: bool = False) -> dict[str, Any]:
+    """Usage columns plus cost, price and the unpriced flag, for a call or a result."""
+    if usage is None or usage.is_empty:
+        return {}
+    price = pricing.price_for(model, at)
+    cost = pricing.cost_of(usage, price, batch=batch)
+    return {**usage.as_fields(), "cost": cost, "unpriced": cost is None,
+            "price": price if cost is not None else None}
+
+
+def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
+               usage_hint: Usage | None = None, response_model: str = "", **fields: Any) -> None:
+    """Complete the row, price it and add it to the rollups, in one transaction.
+
+    Retries once on a fresh connection, because this runs after a long stream
+    whose connection may have gone meanwhile. Never raises: the row then stays
+    pending and `reconcile_calls` marks it interrupted.
+    """
     if "error" in fields:
         fields["error"] = (fields["error"] or "")[:_ERROR_MAX]
     fields.update(_finish_fields(ctx))
+    if usage is not None or usage_hint is not None:
+        usage = (usage or Usage()).merge(usage_hint)
+        # The model upstream reports is the most specific name (a dated snapshot).
+        fields.update(priced_fields(usage, response_model or fields.get("model", ""), ctx.started_at))
+    if not fields.get("model") and response_model:
+        fields["model"] = response_model[:128]
     for attempt in (1, 2):
         try:
-            ApiCall.objects.filter(pk=call_id).update(**fields)
+            with transaction.atomic():
+                ApiCall.objects.filter(pk=call_id).update(**fields)
+                if ctx.key is not None:
+                    rollups.add_call(ApiCall(
+                        started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
+                        family=ctx.family, **{k: v for k, v in fields.items() if k in _ROLLUP_FIELDS},
+                    ))
             return
         except DatabaseError:
             if attempt == 2:
-                # The row stays pending; reconcile_calls will mark it interrupted.
                 log.exception("audit: could not complete call %s", call_id)
             else:
                 connection.close()
+
+
+_ROLLUP_FIELDS = frozenset({"model", "unpriced", "cost", *Usage.STORED})
 
 
 def release_connection() -> None:

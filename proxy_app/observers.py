@@ -2,26 +2,55 @@
 
 An observer sees the request body and the response as they stream past and
 contributes fields to the audit row at the end. What is special about an
-endpoint family lives here, not in a view of its own.
+endpoint family lives here, not in a view of its own. Hooks, in call order:
+
+- `rewrite_request(source, length)`: the rare observer that must change the
+  request (bounded in size) returns a new body source and length;
+- `on_request_chunk(chunk)`: each chunk of the request body on its way up;
+- `on_response_start(status, headers)`;
+- `transform(chunk) -> bytes` / `flush() -> bytes`: only for observers with
+  `transforms = True`; may hold back or change bytes going to the client;
+- `on_response_chunk(chunk)`: each chunk from upstream, as received;
+- `audit_fields()`: what it learned, for the audit row. The key `usage`
+  carries a `Usage`, `response_model` the model upstream says it used.
 """
 from __future__ import annotations
 
+import io
 import json
-from typing import Any
+from typing import Any, BinaryIO
+
+from django.conf import settings
+
+from audit_app.usage import Usage
 
 from .paths import ApiPath
 from .policy import media_type
 from .sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
+from .sse import ChatUsageStripper, SseUsageScanner
 
-_REQUEST_FIELDS = frozenset({"model", "stream"})
+_REQUEST_FIELDS = frozenset({"model", "stream", "n"})
+# The text a speech request turns into audio: what tts models bill by.
+_SPEECH_INPUT_LIMIT = 64 * 1024
 
 
 class Observer:
+    transforms = False
+
+    def rewrite_request(self, source: BinaryIO, length: int | None) -> tuple[BinaryIO, int | None]:
+        return source, length
+
     def on_request_chunk(self, chunk: bytes) -> None:
         pass
 
     def on_response_start(self, status: int, headers: Any) -> None:
         pass
+
+    def transform(self, chunk: bytes) -> bytes:
+        return chunk
+
+    def flush(self) -> bytes:
+        return b""
 
     def on_response_chunk(self, chunk: bytes) -> None:
         pass
@@ -31,35 +60,146 @@ class Observer:
 
 
 class RequestFields(Observer):
-    """`model` and `stream` from a JSON body or multipart form fields."""
+    """`model`, `stream` and billing hints from a JSON body or multipart form fields."""
 
-    def __init__(self, content_type: str) -> None:
+    def __init__(self, api_path: ApiPath, content_type: str) -> None:
         kind = media_type(content_type)
-        boundary = boundary_of(content_type) if kind == "multipart/form-data" else None
-        self.sniffer: JsonFieldSniffer | MultipartFieldSniffer | None
+        self.speech = api_path.path == "/v1/audio/speech"
+        self.images = api_path.family == "images"
+        self.sniffer: JsonFieldSniffer | MultipartFieldSniffer | None = None
         if kind == "application/json":
-            self.sniffer = JsonFieldSniffer(_REQUEST_FIELDS)
-        elif boundary:
+            wanted = _REQUEST_FIELDS | {"input"} if self.speech else _REQUEST_FIELDS
+            self.sniffer = JsonFieldSniffer(wanted, limits={"input": _SPEECH_INPUT_LIMIT})
+        elif kind == "multipart/form-data" and (boundary := boundary_of(content_type)):
             self.sniffer = MultipartFieldSniffer(boundary, _REQUEST_FIELDS)
-        else:
-            self.sniffer = None
         self.is_event_stream = False
+        self.status = 0
 
     def on_request_chunk(self, chunk: bytes) -> None:
         if self.sniffer is not None:
             self.sniffer.feed(chunk)
 
     def on_response_start(self, status: int, headers: Any) -> None:
+        self.status = status
         self.is_event_stream = media_type(headers.get("content-type", "")) == "text/event-stream"
 
     def audit_fields(self) -> dict[str, Any]:
         values = self.sniffer.values if self.sniffer is not None else {}
         model = values.get("model")
-        stream = values.get("stream") in (True, "true", "True")
-        return {
+        fields: dict[str, Any] = {
             "model": model[:128] if isinstance(model, str) else "",
-            "stream": stream or self.is_event_stream,
+            "stream": values.get("stream") in (True, "true", "True") or self.is_event_stream,
         }
+        if self.status < 400:
+            hint = Usage()
+            if self.speech and isinstance(values.get("input"), str):
+                hint.characters = len(values["input"])
+            if self.images:
+                n = values.get("n")
+                hint.images = int(n) if isinstance(n, int) or (isinstance(n, str) and n.isdigit()) else 1
+            if not hint.is_empty:
+                fields["usage_hint"] = hint
+        return fields
+
+
+class ResponseUsage(Observer):
+    """Usage from a JSON response body (top-level `usage`) or an SSE stream."""
+
+    def __init__(self) -> None:
+        self.json: JsonFieldSniffer | None = None
+        self.sse: SseUsageScanner | None = None
+
+    def on_response_start(self, status: int, headers: Any) -> None:
+        kind = media_type(headers.get("content-type", ""))
+        if kind == "text/event-stream":
+            self.sse = SseUsageScanner()
+        elif kind == "application/json":
+            self.json = JsonFieldSniffer(frozenset({"model"}), frozenset({"usage"}))
+
+    def on_response_chunk(self, chunk: bytes) -> None:
+        if self.sse is not None:
+            self.sse.feed(chunk)
+        elif self.json is not None:
+            self.json.feed(chunk)
+
+    def audit_fields(self) -> dict[str, Any]:
+        if self.sse is not None:
+            usage, model = self.sse.usage, self.sse.model
+        elif self.json is not None:
+            usage, model = self.json.values.get("usage"), self.json.values.get("model")
+        else:
+            return {}
+        fields: dict[str, Any] = {}
+        if (parsed := Usage.from_api(usage)) is not None:
+            fields["usage"] = parsed
+        if isinstance(model, str):
+            fields["response_model"] = model
+        return fields
+
+
+class ChatStreamUsage(Observer):
+    """Streamed chat and completions report usage only when asked to.
+
+    When the client did not ask (`stream_options.include_usage`), the relay
+    asks for it and strips what that adds, so the client's bytes are what it
+    would have got directly. The request must be read to know; chat request
+    bodies are small, and anything over RELAY_REWRITE_MAX_BYTES is passed on
+    untouched (and its usage goes unrecorded) rather than held in memory.
+    """
+
+    transforms = True
+
+    def __init__(self) -> None:
+        self.stripper: ChatUsageStripper | None = None
+
+    def rewrite_request(self, source: BinaryIO, length: int | None) -> tuple[BinaryIO, int | None]:
+        if length is None or length > settings.RELAY_REWRITE_MAX_BYTES:
+            return source, length
+        raw = source.read(length)
+        rewritten = _with_include_usage(raw)
+        if rewritten is not None:
+            raw = rewritten
+            self.stripper = ChatUsageStripper()
+        return io.BytesIO(raw), len(raw)
+
+    def on_response_start(self, status: int, headers: Any) -> None:
+        if status >= 400 or media_type(headers.get("content-type", "")) != "text/event-stream":
+            self.stripper = None
+
+    def transform(self, chunk: bytes) -> bytes:
+        return self.stripper.transform(chunk) if self.stripper else chunk
+
+    def flush(self) -> bytes:
+        return self.stripper.flush() if self.stripper else b""
+
+    def audit_fields(self) -> dict[str, Any]:
+        if self.stripper is None or (usage := Usage.from_api(self.stripper.usage)) is None:
+            return {}
+        fields: dict[str, Any] = {"usage": usage}
+        if self.stripper.model:
+            fields["response_model"] = self.stripper.model
+        return fields
+
+
+def _with_include_usage(raw: bytes) -> bytes | None:
+    """The body with include_usage turned on, or None if it needs no change."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None  # upstream will say what is wrong with it
+    if not isinstance(body, dict) or body.get("stream") is not True:
+        return None
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return None
+    if options is None:
+        # Splice rather than re-serialise: every other byte stays the client's.
+        start = raw.index(b"{") + 1
+        return raw[:start] + b'"stream_options":{"include_usage":true},' + raw[start:]
+    if not isinstance(options, dict):
+        return None
+    body["stream_options"] = {**options, "include_usage": True}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class UpstreamError(Observer):
@@ -88,5 +228,10 @@ class UpstreamError(Observer):
         return {"error": f"upstream {self.status}: {message}"}
 
 
-def observers_for(api_path: ApiPath, content_type: str) -> list[Observer]:
-    return [RequestFields(content_type), UpstreamError()]
+def observers_for(api_path: ApiPath, method: str, content_type: str) -> list[Observer]:
+    observers: list[Observer] = [RequestFields(api_path, content_type)]
+    if method == "POST" and api_path.path in ("/v1/chat/completions", "/v1/completions") \
+            and media_type(content_type) == "application/json":
+        observers.append(ChatStreamUsage())
+    observers += [ResponseUsage(), UpstreamError()]
+    return observers

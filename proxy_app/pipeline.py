@@ -102,15 +102,19 @@ class RelayedBody:
 
     def _relay(self) -> Iterator[bytes]:
         raw = self.resp.raw
+        transformers = [o for o in self.observers if o.transforms]
         try:
             while True:
                 chunk = raw.read1(CHUNK, decode_content=False)
                 if not chunk:
                     break
-                self.bytes_out += len(chunk)
                 for observer in self.observers:
                     observer.on_response_chunk(chunk)
-                yield chunk
+                for transformer in transformers:
+                    chunk = transformer.transform(chunk)
+                if chunk:  # an empty write would end a chunked response early
+                    self.bytes_out += len(chunk)
+                    yield chunk
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             self.broken = f"upstream broke off the response: {type(exc).__name__}"
             if self.is_sse:
@@ -119,6 +123,10 @@ class RelayedBody:
             # the client its response is incomplete. ECONNRESET is what the
             # server quietly treats as a dropped peer.
             raise ConnectionResetError(errno.ECONNRESET, "upstream closed the response early") from None
+        for transformer in transformers:
+            if rest := transformer.flush():
+                self.bytes_out += len(rest)
+                yield rest
         self.finished = True
 
     def close(self) -> None:
@@ -137,15 +145,12 @@ class RelayedBody:
         else:
             outcome = Outcome.OK if status < 400 else Outcome.UPSTREAM_ERROR
             error = ""
-        fields: dict[str, Any] = {"error": error}
-        for observer in self.observers:
-            fields.update(observer.audit_fields())
-        if error:
-            fields["error"] = error
+        fields = collect_fields(self.observers)
         close_call(
             self.call_id, self.ctx, outcome=outcome, status=status, upstream_status=status,
             upstream_request_id=self.resp.headers.get("x-request-id", "")[:128],
-            bytes_in=self.body.bytes_read if self.body else 0, bytes_out=self.bytes_out, **fields,
+            bytes_in=self.body.bytes_read if self.body else 0, bytes_out=self.bytes_out,
+            **fields, **({"error": error} if error else {}),
         )
 
 
@@ -172,7 +177,7 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     source, length, chunked = _body_framing(request)
     content_type = request.META.get("CONTENT_TYPE", "")
     policy.check_body(content_type, length, chunked)
-    observers = observers_for(api_path, content_type)
+    observers = observers_for(api_path, request.method, content_type)
 
     try:
         call = open_call(ctx)
@@ -180,8 +185,12 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
         log.exception("audit: cannot open a row; refusing to forward")
         raise AuditUnavailable() from None
 
-    body = RequestBody(source, length, observers) if source is not None else None
+    body = None
     try:
+        if source is not None:
+            for observer in observers:
+                source, length = observer.rewrite_request(source, length)
+            body = RequestBody(source, length, observers)
         resp = _send(request, api_path, body)
     except Exception as exc:
         relay_exc = body.error if body is not None and body.error else _map_send_error(exc)
@@ -189,7 +198,8 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
         close_call(
             call.pk, ctx, outcome=Outcome.REJECTED if isinstance(relay_exc, BodyTooLarge) else Outcome.FAILED,
             status=getattr(relay_exc, "status_code", 500), error=error,
-            bytes_in=body.bytes_read if body else 0, **_fields(observers),
+            bytes_in=body.bytes_read if body else 0,
+            **{k: v for k, v in collect_fields(observers).items() if k != "error"},
         )
         relay_exc.audited = True  # type: ignore[attr-defined]
         raise relay_exc from None
@@ -240,9 +250,9 @@ def _map_send_error(exc: Exception) -> Exception:
                       code="relay_forward_failed")
 
 
-def _fields(observers: list[Observer]) -> dict[str, Any]:
+def collect_fields(observers: list[Observer]) -> dict[str, Any]:
+    """What the observers learned, merged in order (later ones win)."""
     fields: dict[str, Any] = {}
     for observer in observers:
         fields.update(observer.audit_fields())
-    fields.pop("error", None)
     return fields

@@ -1,5 +1,5 @@
-"""Read a few top-level fields (model, stream, purpose) out of a request body
-as it streams past, without holding the body.
+"""Read a few top-level fields (model, stream, usage) out of a JSON or
+multipart body as it streams past, without holding the body.
 
 Both sniffers work chunk by chunk with C-speed searches (`re`, `bytes.find`),
 so a 500 MB upload or a 20 MB JSON body full of base64 costs one pass and a
@@ -10,33 +10,45 @@ from __future__ import annotations
 import json
 import re
 
-_MAX_VALUE = 512  # longest value worth keeping; a model name is ~40 bytes
+_MAX_SCALAR = 512  # a model name is ~40 bytes
+_MAX_CONTAINER = 64 * 1024  # a usage object is ~300 bytes
 _STRUCTURAL = re.compile(rb'["{}\[\]]')
 _STRING_END = re.compile(rb'["\\]')
 
 
 class JsonFieldSniffer:
-    """Collects scalar values of chosen top-level keys of a JSON object.
+    """Collects chosen top-level values of a JSON object.
+
+    `wanted` keys keep scalar values up to `limits.get(key, 512)` bytes (a
+    longer string is dropped); `containers` keys keep an object or array value
+    up to its limit (64 KiB by default), e.g. `usage`.
 
     A small state machine: depth, whether we are inside a string, and at depth
     1 the last key seen and the bytes between tokens (`: true,`), which is
     where top-level scalars live.
     """
 
-    def __init__(self, wanted: frozenset[str]) -> None:
+    def __init__(self, wanted: frozenset[str], containers: frozenset[str] = frozenset(),
+                 limits: dict[str, int] | None = None) -> None:
         self.wanted = wanted
+        self.containers = containers
+        self.limits = limits or {}
         self.values: dict[str, object] = {}
         self.is_object: bool | None = None
         self._depth = 0
         self._in_string = False
         self._escape = False
         self._buf: bytearray | None = None  # the string being kept, if any
+        self._buf_limit = _MAX_SCALAR
         self._buf_is_key = False
         self._key: str | None = None  # top-level key awaiting its value
         self._between = bytearray()
+        self._cap_key: str | None = None  # container value being captured
+        self._cap = bytearray()
+        self._cap_from: int | None = None  # where the capture starts in this chunk
+        self._cap_overflow = False
 
     def feed(self, data: bytes) -> None:
-        i, n = 0, len(data)
         if self.is_object is None:
             stripped = data.lstrip()
             if not stripped:
@@ -44,18 +56,22 @@ class JsonFieldSniffer:
             self.is_object = stripped[:1] == b"{"
         if not self.is_object:
             return
+        i, n = 0, len(data)
+        self._cap_from = 0 if self._cap_key is not None else None
         while i < n:
             if self._in_string:
                 i = self._feed_string(data, i, n)
                 continue
             m = _STRUCTURAL.search(data, i)
             end = m.start() if m else n
-            if self._depth == 1 and len(self._between) < _MAX_VALUE:
+            if self._depth == 1 and len(self._between) < _MAX_SCALAR:
                 self._between += data[i:end]
             if m is None:
-                return
-            self._structural(data[end:end + 1])
+                break
+            self._structural(data, end)
             i = end + 1
+        if self._cap_from is not None:
+            self._capture(data[self._cap_from:n])
 
     def _feed_string(self, data: bytes, i: int, n: int) -> int:
         if self._escape:
@@ -77,25 +93,54 @@ class JsonFieldSniffer:
         return j + 1
 
     def _keep(self, part: bytes) -> None:
-        if self._buf is not None and len(self._buf) < _MAX_VALUE:
-            self._buf += part
+        if self._buf is not None:
+            if len(self._buf) + len(part) > self._buf_limit:
+                self._buf = None  # too long to be worth keeping
+            else:
+                self._buf += part
 
-    def _structural(self, ch: bytes) -> None:
+    def _structural(self, data: bytes, pos: int) -> None:
+        ch = data[pos:pos + 1]
         if ch == b'"':
             self._in_string = True
             self._buf = None
             if self._depth == 1:
                 self._scalar_from_between()
                 if self._key is None:
-                    self._buf, self._buf_is_key = bytearray(), True
+                    self._buf, self._buf_is_key, self._buf_limit = bytearray(), True, _MAX_SCALAR
                 elif self._key in self.wanted:
                     self._buf, self._buf_is_key = bytearray(b'"'), False
+                    self._buf_limit = self.limits.get(self._key, _MAX_SCALAR)
             return
+        opening = ch in (b"{", b"[")
         if self._depth == 1:
             self._scalar_from_between()
-            if ch in (b"{", b"["):
-                self._key = None  # a container value: not a scalar we keep
-        self._depth += 1 if ch in (b"{", b"[") else -1
+            if opening:
+                if self._key in self.containers:
+                    self._cap_key, self._cap_from = self._key, pos
+                    self._cap_overflow = False
+                    self._cap.clear()
+                self._key = None
+        self._depth += 1 if opening else -1
+        if not opening and self._depth == 1 and self._cap_key is not None:
+            self._capture(data[self._cap_from:pos + 1])
+            self._cap_from = None
+            if not self._cap_overflow:
+                try:
+                    self.values[self._cap_key] = json.loads(self._cap)
+                except ValueError:
+                    pass
+            self._cap_key = None
+            self._cap.clear()
+
+    def _capture(self, part: bytes) -> None:
+        if self._cap_overflow:
+            return
+        if len(self._cap) + len(part) > self.limits.get(self._cap_key or "", _MAX_CONTAINER):
+            self._cap_overflow = True  # too large to be worth keeping
+            self._cap.clear()
+        else:
+            self._cap += part
 
     def _end_string(self) -> None:
         if self._depth != 1:

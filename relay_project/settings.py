@@ -44,6 +44,9 @@ RELAY_BLOCKED_PATH_PREFIXES = env.list(
     "RELAY_BLOCKED_PATH_PREFIXES",
     default=["/v1/fine_tuning", "/v1/evals", "/v1/organization"],
 )
+# Chat request bodies up to this size are read to ask upstream for streamed
+# usage; larger ones pass through untouched (their stream usage goes unrecorded).
+RELAY_REWRITE_MAX_BYTES = env.int("RELAY_REWRITE_MAX_BYTES", default=1024 * 1024)
 # Rows left pending this long are considered orphaned by `reconcile_calls`.
 RELAY_PENDING_TIMEOUT_SECONDS = env.int("RELAY_PENDING_TIMEOUT_SECONDS", default=3600)
 
@@ -105,7 +108,6 @@ def _database() -> dict:
             "transaction_mode": "IMMEDIATE",
             "timeout": env.float("SQLITE_TIMEOUT", default=30.0),
         }
-        db["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
     elif db["ENGINE"] == "django.db.backends.postgresql":
         # One pool per worker process: gevent workers serve many requests at
         # once, and a pool caps how many PostgreSQL connections that takes.

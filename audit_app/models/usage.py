@@ -24,6 +24,7 @@ class ModelPrice(models.Model):
     output_per_1m = models.DecimalField("output / 1M", **PRICE)
     batch_input_per_1m = models.DecimalField("batch input / 1M", **PRICE)
     batch_output_per_1m = models.DecimalField("batch output / 1M", **PRICE)
+    image_input_per_1m = models.DecimalField("image input / 1M", **PRICE)
     per_image = models.DecimalField(**PRICE)
     per_second = models.DecimalField("per audio second", **PRICE)
     per_character = models.DecimalField("per character", **PRICE)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from datetime import datetime, time
+
+from django.core.management.base import CommandError
+from django.db import transaction
+from django.utils import timezone
+
+from audit_app import rollups
+from audit_app.management.stoppable import StoppableCommand
+from audit_app.models import ApiCall
+from audit_app.recorder import priced_fields
+from audit_app.usage import Usage
+
+BATCH = 1000
+
+
+class Command(StoppableCommand):
+    help = (
+        "Re-cost calls made since DATE with the prices in effect when each call was made "
+        "(after a price was corrected or added). Changed costs are also applied to the "
+        "daily rollups. Nothing is ever re-priced silently: this is the only way."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--since", required=True, metavar="YYYY-MM-DD",
+                            help="first day (UTC) whose calls are re-priced")
+        parser.add_argument("--dry-run", action="store_true", help="report, change nothing")
+
+    def handle(self, *args, since: str, dry_run: bool, **options) -> None:
+        try:
+            day = datetime.strptime(since, "%Y-%m-%d").date()
+        except ValueError as exc:
+            raise CommandError("--since must be YYYY-MM-DD") from exc
+        self.install_stop_handlers()
+        start = datetime.combine(day, time.min, tzinfo=timezone.utc)
+        calls = ApiCall.objects.filter(started_at__gte=start, total_tokens__isnull=False) | \
+            ApiCall.objects.filter(started_at__gte=start, unpriced=True)
+        checked = changed = 0
+        last_id = 0
+        while not self.stopping:
+            batch = list(calls.filter(pk__gt=last_id).order_by("pk")[:BATCH])
+            if not batch:
+                break
+            with transaction.atomic():
+                for call in batch:
+                    checked += 1
+                    changed += self._reprice(call, dry_run)
+            last_id = batch[-1].pk
+            self.progress(f"  checked {checked} calls, {changed} changed")
+        verb = "would change" if dry_run else "changed"
+        stopped = " (stopped early)" if self.stopping else ""
+        self.stdout.write(f"repriced since {day}: {checked} calls checked, {changed} {verb}{stopped}")
+
+    def _reprice(self, call: ApiCall, dry_run: bool) -> int:
+        usage = Usage(**{f: getattr(call, f) for f in Usage.STORED})
+        new = priced_fields(usage, call.model, call.started_at)
+        cost, unpriced = new.get("cost"), new.get("unpriced", False)
+        if cost == call.cost and unpriced == call.unpriced:
+            return 0
+        if not dry_run:
+            ApiCall.objects.filter(pk=call.pk).update(cost=cost, unpriced=unpriced, price=new.get("price"))
+            if call.key_id is not None and call.user_id is not None:
+                rollups.add(
+                    started_at=call.started_at, user_id=call.user_id, key_id=call.key_id,
+                    model=call.model, family=call.family, calls=0,
+                    cost=(cost or 0) - (call.cost or 0), unpriced=int(unpriced) - int(call.unpriced),
+                )
+        return 1

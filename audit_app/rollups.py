@@ -1,0 +1,94 @@
+"""Daily usage rollups, kept current as calls finish.
+
+Every finished call with a key adds itself to its (date, user, key, model,
+family) bucket in the same transaction that completes its row, so the
+rollups always equal the sum of the raw calls, and keep that sum after old
+raw rows are pruned.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from .models import ApiCall, UsageDaily
+
+_COUNTERS = (
+    "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens",
+    "images", "audio_seconds", "characters", "cost",
+)
+_TABLE = UsageDaily._meta.db_table
+_COLUMNS = ("date", "user_id", "key_id", "model", "family", "calls", *_COUNTERS, "unpriced_calls")
+_UPSERT = (
+    f"INSERT INTO {_TABLE} ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))}) "
+    f"ON CONFLICT (date, user_id, key_id, model, family) DO UPDATE SET "
+    + ", ".join(f"{c} = {_TABLE}.{c} + excluded.{c}" for c in ("calls", *_COUNTERS, "unpriced_calls"))
+)
+
+
+def bucket_date(started_at: datetime) -> date:
+    return timezone.localtime(started_at).date()
+
+
+def add(*, started_at: datetime, user_id: int, key_id: int, model: str, family: str,
+        calls: int = 1, unpriced: int = 0, **counters: Any) -> None:
+    """Add one call (or a delta) to its bucket. Call inside the caller's transaction."""
+    values = [bucket_date(started_at), user_id, key_id, model or "", family or "", calls]
+    values += [counters.get(c) or 0 for c in _COUNTERS]
+    values.append(unpriced)
+    with connection.cursor() as cursor:
+        cursor.execute(_UPSERT, values)
+
+
+def add_call(call: ApiCall) -> None:
+    if call.key_id is None or call.user_id is None:
+        return  # rejected before authentication: nobody's usage
+    add(
+        started_at=call.started_at, user_id=call.user_id, key_id=call.key_id, model=call.model,
+        family=call.family, unpriced=1 if call.unpriced else 0,
+        **{c: getattr(call, c) for c in _COUNTERS},
+    )
+
+
+@transaction.atomic
+def rebuild(since: date | None = None) -> int:
+    """Recompute the buckets from raw calls (for days whose raw calls are all kept).
+
+    Used by `reprice` and `seed_demo`; returns the number of buckets written.
+    """
+    calls = ApiCall.objects.filter(key__isnull=False, user__isnull=False)
+    buckets = UsageDaily.objects.all()
+    if since is not None:
+        start = timezone.make_aware(datetime.combine(since, datetime.min.time()))
+        calls = calls.filter(started_at__gte=start)
+        buckets = buckets.filter(date__gte=since)
+    buckets.delete()
+    rows = (
+        calls.annotate(day=_day())
+        .values("day", "user_id", "key_id", "model", "family")
+        .annotate(
+            n=Count("id"),
+            unpriced_n=Count("id", filter=Q(unpriced=True)),
+            **{f"s_{c}": Sum(c) for c in _COUNTERS},
+        )
+    )
+    objs = [
+        UsageDaily(
+            date=r["day"], user_id=r["user_id"], key_id=r["key_id"], model=r["model"],
+            family=r["family"], calls=r["n"], unpriced_calls=r["unpriced_n"],
+            **{c: r[f"s_{c}"] or (Decimal(0) if c in ("cost", "audio_seconds") else 0) for c in _COUNTERS},
+        )
+        for r in rows.iterator()
+    ]
+    UsageDaily.objects.bulk_create(objs, batch_size=1000)
+    return len(objs)
+
+
+def _day():
+    from django.db.models.functions import TruncDate
+
+    return TruncDate("started_at", tzinfo=timezone.get_current_timezone())

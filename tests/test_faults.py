@@ -1,0 +1,100 @@
+"""Failures on either side: clear errors for the client, and the row records what happened."""
+import json
+import socket
+import time
+
+import openai
+import pytest
+import requests
+from django.db import connection
+
+from audit_app.models import ApiCall, Outcome
+from tests.fake_upstream import FakeUpstream
+
+
+def wait_for_row(**expected) -> ApiCall:
+    """Rows of streams are completed when the server closes the response, just after the client is done."""
+    deadline = time.monotonic() + 10
+    while True:
+        row = ApiCall.objects.get()
+        if row.outcome != Outcome.PENDING or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for field, value in expected.items():
+        assert getattr(row, field) == value, (field, getattr(row, field), row.error)
+    return row
+
+
+def test_upstream_refusing_connections_is_502(relay_url, relay_key, settings):
+    settings.OPENAI_BASE_URL = f"http://127.0.0.1:{FakeUpstream.unused_port()}/v1"
+    response = requests.get(f"{relay_url}/v1/models", headers={"Authorization": f"Bearer {relay_key}"}, timeout=10)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unreachable"
+    wait_for_row(outcome=Outcome.FAILED, status=502, upstream_status=None)
+
+
+def test_upstream_hanging_is_504_after_the_read_timeout(relay_url, relay_key, upstream, settings):
+    settings.UPSTREAM_READ_TIMEOUT = 0.5
+    upstream.inject("/v1/responses", hang=3)
+    started = time.monotonic()
+    response = requests.post(f"{relay_url}/v1/responses", json={"model": "m"},
+                             headers={"Authorization": f"Bearer {relay_key}"}, timeout=10)
+    assert response.status_code == 504
+    assert time.monotonic() - started < 2.5
+    assert response.json()["error"]["code"] == "upstream_timeout"
+    wait_for_row(outcome=Outcome.FAILED, status=504)
+
+
+def test_upstream_dropping_mid_stream_is_an_error_the_client_sees(relay_url, relay_key, upstream):
+    upstream.inject("/v1/chat/completions", drop_after_events=2)
+    client = openai.OpenAI(base_url=f"{relay_url}/v1", api_key=relay_key, max_retries=0)
+    received = []
+    with pytest.raises((openai.APIError, openai.APIConnectionError, Exception)) as excinfo:
+        for chunk in client.chat.completions.create(model="gpt-4o", messages=[], stream=True):
+            received.append(chunk)
+    assert not isinstance(excinfo.value, AssertionError)
+    assert len(received) == 2
+    row = wait_for_row(outcome=Outcome.FAILED, status=200)
+    assert "broke off" in row.error
+
+
+def open_stream_and_hang_up(base_url: str, key: str) -> None:
+    """A raw HTTP client that reads the first event of a stream, then closes its socket."""
+    host, port = base_url.removeprefix("http://").split(":")
+    body = json.dumps({"model": "gpt-4o-mini", "input": "x", "stream": True}).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/responses HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        received = b""
+        while b"data:" not in received:
+            received += sock.recv(65536)
+
+
+@pytest.mark.parametrize("server", ["live", "gunicorn"])
+def test_client_disconnecting_mid_stream_closes_the_row_and_upstream(
+        request, server, relay_url, relay_key, upstream):
+    upstream.sse_delay_between = 0.5
+    upstream.sse_event_count = 20
+    base = request.getfixturevalue("gunicorn_relay").url if server == "gunicorn" else relay_url
+    open_stream_and_hang_up(base, relay_key)
+    row = wait_for_row(outcome=Outcome.CLIENT_CLOSED)
+    # Twenty events at 0.5 s would take ten seconds: upstream was let go early.
+    assert row.duration_ms < 5000
+    assert row.bytes_out > 0
+
+
+def test_database_unavailable_is_503_and_nothing_is_forwarded(relay_url, relay_key, upstream):
+    table = ApiCall._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} RENAME TO {table}_away")
+    try:
+        response = requests.get(f"{relay_url}/v1/models", headers={"Authorization": f"Bearer {relay_key}"},
+                                timeout=10)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table}_away RENAME TO {table}")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "audit_unavailable"
+    assert upstream.requests == []

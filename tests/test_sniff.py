@@ -1,0 +1,103 @@
+"""The incremental body sniffers: right answers whatever the chunking."""
+import json
+
+import pytest
+
+from proxy_app.sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
+from proxy_app.sse import ChatUsageStripper, SseUsageScanner
+
+WANTED = frozenset({"model", "stream", "input"})
+CONTAINERS = frozenset({"usage", "stream_options"})
+DOCS = [
+    {"messages": [{"role": "user", "content": 'tricky "model": "evil" \\ }{'}], "model": "gpt-4o",
+     "stream": True, "stream_options": {"include_usage": True}},
+    {"input": "x" * 5000, "model": "gpt-4o-mini", "stream": False, "n": 2,
+     "usage": {"a": [1, 2, {"b": "}"}]}},
+    {"stream": None, "nested": {"model": "not-top-level", "usage": {}}, "model": "mod\u00e8le"},
+    {"data": [{"embedding": "QUJD" * 5000}], "model": "text-embedding-3-small",
+     "usage": {"prompt_tokens": 5, "total_tokens": 5}},
+]
+
+
+def feed_in(sniffer, raw: bytes, size: int):
+    for i in range(0, len(raw), size):
+        sniffer.feed(raw[i:i + size])
+    return sniffer
+
+
+@pytest.mark.parametrize("doc", DOCS)
+@pytest.mark.parametrize("size", [1, 2, 7, 64, 1 << 20])
+@pytest.mark.parametrize("indent", [None, 2])
+def test_json_sniffer_finds_top_level_fields(doc, size, indent):
+    raw = json.dumps(doc, indent=indent).encode()
+    sniffer = feed_in(JsonFieldSniffer(WANTED, CONTAINERS, {"input": 10_000}), raw, size)
+    assert sniffer.values == {k: v for k, v in doc.items() if k in WANTED | CONTAINERS}
+
+
+def test_json_sniffer_drops_values_over_their_limit():
+    raw = json.dumps({"input": "y" * 2000, "model": "m", "usage": {"k": "z" * 3000}}).encode()
+    sniffer = feed_in(JsonFieldSniffer(WANTED, CONTAINERS, {"usage": 1000}), raw, 100)
+    assert sniffer.values == {"model": "m"}
+
+
+def test_json_sniffer_ignores_non_objects():
+    sniffer = feed_in(JsonFieldSniffer(WANTED), b'["model", "gpt-4o"]', 3)
+    assert sniffer.is_object is False and sniffer.values == {}
+
+
+@pytest.mark.parametrize("size", [1, 5, 100, 4096])
+def test_multipart_sniffer_finds_form_fields(size):
+    b = "----relay123"
+    body = (
+        f'--{b}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="x.jsonl"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n{'z' * 5000}\r\n"
+        f'--{b}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--{b}--\r\n'
+    ).encode()
+    sniffer = feed_in(MultipartFieldSniffer(b, frozenset({"model", "purpose"})), body, size)
+    assert sniffer.values == {"purpose": "batch", "model": "whisper-1"}
+
+
+def test_boundary_of():
+    assert boundary_of('multipart/form-data; boundary="abc def"') == "abc def"
+    assert boundary_of("multipart/form-data; boundary=xyz") == "xyz"
+    assert boundary_of("application/json") is None
+
+
+RESPONSES_STREAM = (
+    b'event: response.created\ndata: {"type":"response.created","response":{"usage":null}}\n\n'
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"usage"}\n\n'
+    b'event: response.completed\ndata: {"type":"response.completed","response":{"model":"gpt-4o-2024-08-06",'
+    b'"usage":{"input_tokens":10,"output_tokens":5,"total_tokens":15}}}\n\n'
+)
+
+
+@pytest.mark.parametrize("size", [1, 3, 17, 1 << 16])
+def test_sse_scanner_finds_usage_in_any_chunking(size):
+    scanner = feed_in(SseUsageScanner(), RESPONSES_STREAM, size)
+    assert scanner.usage == {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+    assert scanner.model == "gpt-4o-2024-08-06"
+
+
+def chat_stream(include_usage: bool) -> bytes:
+    def chunk(choices, usage=...):
+        obj = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o", "choices": choices}
+        if include_usage:
+            obj["usage"] = None if usage is ... else usage
+        return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+    out = chunk([{"index": 0, "delta": {"content": "hi"}}])
+    out += chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+    if include_usage:
+        out += chunk([], {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})
+    return out + b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("size", [1, 10, 1 << 16])
+def test_stripper_gives_the_client_the_stream_it_asked_for(size):
+    stripper = ChatUsageStripper()
+    raw = chat_stream(include_usage=True)
+    out = b"".join(stripper.transform(raw[i:i + size]) for i in range(0, len(raw), size))
+    out += stripper.flush()
+    assert out == chat_stream(include_usage=False)
+    assert stripper.usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
