@@ -70,19 +70,22 @@ def cost_of(usage: Usage, price: ModelPrice | None, *, batch: bool = False) -> D
     if cached_rate is None:
         cached_rate = input_rate  # no cache discount known: charge the full input rate
 
-    cached = usage.cached_input_tokens or 0
-    image_in = usage.image_input_tokens or 0
-    parts: list[tuple[int | Decimal | None, Decimal | None, Decimal]] = [
-        ((usage.input_tokens or 0) - cached - image_in, input_rate, MILLION),
-        (cached, cached_rate, MILLION),
-        (usage.output_tokens, output_rate, MILLION),
-        (usage.images, price.per_image, Decimal(1)),
-        (usage.audio_seconds, price.per_second, Decimal(1)),
-        (usage.characters, price.per_character, Decimal(1)),
-    ]
-    if image_in:
-        parts.append((image_in, price.image_input_per_1m or input_rate, MILLION))
-    for quantity, rate, per in parts:
+    if usage.input_tokens is not None or usage.output_tokens is not None:
+        # Token-billed (gpt-image included): image counts are informational.
+        cached = usage.cached_input_tokens or 0
+        image_in = usage.image_input_tokens or 0
+        parts = [
+            ((usage.input_tokens or 0) - cached - image_in, input_rate),
+            (cached, cached_rate),
+            (image_in, price.image_input_per_1m or input_rate),
+            (usage.output_tokens, output_rate),
+        ]
+        per = MILLION
+    else:
+        parts = [(usage.images, price.per_image), (usage.audio_seconds, price.per_second),
+                 (usage.characters, price.per_character)]
+        per = Decimal(1)
+    for quantity, rate in parts:
         if not quantity:
             continue
         if rate is None:

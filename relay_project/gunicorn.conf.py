@@ -24,7 +24,8 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "60"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
 # Big uploads and many SDK headers are normal; keep gunicorn's other limits.
 limit_request_field_size = 16384
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+# An empty GUNICORN_ACCESSLOG turns the access log off.
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # Trust X-Forwarded-* only from the reverse proxy in front.

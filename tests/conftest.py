@@ -14,7 +14,7 @@ import openai
 import pytest
 import requests
 
-from tests.fake_upstream import FakeUpstream
+from tests.fake_openai import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_KEY = os.environ["OPENAI_API_KEY"]  # set by tests.settings
@@ -36,7 +36,19 @@ def upstream(fake_upstream_server: FakeUpstream, settings) -> FakeUpstream:
 
 
 @pytest.fixture
-def relay_url(live_server, upstream) -> str:
+def shipped_prices(transactional_db) -> None:
+    """The prices the data migration ships; transactional tests flush tables between tests."""
+    from datetime import datetime, timezone
+
+    from audit_app.models import ModelPrice
+    from audit_app.price_import import SHIPPED_PRICES, import_map, load_map
+
+    if not ModelPrice.objects.exists():
+        import_map(ModelPrice, load_map(SHIPPED_PRICES), datetime(2024, 1, 1, tzinfo=timezone.utc), "shipped")
+
+
+@pytest.fixture
+def relay_url(live_server, upstream, shipped_prices) -> str:
     """Base URL of the relay on a real socket (Django's threaded live server)."""
     return live_server.url
 
@@ -147,7 +159,44 @@ class GunicornRelay:
 
 
 @pytest.fixture
-def gunicorn_relay(transactional_db, upstream) -> Iterator[GunicornRelay]:
-    relay = GunicornRelay(upstream.base_url).start()
-    yield relay
-    relay.stop()
+def start_gunicorn(transactional_db, upstream, shipped_prices):
+    """Start the relay under gunicorn with extra environment settings; stopped after the test."""
+    started: list[GunicornRelay] = []
+
+    def start(**env: str) -> GunicornRelay:
+        relay = GunicornRelay(upstream.base_url, **env).start()
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in started:
+        relay.stop()
+
+
+@pytest.fixture
+def gunicorn_relay(start_gunicorn) -> GunicornRelay:
+    return start_gunicorn()
+
+
+def finished_calls(count: int = 1, timeout: float = 10.0) -> list:
+    """The audit rows, once `count` of them are finished.
+
+    A row is completed when the server closes the response, a moment after
+    the client has read the last byte, so tests wait for it.
+    """
+    from audit_app.models import ApiCall, Outcome
+
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = list(ApiCall.objects.order_by("started_at", "id"))
+        done = [r for r in rows if r.outcome != Outcome.PENDING]
+        if len(done) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.02)
+
+
+def finished_call():
+    """The only audit row, once it is finished."""
+    rows = finished_calls(1)
+    assert len(rows) == 1, rows
+    return rows[0]

@@ -6,6 +6,7 @@ import requests
 from django.core.management import call_command
 from django.utils import timezone
 
+from tests.conftest import finished_call
 from audit_app.models import ApiCall, Outcome
 from proxy_app.models import RelayKey, hash_key
 
@@ -45,7 +46,7 @@ def test_missing_or_unknown_key_is_401_and_not_forwarded(relay_url, relay_key, u
     error = assert_openai_error(get_models(relay_url, **headers), 401)
     assert error["code"] == code
     assert upstream.requests == []
-    row = ApiCall.objects.get()
+    row = finished_call()
     assert (row.outcome, row.status, row.key_id) == (Outcome.REJECTED, 401, None)
 
 

@@ -7,10 +7,11 @@ import openai
 import pytest
 
 from audit_app.models import ApiCall, Outcome
+from tests.conftest import finished_call, finished_calls
 
 
 def only_row(**expected) -> ApiCall:
-    row = ApiCall.objects.get()
+    row = finished_call()
     assert row.outcome == Outcome.OK, row.error
     assert row.status == row.upstream_status == 200
     assert row.key_id is not None and row.user.username == "alice"
@@ -29,7 +30,7 @@ def test_models(sdk):
     models = sdk.models.list()
     assert [m.id for m in models.data]
     assert sdk.models.retrieve(models.data[0].id).id == models.data[0].id
-    rows = ApiCall.objects.order_by("started_at")
+    rows = finished_calls(2)
     assert [(r.method, r.family, r.outcome) for r in rows] == [("GET", "models", "ok")] * 2
 
 
@@ -87,7 +88,7 @@ def test_files_lifecycle(sdk, upstream):
     assert uploaded.id in [f.id for f in sdk.files.list(purpose="batch")]
     assert sdk.files.retrieve(uploaded.id).purpose == "batch"
     assert sdk.files.delete(uploaded.id).deleted is True
-    rows = list(ApiCall.objects.order_by("started_at").values_list("method", "path", "status", "outcome"))
+    rows = [(r.method, r.path, r.status, r.outcome) for r in finished_calls(5)]
     assert rows == [
         ("POST", "/v1/files", 200, "ok"),
         ("GET", f"/v1/files/{uploaded.id}/content", 200, "ok"),
@@ -111,5 +112,6 @@ def test_upstream_key_never_reaches_the_client(sdk, upstream, relay_key):
     raw = sdk.models.with_raw_response.list()
     assert UPSTREAM_KEY not in raw.http_response.text
     assert all(UPSTREAM_KEY not in v for v in raw.headers.values())
+    finished_call()
     row_values = " ".join(str(v) for v in ApiCall.objects.values().get().values())
     assert UPSTREAM_KEY not in row_values and relay_key not in row_values

@@ -9,17 +9,12 @@ import requests
 from django.db import connection
 
 from audit_app.models import ApiCall, Outcome
-from tests.fake_upstream import FakeUpstream
+from tests.conftest import finished_call
+from tests.fake_openai import FakeUpstream
 
 
 def wait_for_row(**expected) -> ApiCall:
-    """Rows of streams are completed when the server closes the response, just after the client is done."""
-    deadline = time.monotonic() + 10
-    while True:
-        row = ApiCall.objects.get()
-        if row.outcome != Outcome.PENDING or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    row = finished_call()
     for field, value in expected.items():
         assert getattr(row, field) == value, (field, getattr(row, field), row.error)
     return row

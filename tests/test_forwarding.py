@@ -5,6 +5,7 @@ import os
 import pytest
 import requests
 
+from tests.conftest import finished_call
 from audit_app.models import ApiCall, Outcome
 from tests.conftest import UPSTREAM_KEY
 
@@ -84,7 +85,7 @@ def test_binary_body_arrives_byte_for_byte(relay_url, auth, upstream, size):
     assert got.body_sha256 == hashlib.sha256(sent).hexdigest()
     assert got.body_length == len(sent)
     assert response.json()["bytes"] == size
-    row = ApiCall.objects.get()
+    row = finished_call()
     assert row.bytes_in == len(sent) and row.outcome == Outcome.OK
 
 
@@ -95,13 +96,13 @@ def test_json_body_arrives_byte_for_byte(relay_url, auth, upstream):
     assert upstream.requests[-1].body == body
 
 
-def test_chunked_request_body_is_streamed_upstream(relay_url, auth, upstream):
+def test_chunked_request_body_is_streamed_upstream(gunicorn_relay, auth, upstream):
     parts = [os.urandom(70_000) for _ in range(5)]
-    response = requests.post(f"{relay_url}/v1/files", data=iter(parts),
+    response = requests.post(f"{gunicorn_relay.url}/v1/files", data=iter(parts),
                              headers={**auth, "Content-Type": "application/octet-stream"}, timeout=30)
     got = upstream.requests[-1]
     assert got.body_sha256 == hashlib.sha256(b"".join(parts)).hexdigest()
-    assert ApiCall.objects.get().bytes_in == 350_000
+    assert finished_call().bytes_in == 350_000
     assert response.status_code < 500
 
 
@@ -113,7 +114,7 @@ def test_download_arrives_byte_for_byte(relay_url, auth, upstream):
     assert len(response.content) == size
     assert hashlib.sha256(response.content).digest() == hashlib.sha256(direct.content).digest()
     assert int(response.headers["Content-Length"]) == size
-    assert ApiCall.objects.get().bytes_out == size
+    assert finished_call().bytes_out == size
 
 
 def test_upstream_errors_pass_through_verbatim(relay_url, auth, upstream):
@@ -123,7 +124,7 @@ def test_upstream_errors_pass_through_verbatim(relay_url, auth, upstream):
     response = requests.post(f"{relay_url}/v1/responses", json={"model": "nope"}, headers=auth, timeout=10)
     assert response.status_code == 404
     assert response.json() == body
-    row = ApiCall.objects.get()
+    row = finished_call()
     assert row.outcome == Outcome.UPSTREAM_ERROR and row.upstream_status == 404
     assert "bad model" in row.error and row.model == "nope"
 
@@ -136,4 +137,4 @@ def test_429_passes_through_with_retry_after(relay_url, auth, upstream):
                              headers=auth, timeout=10)
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "17"
-    assert ApiCall.objects.get().status == 429
+    assert finished_call().status == 429

@@ -4,13 +4,16 @@ import time
 import pytest
 import requests
 
+from tests.conftest import finished_call
 from audit_app.models import ApiCall, Outcome
 
 
 def read_events(response: requests.Response):
     """Yield (seconds since the request started, event) as each SSE event arrives."""
     buf = b""
-    for chunk in response.iter_content(chunk_size=None):
+    # read1, not iter_content: without chunked framing (Django's test server)
+    # iter_content(None) would wait for the whole body.
+    while chunk := response.raw.read1(65536):
         buf += chunk
         while b"\n\n" in buf:
             event, buf = buf.split(b"\n\n", 1)
@@ -47,7 +50,7 @@ def test_first_event_arrives_early_under_gunicorn(gunicorn_relay, relay_key, ups
     first_at, total, events = first_event_delay(gunicorn_relay.url, relay_key, upstream)
     assert total > 1.5
     assert first_at < 0.5, f"first event after {first_at:.2f}s: the stream was buffered"
-    row = ApiCall.objects.get()
+    row = finished_call()
     assert row.outcome == Outcome.OK and row.stream and row.total_tokens
 
 
@@ -61,8 +64,5 @@ def test_stream_row_is_completed_when_the_stream_ends(relay_url, relay_key, upst
         # Mid-stream, the row exists and is still open.
         assert ApiCall.objects.get().outcome == Outcome.PENDING
         list(read_events(response))
-    deadline = time.monotonic() + 5
-    while ApiCall.objects.get().outcome == Outcome.PENDING and time.monotonic() < deadline:
-        time.sleep(0.05)
-    row = ApiCall.objects.get()
+    row = finished_call()
     assert row.outcome == Outcome.OK and row.duration_ms >= 300

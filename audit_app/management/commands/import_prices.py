@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime, time
+from datetime import timezone as dt_timezone
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -33,7 +34,7 @@ class Command(BaseCommand):
                 day = datetime.strptime(effective, "%Y-%m-%d").date()
             except ValueError as exc:
                 raise CommandError("--effective must be YYYY-MM-DD") from exc
-            when = datetime.combine(day, time.min, tzinfo=timezone.utc)
+            when = datetime.combine(day, time.min, tzinfo=dt_timezone.utc)
         result = import_map(ModelPrice, entries, when, f"import: {file.name}")
         self.stdout.write(
             f"prices: {result.created} new, {result.unchanged} unchanged, "

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime, time
+from datetime import timezone as dt_timezone
 
 from django.core.management.base import CommandError
 from django.db import transaction
@@ -33,7 +34,7 @@ class Command(StoppableCommand):
         except ValueError as exc:
             raise CommandError("--since must be YYYY-MM-DD") from exc
         self.install_stop_handlers()
-        start = datetime.combine(day, time.min, tzinfo=timezone.utc)
+        start = datetime.combine(day, time.min, tzinfo=dt_timezone.utc)
         calls = ApiCall.objects.filter(started_at__gte=start, total_tokens__isnull=False) | \
             ApiCall.objects.filter(started_at__gte=start, unpriced=True)
         checked = changed = 0

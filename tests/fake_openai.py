@@ -1,0 +1,669 @@
+"""A fake OpenAI API: a real threaded HTTP server on 127.0.0.1 for the tests and benchmarks.
+
+Only the standard library. Bodies are read and hashed in chunks (tests push
+512 MiB through it) and large downloads are generated on the fly. Faults are
+injected per path prefix: a status and body, a hang, or a connection dropped
+mid-stream. Run standalone for benchmarks: `python tests/fake_openai.py --port 9999`.
+
+Usage numbers are fixed, so that tests can work out costs by hand:
+Responses and chat report 12 input tokens (4 cached), N output tokens where N
+is the number of streamed deltas + 2 (JSON: 7), reasoning 0; embeddings 3
+tokens per input; images 50 input / 4160 output tokens per image.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import secrets
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+CHUNK = 64 * 1024
+KEEP_BODY = 1024 * 1024
+PATTERN = bytes(range(256)) * 256  # 64 KiB of deterministic download bytes
+IN_TOKENS, CACHED_TOKENS, JSON_OUT_TOKENS = 12, 4, 7
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    body_sha256: str = ""
+    body_length: int = 0
+    body: bytes | None = None
+    content_type: str = ""
+
+    def header(self, name: str) -> str | None:
+        lower = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lower), None)
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+
+@dataclass
+class Fault:
+    prefix: str
+    method: str | None
+    status: int | None = None
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    hang: float | None = None
+    drop_after_events: int | None = None
+    times: int = 1
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage_responses(output_tokens: int) -> dict:
+    return {"input_tokens": IN_TOKENS, "input_tokens_details": {"cached_tokens": CACHED_TOKENS},
+            "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": IN_TOKENS + output_tokens}
+
+
+def usage_chat(output_tokens: int) -> dict:
+    return {"prompt_tokens": IN_TOKENS, "prompt_tokens_details": {"cached_tokens": CACHED_TOKENS},
+            "completion_tokens": output_tokens, "completion_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": IN_TOKENS + output_tokens}
+
+
+class FakeUpstream:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sse_delay_first = 0.0
+        self.sse_delay_between = 0.0
+        self.sse_event_count = 3
+        self.requests: list[RecordedRequest] = []
+        self.files: dict[str, dict] = {}
+        self.file_content: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.uploads: dict[str, dict] = {}
+        self.faults: list[Fault] = []
+        self.lock = threading.Lock()
+        self.streams_cut_short = 0  # SSE responses whose client went away mid-stream
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server.daemon_threads = True
+        self.server.request_queue_size = 1024
+        self.thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> "FakeUpstream":
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.faults.clear()
+            self.files.clear()
+            self.file_content.clear()
+            self.batches.clear()
+            self.uploads.clear()
+            self.streams_cut_short = 0
+        self.sse_delay_first = self.sse_delay_between = 0.0
+        self.sse_event_count = 3
+
+    def inject(self, path_prefix: str, *, method: str | None = None, status: int | None = None,
+               body: Any = None, headers: dict[str, str] | None = None, hang: float | None = None,
+               drop_after_events: int | None = None, times: int = 1) -> None:
+        with self.lock:
+            self.faults.append(Fault(path_prefix, method, status, body, headers or {}, hang,
+                                     drop_after_events, times))
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if path.startswith(fault.prefix) and fault.method in (None, method):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self.faults.remove(fault)
+                    return fault
+        return None
+
+    @staticmethod
+    def unused_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    # --- files and batches ---------------------------------------------------
+
+    def add_file(self, *, filename: str, purpose: str, content: bytes | None = None,
+                 size: int | None = None) -> dict:
+        file_id = "file-" + secrets.token_hex(12)
+        size = len(content) if content is not None else (size or 0)
+        obj = {"id": file_id, "object": "file", "bytes": size, "created_at": now(),
+               "filename": filename, "purpose": purpose, "status": "processed",
+               "expires_at": None, "status_details": None}
+        with self.lock:
+            self.files[file_id] = obj
+            if content is not None:
+                self.file_content[file_id] = content
+        return obj
+
+    def advance_batch(self, batch_id: str, status: str, *, completed: int | None = None,
+                      failed: int | None = None, output_lines: list[dict] | None = None,
+                      error_lines: list[dict] | None = None) -> dict:
+        batch = self.batches[batch_id]
+        batch["status"] = status
+        stamp = {"in_progress": "in_progress_at", "finalizing": "finalizing_at", "completed": "completed_at",
+                 "failed": "failed_at", "expired": "expired_at", "cancelling": "cancelling_at",
+                 "cancelled": "cancelled_at"}.get(status)
+        if stamp:
+            batch[stamp] = now()
+        counts = batch["request_counts"]
+        if completed is not None:
+            counts["completed"] = completed
+        if failed is not None:
+            counts["failed"] = failed
+        counts["total"] = max(counts["total"], counts["completed"] + counts["failed"])
+        for lines, key in ((output_lines, "output_file_id"), (error_lines, "error_file_id")):
+            if lines is not None:
+                content = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+                batch[key] = self.add_file(filename=f"{batch_id}_{key}.jsonl", purpose="batch_output",
+                                           content=content)["id"]
+        return batch
+
+    @staticmethod
+    def make_batch_output_line(custom_id: str, model: str, prompt_tokens: int, completion_tokens: int,
+                               cached_tokens: int = 0) -> dict:
+        return {
+            "id": "batch_req_" + secrets.token_hex(8), "custom_id": custom_id,
+            "response": {"status_code": 200, "request_id": "req_" + secrets.token_hex(8), "body": {
+                "id": "chatcmpl-" + secrets.token_hex(6), "object": "chat.completion", "created": now(),
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens,
+                          "prompt_tokens_details": {"cached_tokens": cached_tokens}}}},
+            "error": None,
+        }
+
+    @staticmethod
+    def make_batch_error_line(custom_id: str, code: str = "invalid_request", message: str = "bad") -> dict:
+        return {"id": "batch_req_" + secrets.token_hex(8), "custom_id": custom_id,
+                "response": {"status_code": 400, "request_id": "req_x", "body": {
+                    "error": {"message": message, "type": "invalid_request_error", "param": None,
+                              "code": code}}},
+                "error": None}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    fake: FakeUpstream
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    # --- plumbing --------------------------------------------------------------
+
+    def _read_body(self, sink=None) -> RecordedRequest:
+        digest, total, kept = hashlib.sha256(), 0, bytearray()
+
+        def take(data: bytes) -> None:
+            nonlocal total
+            digest.update(data)
+            total += len(data)
+            if len(kept) <= KEEP_BODY:
+                kept.extend(data)
+            if sink is not None:
+                sink(data)
+
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                remaining = size
+                while remaining:
+                    data = self.rfile.read(min(CHUNK, remaining))
+                    if not data:
+                        break
+                    take(data)
+                    remaining -= len(data)
+                self.rfile.readline()
+        else:
+            remaining = int(self.headers.get("Content-Length") or 0)
+            while remaining:
+                data = self.rfile.read(min(CHUNK, remaining))
+                if not data:
+                    break
+                take(data)
+                remaining -= len(data)
+        req = RecordedRequest(
+            method=self.command, path=self.path, headers=list(self.headers.items()),
+            body_sha256=digest.hexdigest(), body_length=total,
+            body=bytes(kept) if total <= KEEP_BODY else None,
+            content_type=self.headers.get("Content-Type", ""),
+        )
+        with self.fake.lock:
+            self.fake.requests.append(req)
+        return req
+
+    def _common_headers(self) -> None:
+        self.send_header("x-request-id", "req_" + secrets.token_hex(8))
+        self.send_header("openai-processing-ms", "3")
+        self.send_header("openai-version", "2020-10-01")
+        self.send_header("x-ratelimit-limit-requests", "10000")
+        self.send_header("x-ratelimit-remaining-requests", "9999")
+        self.send_header("x-upstream-secret-header", "leak")
+        self.send_header("set-cookie", "upstream=1; Path=/")
+
+    def send_json(self, obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        self.send_response(status)
+        self._common_headers()
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def send_error_json(self, status: int, message: str, code: str | None = None) -> None:
+        self.send_json({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                  "code": code}}, status)
+
+    def send_bytes(self, total: int, content_type: str, content: bytes | None = None) -> None:
+        self.send_response(200)
+        self._common_headers()
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(total))
+        self.end_headers()
+        if content is not None:
+            self.wfile.write(content)
+            return
+        sent = 0
+        while sent < total:
+            piece = PATTERN[: min(len(PATTERN), total - sent)]
+            self.wfile.write(piece)
+            sent += len(piece)
+
+    def send_sse(self, events: list[bytes], drop_after: int | None = None) -> None:
+        self.send_response(200)
+        self._common_headers()
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        try:
+            for i, event in enumerate(events):
+                if drop_after is not None and i == drop_after:
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                time.sleep(self.fake.sse_delay_first if i == 0 else self.fake.sse_delay_between)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            with self.fake.lock:
+                self.fake.streams_cut_short += 1
+            self.close_connection = True
+
+    # --- dispatch ----------------------------------------------------------------
+
+    def handle_any(self) -> None:
+        path = urlsplit(self.path).path
+        fault = self.fake.take_fault(self.command, path)
+        sink = None
+        if self.command == "POST" and path == "/v1/files":
+            sink = _MultipartFile(self.headers.get("Content-Type", ""))
+        req = self._read_body(sink)
+        if fault is not None:
+            if fault.hang:
+                time.sleep(fault.hang)
+            if fault.status is not None:
+                return self.send_json(fault.body if fault.body is not None else {}, fault.status, fault.headers)
+            if fault.drop_after_events is None and fault.hang:
+                self.close_connection = True
+                return
+        drop = fault.drop_after_events if fault else None
+        try:
+            self.route(req, path, sink, drop)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = do_HEAD = do_OPTIONS = handle_any
+
+    def route(self, req: RecordedRequest, path: str, upload: "_MultipartFile | None", drop: int | None) -> None:
+        fake = self.fake
+        query = parse_qs(urlsplit(self.path).query)
+        body = req.json() if req.content_type.startswith("application/json") and req.body else {}
+        parts = path.strip("/").split("/")[1:]  # after "v1"
+        m = self.command
+        if parts == ["models"] and m == "GET":
+            return self.send_json({"object": "list", "data": [
+                {"id": name, "object": "model", "created": 1700000000, "owned_by": "openai"}
+                for name in ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small")]})
+        if len(parts) == 2 and parts[0] == "models" and m == "GET":
+            return self.send_json({"id": parts[1], "object": "model", "created": 1700000000, "owned_by": "openai"})
+        if parts == ["responses"] and m == "POST":
+            return self.api_responses(body, drop)
+        if parts == ["chat", "completions"] and m == "POST":
+            return self.api_chat(body, drop)
+        if parts == ["completions"] and m == "POST":
+            return self.api_completions(body, drop)
+        if parts == ["embeddings"] and m == "POST":
+            return self.api_embeddings(body)
+        if parts == ["images", "generations"] and m == "POST":
+            n = int(body.get("n") or 1)
+            return self.send_json({"created": now(), "data": [{"b64_json": base64.b64encode(b"png").decode()}] * n,
+                                   "usage": {"input_tokens": 50 * n, "input_tokens_details": {
+                                       "text_tokens": 50 * n, "image_tokens": 0},
+                                       "output_tokens": 4160 * n, "total_tokens": 4210 * n}})
+        if parts == ["audio", "speech"] and m == "POST":
+            return self.send_bytes(4096, "audio/mpeg", b"ID3" + b"\0" * 4093)
+        if parts in (["audio", "transcriptions"], ["audio", "translations"]) and m == "POST":
+            return self.send_json({"text": "hello", "usage": {"type": "duration", "seconds": 42}})
+        if parts and parts[0] == "files":
+            return self.api_files(parts, m, query, upload)
+        if parts and parts[0] == "uploads":
+            return self.api_uploads(parts, m, body)
+        if parts and parts[0] == "batches":
+            return self.api_batches(parts, m, body, query)
+        return self.send_error_json(404, f"Invalid URL ({m} {path})", "unknown_url")
+
+    # --- generation ----------------------------------------------------------------
+
+    def api_responses(self, body: dict, drop: int | None) -> None:
+        model = body.get("model", "gpt-4o")
+        rid = "resp_" + secrets.token_hex(8)
+        n = self.fake.sse_event_count
+        base = {"id": rid, "object": "response", "created_at": now(), "model": model,
+                "status": "in_progress", "output": [], "usage": None}
+        if not body.get("stream"):
+            done = {**base, "status": "completed", "output": [_message("Hello from the fake.")],
+                    "usage": usage_responses(JSON_OUT_TOKENS)}
+            return self.send_json(done)
+        events = [_event("response.created", {"response": base}, 0),
+                  _event("response.in_progress", {"response": base}, 1)]
+        for i in range(n):
+            events.append(_event("response.output_text.delta", {
+                "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": f"w{i} "}, 2 + i))
+        text = "".join(f"w{i} " for i in range(n))
+        done = {**base, "status": "completed", "output": [_message(text)], "usage": usage_responses(n + 2)}
+        events.append(_event("response.output_text.done", {"item_id": "msg_1", "output_index": 0,
+                                                           "content_index": 0, "text": text}, n + 2))
+        events.append(_event("response.completed", {"response": done}, n + 3))
+        self.send_sse(events, drop)
+
+    def api_chat(self, body: dict, drop: int | None) -> None:
+        model = body.get("model", "gpt-4o")
+        cid = "chatcmpl-" + secrets.token_hex(6)
+        n = self.fake.sse_event_count
+        if not body.get("stream"):
+            return self.send_json({"id": cid, "object": "chat.completion", "created": now(), "model": model,
+                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello."},
+                                                "finish_reason": "stop", "logprobs": None}],
+                                   "usage": usage_chat(JSON_OUT_TOKENS)})
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(choices: list, usage: Any = ...) -> bytes:
+            obj = {"id": cid, "object": "chat.completion.chunk", "created": 1700000000, "model": model,
+                   "choices": choices}
+            if include_usage:
+                obj["usage"] = None if usage is ... else usage
+            return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+        events = [chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+        events += [chunk([{"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}]) for i in range(n)]
+        events.append(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+        if include_usage:
+            events.append(chunk([], usage_chat(n + 2)))
+        events.append(b"data: [DONE]\n\n")
+        self.send_sse(events, drop)
+
+    def api_completions(self, body: dict, drop: int | None) -> None:
+        model = body.get("model", "gpt-3.5-turbo-instruct")
+        if not body.get("stream"):
+            return self.send_json({"id": "cmpl-1", "object": "text_completion", "created": now(), "model": model,
+                                   "choices": [{"index": 0, "text": "Hello.", "finish_reason": "stop",
+                                                "logprobs": None}], "usage": usage_chat(JSON_OUT_TOKENS)})
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        events = []
+        for i in range(self.fake.sse_event_count):
+            obj = {"id": "cmpl-1", "object": "text_completion", "created": 1700000000, "model": model,
+                   "choices": [{"index": 0, "text": f"w{i} ", "finish_reason": None, "logprobs": None}]}
+            if include_usage:
+                obj["usage"] = None
+            events.append(b"data: " + json.dumps(obj).encode() + b"\n\n")
+        if include_usage:
+            events.append(b"data: " + json.dumps({"id": "cmpl-1", "object": "text_completion", "created": 1700000000,
+                                                  "model": model, "choices": [],
+                                                  "usage": usage_chat(self.fake.sse_event_count + 2)}).encode() + b"\n\n")
+        events.append(b"data: [DONE]\n\n")
+        self.send_sse(events, drop)
+
+    def api_embeddings(self, body: dict) -> None:
+        inputs = body.get("input")
+        inputs = inputs if isinstance(inputs, list) else [inputs]
+        vector = [0.1, -0.2, 0.3, 0.4]
+        as_b64 = body.get("encoding_format") == "base64"
+        data = [{"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(struct.pack("<4f", *vector)).decode() if as_b64 else vector}
+                for i in range(len(inputs))]
+        tokens = 3 * len(inputs)
+        self.send_json({"object": "list", "data": data, "model": body.get("model", ""),
+                        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    # --- files, uploads, batches ----------------------------------------------------
+
+    def api_files(self, parts: list[str], m: str, query: dict, upload: "_MultipartFile | None") -> None:
+        fake = self.fake
+        if parts == ["files"] and m == "POST":
+            assert upload is not None
+            obj = fake.add_file(filename=upload.fields.get("filename", "upload"), purpose=upload.fields.get("purpose", ""),
+                                content=bytes(upload.kept) if upload.size <= KEEP_BODY else None, size=upload.size)
+            obj["bytes"] = upload.size
+            return self.send_json(obj)
+        if parts == ["files"] and m == "GET":
+            items = sorted(fake.files.values(), key=lambda f: f["created_at"], reverse=True)
+            if "purpose" in query:
+                items = [f for f in items if f["purpose"] in query["purpose"]]
+            limit = int(query.get("limit", ["10000"])[0])
+            return self.send_json({"object": "list", "data": items[:limit], "has_more": len(items) > limit,
+                                   "first_id": items[0]["id"] if items else None,
+                                   "last_id": items[:limit][-1]["id"] if items else None})
+        file_id = parts[1] if len(parts) > 1 else ""
+        if file_id.startswith("big-"):
+            size = int(file_id[4:])
+            if len(parts) == 3 and parts[2] == "content":
+                return self.send_bytes(size, "application/octet-stream")
+            return self.send_json({"id": file_id, "object": "file", "bytes": size, "created_at": now(),
+                                   "filename": "big.bin", "purpose": "assistants", "status": "processed"})
+        obj = fake.files.get(file_id)
+        if obj is None:
+            return self.send_error_json(404, f"No such File object: {file_id}", None)
+        if len(parts) == 3 and parts[2] == "content" and m == "GET":
+            content = fake.file_content.get(file_id)
+            if content is not None:
+                return self.send_bytes(len(content), "application/octet-stream", content)
+            return self.send_bytes(obj["bytes"], "application/octet-stream")
+        if len(parts) == 2 and m == "GET":
+            return self.send_json(obj)
+        if len(parts) == 2 and m == "DELETE":
+            with fake.lock:
+                fake.files.pop(file_id, None)
+                fake.file_content.pop(file_id, None)
+            return self.send_json({"id": file_id, "object": "file", "deleted": True})
+        return self.send_error_json(404, "Invalid URL", "unknown_url")
+
+    def api_uploads(self, parts: list[str], m: str, body: dict) -> None:
+        fake = self.fake
+        if parts == ["uploads"] and m == "POST":
+            uid = "upload_" + secrets.token_hex(8)
+            obj = {"id": uid, "object": "upload", "bytes": body.get("bytes", 0), "created_at": now(),
+                   "filename": body.get("filename", ""), "purpose": body.get("purpose", ""),
+                   "status": "pending", "expires_at": now() + 3600, "file": None}
+            fake.uploads[uid] = obj
+            return self.send_json(obj)
+        obj = fake.uploads.get(parts[1]) if len(parts) > 1 else None
+        if obj is None:
+            return self.send_error_json(404, "No such upload", None)
+        action = parts[2] if len(parts) > 2 else ""
+        if action == "parts":
+            return self.send_json({"id": "part_" + secrets.token_hex(6), "object": "upload.part",
+                                   "created_at": now(), "upload_id": obj["id"]})
+        if action == "complete":
+            obj["status"] = "completed"
+            obj["file"] = fake.add_file(filename=obj["filename"], purpose=obj["purpose"], size=obj["bytes"])
+            return self.send_json(obj)
+        if action == "cancel":
+            obj["status"] = "cancelled"
+            return self.send_json(obj)
+        return self.send_error_json(404, "Invalid URL", "unknown_url")
+
+    def api_batches(self, parts: list[str], m: str, body: dict, query: dict) -> None:
+        fake = self.fake
+        if parts == ["batches"] and m == "POST":
+            bid = "batch_" + secrets.token_hex(10)
+            obj = {"id": bid, "object": "batch", "endpoint": body.get("endpoint", ""),
+                   "errors": None, "input_file_id": body.get("input_file_id", ""),
+                   "completion_window": body.get("completion_window", "24h"), "status": "validating",
+                   "output_file_id": None, "error_file_id": None, "created_at": now(),
+                   "in_progress_at": None, "expires_at": now() + 86400, "finalizing_at": None,
+                   "completed_at": None, "failed_at": None, "expired_at": None, "cancelling_at": None,
+                   "cancelled_at": None, "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                   "metadata": body.get("metadata")}
+            fake.batches[bid] = obj
+            return self.send_json(obj)
+        if parts == ["batches"] and m == "GET":
+            items = sorted(fake.batches.values(), key=lambda b: b["created_at"], reverse=True)
+            limit = int(query.get("limit", ["20"])[0])
+            return self.send_json({"object": "list", "data": items[:limit], "has_more": len(items) > limit,
+                                   "first_id": items[0]["id"] if items else None,
+                                   "last_id": items[:limit][-1]["id"] if items else None})
+        obj = fake.batches.get(parts[1]) if len(parts) > 1 else None
+        if obj is None:
+            return self.send_error_json(404, "No such batch", None)
+        if len(parts) == 2 and m == "GET":
+            return self.send_json(obj)
+        if parts[2:] == ["cancel"] and m == "POST":
+            fake.advance_batch(obj["id"], "cancelling")
+            return self.send_json(obj)
+        return self.send_error_json(404, "Invalid URL", "unknown_url")
+
+
+def _message(text: str) -> dict:
+    return {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+
+def _event(kind: str, payload: dict, seq: int) -> bytes:
+    data = json.dumps({"type": kind, "sequence_number": seq, **payload})
+    return f"event: {kind}\ndata: {data}\n\n".encode()
+
+
+class _MultipartFile:
+    """Counts a multipart upload's file bytes and picks out its small fields, chunk by chunk."""
+
+    def __init__(self, content_type: str) -> None:
+        boundary = content_type.split("boundary=", 1)[-1].strip('"')
+        self.delimiter = b"\r\n--" + boundary.encode()
+        self.buffer = b"\r\n"  # so the first delimiter matches like the others
+        self.fields: dict[str, str] = {}
+        self.size = 0
+        self.kept = bytearray()
+        self._part: str | None = None  # name of the part being read
+        self._in_headers = False
+        self._value = bytearray()
+
+    def __call__(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            if self._in_headers:
+                end = self.buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                headers = self.buffer[:end].decode("utf-8", "replace")
+                self.buffer = self.buffer[end + 4:]
+                self._in_headers = False
+                name = headers.split('name="', 1)[-1].split('"', 1)[0] if 'name="' in headers else ""
+                if 'filename="' in headers:
+                    self.fields["filename"] = headers.split('filename="', 1)[1].split('"', 1)[0]
+                self._part = name
+                self._value = bytearray()
+                continue
+            idx = self.buffer.find(self.delimiter)
+            if idx < 0:
+                keep = len(self.delimiter) + 4
+                self._consume(self.buffer[:-keep] if len(self.buffer) > keep else b"")
+                self.buffer = self.buffer[-keep:] if len(self.buffer) > keep else self.buffer
+                return
+            self._consume(self.buffer[:idx])
+            if self._part is not None:
+                if self._part != "file":
+                    self.fields[self._part] = self._value.decode("utf-8", "replace")
+            self.buffer = self.buffer[idx + len(self.delimiter):]
+            self._part = None
+            self._in_headers = True
+            # after the delimiter: "\r\n" before headers, or "--" at the end
+            if self.buffer.startswith(b"--"):
+                self.buffer = b""
+                self._in_headers = False
+                return
+            if len(self.buffer) < 2:
+                return
+            self.buffer = self.buffer[2:]
+
+    def _consume(self, data: bytes) -> None:
+        if not data or self._part is None:
+            return
+        if self._part == "file":
+            self.size += len(data)
+            if len(self.kept) <= KEEP_BODY:
+                self.kept.extend(data)
+        elif len(self._value) < 4096:
+            self._value.extend(data)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve the fake OpenAI API until killed.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--sse-delay", type=float, default=0.0, help="seconds between SSE events")
+    parser.add_argument("--sse-events", type=int, default=3)
+    args = parser.parse_args()
+    fake = FakeUpstream(args.host, args.port)
+    fake.sse_delay_between = args.sse_delay
+    fake.sse_event_count = args.sse_events
+    print(fake.base_url, flush=True)
+    try:
+        fake.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
