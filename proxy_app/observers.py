@@ -12,7 +12,9 @@ endpoint family lives here, not in a view of its own. Hooks, in call order:
   `transforms = True`; may hold back or change bytes going to the client;
 - `on_response_chunk(chunk)`: each chunk from upstream, as received;
 - `audit_fields()`: what it learned, for the audit row. The key `usage`
-  carries a `Usage`, `response_model` the model upstream says it used.
+  carries a `Usage`, `response_model` the model upstream says it used;
+- `on_complete(call_id)`: the response was relayed in full; record what the
+  family keeps beyond the call row (files, batches). Must not raise.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Any, BinaryIO
 
 from django.conf import settings
 
+from audit_app.recorder import CallContext
 from audit_app.usage import Usage
 
 from .paths import ApiPath
@@ -57,6 +60,9 @@ class Observer:
 
     def audit_fields(self) -> dict[str, Any]:
         return {}
+
+    def on_complete(self, call_id: int) -> None:
+        pass
 
 
 class RequestFields(Observer):
@@ -228,7 +234,7 @@ class UpstreamError(Observer):
         return {"error": f"upstream {self.status}: {message}"}
 
 
-def observers_for(api_path: ApiPath, method: str, content_type: str) -> list[Observer]:
+def observers_for(api_path: ApiPath, method: str, content_type: str, ctx: CallContext) -> list[Observer]:
     observers: list[Observer] = [RequestFields(api_path, content_type)]
     if method == "POST" and api_path.path in ("/v1/chat/completions", "/v1/completions") \
             and media_type(content_type) == "application/json":

@@ -146,6 +146,9 @@ class RelayedBody:
             outcome = Outcome.OK if status < 400 else Outcome.UPSTREAM_ERROR
             error = ""
         fields = collect_fields(self.observers)
+        if self.finished:
+            for observer in self.observers:
+                observer.on_complete(self.call_id)
         close_call(
             self.call_id, self.ctx, outcome=outcome, status=status, upstream_status=status,
             upstream_request_id=self.resp.headers.get("x-request-id", "")[:128],
@@ -177,7 +180,7 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     source, length, chunked = _body_framing(request)
     content_type = request.META.get("CONTENT_TYPE", "")
     policy.check_body(content_type, length, chunked)
-    observers = observers_for(api_path, request.method, content_type)
+    observers = observers_for(api_path, request.method, content_type, ctx)
 
     try:
         call = open_call(ctx)

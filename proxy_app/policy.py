@@ -1,10 +1,16 @@
 """What the relay refuses before anything goes upstream."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from django.conf import settings
 
 from .errors import BodyTooLarge, PolicyDenied, UnsupportedMediaType
 from .paths import ApiPath
+
+if TYPE_CHECKING:
+    from audit_app.recorder import CallContext
 
 # Body types the OpenAI API takes; anything else is a client mistake or a probe.
 ALLOWED_BODY_TYPES = frozenset(
@@ -24,6 +30,17 @@ def check_path(api_path: ApiPath) -> None:
                 f"The relay's policy blocks {prefix} (rule: RELAY_BLOCKED_PATH_PREFIXES).",
                 code="blocked_path",
             )
+
+
+# Rules that need the caller or the database (scopes, file access): each takes
+# the path, the method and the call's context and raises a RelayError to refuse.
+RequestRule = Callable[[ApiPath, str, "CallContext"], None]
+REQUEST_RULES: list[RequestRule] = []
+
+
+def check_request(api_path: ApiPath, method: str, ctx: "CallContext") -> None:
+    for rule in REQUEST_RULES:
+        rule(api_path, method, ctx)
 
 
 def check_body(content_type: str, content_length: int | None, chunked: bool) -> None:

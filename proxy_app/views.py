@@ -65,6 +65,7 @@ class RelayView(APIView):
         self.ctx.key, self.ctx.user = request.auth, request.user
         self.api_path = paths.parse(django_request.path)
         policy.check_path(self.api_path)
+        policy.check_request(self.api_path, request.method, self.ctx)
 
     def permission_denied(self, request: Request, message: str | None = None, code: str | None = None):
         # DRF drops the permission's message when nobody authenticated.
