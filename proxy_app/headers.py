@@ -50,10 +50,18 @@ def request_headers_from_meta(meta: Mapping[str, str]) -> dict[str, str]:
             continue
         if value and (name in REQUEST_ALLOWED or name.startswith(REQUEST_ALLOWED_PREFIXES)):
             out[name] = value
-    # Upstream compression would hide usage from the observers, and the
-    # client<->relay hop is where compression belongs anyway.
-    out["accept-encoding"] = "identity"
-    out["authorization"] = f"Bearer {settings.OPENAI_API_KEY}"
+    out.update(upstream_credentials())
+    return out
+
+
+def upstream_credentials() -> dict[str, str]:
+    """What every request to upstream carries, relayed or the relay's own (polling, lookups)."""
+    out = {
+        # Upstream compression would hide usage from the observers, and the
+        # client<->relay hop is where compression belongs anyway.
+        "accept-encoding": "identity",
+        "authorization": f"Bearer {settings.OPENAI_API_KEY}",
+    }
     if settings.OPENAI_ORGANIZATION:
         out["openai-organization"] = settings.OPENAI_ORGANIZATION
     if settings.OPENAI_PROJECT:

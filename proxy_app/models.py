@@ -80,7 +80,11 @@ class RelayKey(models.Model):
 
     @classmethod
     def lookup(cls, plaintext: str) -> "RelayKey | None":
-        return cls.objects.select_related("owner").filter(key_hash=hash_key(plaintext)).first()
+        # The owner's limits ride along: budget checks need them on every call.
+        return (
+            cls.objects.select_related("owner", "owner__relay_limit")
+            .filter(key_hash=hash_key(plaintext)).first()
+        )
 
     @property
     def is_revoked(self) -> bool:

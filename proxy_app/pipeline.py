@@ -23,7 +23,7 @@ from audit_app.models import Outcome
 from audit_app.recorder import CallContext, close_call, open_call, release_connection
 
 from . import headers as header_rules
-from . import policy, upstream
+from . import access, policy, upstream
 from .errors import AuditUnavailable, BodyTooLarge, RelayError, UpstreamTimeout, UpstreamUnreachable
 from .observers import Observer, observers_for
 from .paths import ApiPath
@@ -180,6 +180,7 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     source, length, chunked = _body_framing(request)
     content_type = request.META.get("CONTENT_TYPE", "")
     policy.check_body(content_type, length, chunked)
+    source, length = access.check_body_scope(ctx, api_path, request.method, content_type, source, length)
     observers = observers_for(api_path, request.method, content_type, ctx)
 
     try:

@@ -122,6 +122,23 @@ def _database() -> dict:
 
 
 DATABASES = {"default": _database()}
+
+
+def _cache() -> dict:
+    """Rate-limit counters and cached spend, shared by every worker and host.
+
+    Redis when REDIS_URL (or a redis:// CACHE_URL) is set; otherwise the
+    database cache (`manage.py createcachetable`), which needs nothing more.
+    """
+    url = env.str("CACHE_URL", default="") or env.str("REDIS_URL", default="")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}
+    if url:
+        return env.cache_url_config(url)
+    return {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "relay_cache"}
+
+
+CACHES = {"default": _cache()}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -47,10 +47,24 @@ def shipped_prices(transactional_db) -> None:
         import_map(ModelPrice, load_map(SHIPPED_PRICES), datetime(2024, 1, 1, tzinfo=timezone.utc), "shipped")
 
 
+def settle(timeout: float = 10.0) -> None:
+    """Wait until the server has completed every audit row it opened.
+
+    The server finishes a row a moment after the client has read the last byte;
+    flushing the test database under it would deadlock on PostgreSQL.
+    """
+    from audit_app.models import ApiCall, Outcome
+
+    deadline = time.monotonic() + timeout
+    while ApiCall.objects.filter(outcome=Outcome.PENDING).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 @pytest.fixture
-def relay_url(live_server, upstream, shipped_prices) -> str:
+def relay_url(live_server, upstream, shipped_prices) -> Iterator[str]:
     """Base URL of the relay on a real socket (Django's threaded live server)."""
-    return live_server.url
+    yield live_server.url
+    settle()
 
 
 @pytest.fixture
@@ -169,6 +183,7 @@ def start_gunicorn(transactional_db, upstream, shipped_prices):
         return relay
 
     yield start
+    settle()
     for relay in started:
         relay.stop()
 

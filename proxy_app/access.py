@@ -1,0 +1,220 @@
+"""Access control per key and per user: scopes, monthly budgets, rate limits.
+
+Each check refuses before anything is forwarded. Family scope, budgets and
+rate limits are request rules (they need only the caller); the model scope
+needs the body, so the pipeline asks `check_body_scope` before it opens the
+audit row.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from datetime import date
+from decimal import Decimal
+from typing import BinaryIO
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db.models import Sum
+from django.utils import timezone
+
+from audit_app.models import UsageDaily
+from audit_app.recorder import CallContext
+
+from . import upstream
+from .headers import upstream_credentials
+from .errors import BodyTooLarge, PolicyDenied, RelayError
+from .paths import ApiPath, family_hint
+from .policy import REQUEST_RULES, media_type
+from .sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
+
+# Spend is cached this long: a budget check costs a cache read, not a query.
+SPEND_CACHE_SECONDS = 10
+# Bodies inspected for their model stay in memory up to this size, then spill to disk.
+SPOOL_IN_MEMORY = 1024 * 1024
+
+
+class BudgetExceeded(RelayError):
+    status_code = 429
+    error_type = "insufficient_quota"
+    default_code = "relay_budget_exceeded"
+
+
+class RateLimited(RelayError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+# --- scopes -----------------------------------------------------------------
+
+
+def check_family_scope(api_path: ApiPath, method: str, ctx: CallContext) -> None:
+    allowed = ctx.key.allowed_families if ctx.key is not None else None
+    if allowed and api_path.family not in allowed:
+        raise PolicyDenied(
+            f"Relay key {ctx.key.prefix}… may only call these endpoint families: "
+            f"{', '.join(allowed)} (scope: allowed_families); this is '{api_path.family}'.",
+            code="outside_key_scope",
+        )
+
+
+def _check_model(ctx: CallContext, model: object, where: str = "") -> None:
+    allowed = ctx.key.allowed_models
+    if allowed and isinstance(model, str) and model not in allowed:
+        raise PolicyDenied(
+            f"Relay key {ctx.key.prefix}… may only use these models: {', '.join(allowed)} "
+            f"(scope: allowed_models); {where}'{model}' is not one of them.",
+            code="outside_key_scope", param="model",
+        )
+
+
+def check_body_scope(ctx: CallContext, api_path: ApiPath, method: str, content_type: str,
+                     source: BinaryIO | None, length: int | None) -> tuple[BinaryIO | None, int | None]:
+    """For a key limited to some models, read the body's model before forwarding.
+
+    The body is spooled (to disk past 1 MiB), never held whole in memory, and
+    then forwarded from the spool. Keys without a model scope skip all this.
+    """
+    if ctx.key is None or not ctx.key.allowed_models or source is None:
+        return source, length
+    kind = media_type(content_type)
+    if kind == "application/json":
+        sniffer: JsonFieldSniffer | MultipartFieldSniffer = JsonFieldSniffer(
+            frozenset({"model", "input_file_id", "endpoint"}))
+    elif kind == "multipart/form-data" and (boundary := boundary_of(content_type)):
+        sniffer = MultipartFieldSniffer(boundary, frozenset({"model"}))
+    else:
+        return source, length
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+    total = 0
+    while chunk := source.read(64 * 1024):
+        total += len(chunk)
+        if total > settings.RELAY_MAX_BODY_BYTES:
+            spool.close()
+            raise BodyTooLarge(f"The request body exceeds the relay's limit of {settings.RELAY_MAX_BODY_BYTES} bytes.")
+        sniffer.feed(chunk)
+        spool.write(chunk)
+    spool.seek(0)
+    try:
+        _check_model(ctx, sniffer.values.get("model"))
+        if api_path.path == "/v1/batches" and method == "POST":
+            _check_batch_input(ctx, sniffer.values)
+    except RelayError:
+        spool.close()
+        raise
+    return spool, total
+
+
+def _check_batch_input(ctx: CallContext, values: dict) -> None:
+    """A batch runs the models named in its input file: read them before it starts."""
+    endpoint = values.get("endpoint")
+    if isinstance(endpoint, str) and ctx.key.allowed_families:
+        family = family_hint(endpoint)
+        if family not in ctx.key.allowed_families:
+            raise PolicyDenied(
+                f"Relay key {ctx.key.prefix}… may only call these endpoint families: "
+                f"{', '.join(ctx.key.allowed_families)} (scope: allowed_families); "
+                f"this batch runs '{family}'.", code="outside_key_scope", param="endpoint",
+            )
+    file_id = values.get("input_file_id")
+    if not isinstance(file_id, str) or not file_id or "/" in file_id:
+        return  # upstream will refuse the batch itself
+    url = upstream.url_for(f"/files/{file_id}/content", "")
+    try:
+        with upstream.session().get(url, headers=upstream_credentials(), stream=True,
+                                    timeout=upstream.timeouts()) as resp:
+            if resp.status_code != 200:
+                raise PolicyDenied(
+                    f"The relay could not read batch input file {file_id} to check its models "
+                    f"against this key's scope (upstream said {resp.status_code}).",
+                    code="outside_key_scope", param="input_file_id",
+                )
+            for number, line in enumerate(resp.iter_lines(chunk_size=64 * 1024), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    model = json.loads(line).get("body", {}).get("model")
+                except (ValueError, AttributeError):
+                    continue  # upstream validates the file's format
+                _check_model(ctx, model, where=f"line {number} of {file_id} uses ")
+    except OSError as exc:
+        raise PolicyDenied(f"The relay could not read batch input file {file_id}: {type(exc).__name__}.",
+                           code="outside_key_scope", param="input_file_id") from None
+
+
+# --- budgets ------------------------------------------------------------------
+
+
+def _month_start() -> date:
+    return timezone.localdate().replace(day=1)
+
+
+def month_spend(*, key_id: int | None = None, user_id: int | None = None) -> Decimal:
+    """USD spent this calendar month by a key or a user, from the daily rollups."""
+    first = _month_start()
+    who = f"k{key_id}" if key_id is not None else f"u{user_id}"
+    cache_key = f"relay:spend:{who}:{first:%Y%m}"
+    cached = cache.get(cache_key)
+    if cached is not None:
+        return Decimal(cached)
+    rows = UsageDaily.objects.filter(date__gte=first)
+    rows = rows.filter(key_id=key_id) if key_id is not None else rows.filter(user_id=user_id)
+    spend = rows.aggregate(s=Sum("cost"))["s"] or Decimal(0)
+    cache.set(cache_key, str(spend), SPEND_CACHE_SECONDS)
+    return spend
+
+
+def check_budgets(api_path: ApiPath, method: str, ctx: CallContext) -> None:
+    key = ctx.key
+    if key is None:
+        return
+    if key.monthly_budget_usd is not None:
+        spent = month_spend(key_id=key.pk)
+        if spent >= key.monthly_budget_usd:
+            raise BudgetExceeded(
+                f"Relay key {key.prefix}… has used its monthly budget of ${key.monthly_budget_usd} "
+                f"(spent ${spent:.2f} this month; budget: key monthly_budget_usd)."
+            )
+    limit = getattr(ctx.user, "relay_limit", None)
+    if limit is not None and limit.monthly_budget_usd is not None:
+        spent = month_spend(user_id=ctx.user.pk)
+        if spent >= limit.monthly_budget_usd:
+            raise BudgetExceeded(
+                f"User {ctx.user.get_username()} has used their monthly budget of "
+                f"${limit.monthly_budget_usd} (spent ${spent:.2f} this month; budget: user monthly_budget_usd)."
+            )
+
+
+# --- rate limits -----------------------------------------------------------------
+
+
+def check_rate_limit(api_path: ApiPath, method: str, ctx: CallContext) -> None:
+    """Requests per minute per key, counted in Django's cache so that every
+    worker and host shares the count (atomic with Redis; close to it with the
+    database cache)."""
+    key = ctx.key
+    if key is None or not key.requests_per_minute:
+        return
+    now = time.time()
+    window = int(now // 60)
+    counter = f"relay:rpm:{key.pk}:{window}"
+    if cache.add(counter, 1, timeout=120):
+        count = 1
+    else:
+        try:
+            count = cache.incr(counter)
+        except ValueError:  # expired between add and incr
+            cache.add(counter, 1, timeout=120)
+            count = 1
+    if count > key.requests_per_minute:
+        retry = max(1, 60 - int(now % 60))
+        raise RateLimited(
+            f"Relay key {key.prefix}… is limited to {key.requests_per_minute} requests per minute "
+            f"(limit: requests_per_minute). Retry in {retry}s.",
+            headers={"Retry-After": str(retry)},
+        )
+
+
+REQUEST_RULES.extend([check_family_scope, check_rate_limit, check_budgets])
