@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
-from rest_framework.exceptions import NotAuthenticated
+from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from audit_app.recorder import CallContext, record_rejected
 
-from . import paths, pipeline, policy
+from . import actions_schema, envelope, paths, pipeline, policy
 from .auth import HasRelayKey
 from .errors import error_response, render_exception
 
@@ -43,6 +43,16 @@ class PingView(LocalView):
     pass
 
 
+class ActionsSchemaView(LocalView):
+    def get(self, request: Request) -> JsonResponse:
+        return JsonResponse(actions_schema.document())
+
+
+class PluginManifestView(LocalView):
+    def get(self, request: Request) -> JsonResponse:
+        return JsonResponse(actions_schema.plugin_manifest())
+
+
 class RelayView(APIView):
     """Every relayed /v1 path, every method, through the one pipeline."""
 
@@ -63,9 +73,20 @@ class RelayView(APIView):
         )
         super().initial(request, *args, **kwargs)  # authentication, permissions
         self.ctx.key, self.ctx.user = request.auth, request.user
-        self.api_path = paths.parse(django_request.path)
+        self.forwarded = django_request
+        if django_request.path == envelope.ENVELOPE_PATH:
+            self.forwarded = self._unwrap(django_request)
+        self.api_path = paths.parse(self.forwarded.path)
         policy.check_path(self.api_path)
-        policy.check_request(self.api_path, request.method, self.ctx)
+        policy.check_request(self.api_path, self.forwarded.method, self.ctx)
+
+    def _unwrap(self, outer: HttpRequest) -> HttpRequest:
+        if outer.method != "POST":
+            raise MethodNotAllowed(outer.method)
+        call = envelope.unwrap(outer)
+        # From here on the call is what the envelope asked for, in the audit too.
+        self.ctx.method, self.ctx.path, self.ctx.family = call.method, call.path, paths.family_hint(call.path)
+        return envelope.inner_request(outer, call)
 
     def permission_denied(self, request: Request, message: str | None = None, code: str | None = None):
         # DRF drops the permission's message when nobody authenticated.
@@ -74,7 +95,7 @@ class RelayView(APIView):
         super().permission_denied(request, message, code)
 
     def relay(self, request: Request, *args, **kwargs):
-        return pipeline.forward(request._request, self.api_path, self.ctx)
+        return pipeline.forward(self.forwarded, self.api_path, self.ctx)
 
     get = post = put = patch = delete = head = options = relay
 

@@ -47,6 +47,9 @@ RELAY_BLOCKED_PATH_PREFIXES = env.list(
 # Chat request bodies up to this size are read to ask upstream for streamed
 # usage; larger ones pass through untouched (their stream usage goes unrecorded).
 RELAY_REWRITE_MAX_BYTES = env.int("RELAY_REWRITE_MAX_BYTES", default=1024 * 1024)
+# Where staff reach the relay: the `servers` entry of /openapi.json for GPT Actions.
+RELAY_PUBLIC_URL = env.str("RELAY_PUBLIC_URL", default="http://localhost:8000")
+RELAY_CONTACT_EMAIL = env.str("RELAY_CONTACT_EMAIL", default="admin@example.com")
 # Rows left pending this long are considered orphaned by `reconcile_calls`.
 RELAY_PENDING_TIMEOUT_SECONDS = env.int("RELAY_PENDING_TIMEOUT_SECONDS", default=3600)
 

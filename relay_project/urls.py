@@ -8,6 +8,8 @@ urlpatterns = [
     path("health", views.HealthView.as_view()),
     path("v1/health", views.HealthView.as_view()),
     path("v1/actions/ping", views.PingView.as_view()),
+    path("openapi.json", views.ActionsSchemaView.as_view()),
+    path(".well-known/ai-plugin.json", views.PluginManifestView.as_view()),
     path("admin/", admin.site.urls),
     re_path(r"^v1(?:/.*)?$", views.RelayView.as_view()),
 ]
