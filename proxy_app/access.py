@@ -2,17 +2,15 @@
 
 Each check refuses before anything is forwarded. Family scope, budgets and
 rate limits are request rules (they need only the caller); the model scope
-needs the body, so the pipeline asks `check_body_scope` before it opens the
-audit row.
+needs the body, so `proxy_app.inspection` calls `check_model_scope` once it
+has read the body's fields.
 """
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from datetime import date
 from decimal import Decimal
-from typing import BinaryIO
 
 from django.conf import settings
 from django.core.cache import cache
@@ -24,15 +22,12 @@ from audit_app.recorder import CallContext
 
 from . import upstream
 from .headers import upstream_credentials
-from .errors import BodyTooLarge, PolicyDenied, RelayError
+from .errors import PolicyDenied, RelayError
 from .paths import ApiPath, family_hint
-from .policy import REQUEST_RULES, media_type
-from .sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
+from .policy import REQUEST_RULES
 
 # Spend is cached this long: a budget check costs a cache read, not a query.
 SPEND_CACHE_SECONDS = 10
-# Bodies inspected for their model stay in memory up to this size, then spill to disk.
-SPOOL_IN_MEMORY = 1024 * 1024
 
 
 class BudgetExceeded(RelayError):
@@ -60,6 +55,19 @@ def check_family_scope(api_path: ApiPath, method: str, ctx: CallContext) -> None
         )
 
 
+def has_model_scope(ctx: CallContext) -> bool:
+    return ctx.key is not None and bool(ctx.key.allowed_models)
+
+
+def check_model_scope(ctx: CallContext, api_path: ApiPath, method: str, fields: dict) -> None:
+    """The body's model, and for a new batch the models inside its input file."""
+    if not has_model_scope(ctx):
+        return
+    _check_model(ctx, fields.get("model"))
+    if api_path.path == "/v1/batches" and method == "POST":
+        _check_batch_input(ctx, fields)
+
+
 def _check_model(ctx: CallContext, model: object, where: str = "") -> None:
     allowed = ctx.key.allowed_models
     if allowed and isinstance(model, str) and model not in allowed:
@@ -68,43 +76,6 @@ def _check_model(ctx: CallContext, model: object, where: str = "") -> None:
             f"(scope: allowed_models); {where}'{model}' is not one of them.",
             code="outside_key_scope", param="model",
         )
-
-
-def check_body_scope(ctx: CallContext, api_path: ApiPath, method: str, content_type: str,
-                     source: BinaryIO | None, length: int | None) -> tuple[BinaryIO | None, int | None]:
-    """For a key limited to some models, read the body's model before forwarding.
-
-    The body is spooled (to disk past 1 MiB), never held whole in memory, and
-    then forwarded from the spool. Keys without a model scope skip all this.
-    """
-    if ctx.key is None or not ctx.key.allowed_models or source is None:
-        return source, length
-    kind = media_type(content_type)
-    if kind == "application/json":
-        sniffer: JsonFieldSniffer | MultipartFieldSniffer = JsonFieldSniffer(
-            frozenset({"model", "input_file_id", "endpoint"}))
-    elif kind == "multipart/form-data" and (boundary := boundary_of(content_type)):
-        sniffer = MultipartFieldSniffer(boundary, frozenset({"model"}))
-    else:
-        return source, length
-    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
-    total = 0
-    while chunk := source.read(64 * 1024):
-        total += len(chunk)
-        if total > settings.RELAY_MAX_BODY_BYTES:
-            spool.close()
-            raise BodyTooLarge(f"The request body exceeds the relay's limit of {settings.RELAY_MAX_BODY_BYTES} bytes.")
-        sniffer.feed(chunk)
-        spool.write(chunk)
-    spool.seek(0)
-    try:
-        _check_model(ctx, sniffer.values.get("model"))
-        if api_path.path == "/v1/batches" and method == "POST":
-            _check_batch_input(ctx, sniffer.values)
-    except RelayError:
-        spool.close()
-        raise
-    return spool, total
 
 
 def _check_batch_input(ctx: CallContext, values: dict) -> None:

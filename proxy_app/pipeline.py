@@ -23,8 +23,9 @@ from audit_app.models import Outcome
 from audit_app.recorder import CallContext, close_call, open_call, release_connection
 
 from . import headers as header_rules
-from . import access, policy, upstream
+from . import policy, upstream
 from .errors import AuditUnavailable, BodyTooLarge, RelayError, UpstreamTimeout, UpstreamUnreachable
+from .inspection import inspect_body
 from .observers import Observer, observers_for
 from .paths import ApiPath
 
@@ -63,7 +64,11 @@ class RequestBody:
     def __iter__(self) -> Iterator[bytes]:
         limit = settings.RELAY_MAX_BODY_BYTES
         while True:
-            chunk = self.source.read(CHUNK)
+            try:
+                chunk = self.source.read(CHUNK)
+            except Exception as exc:  # the server's own parse errors, a client gone mid-body
+                self.error = RelayError(f"The request body could not be read: {exc}", code="invalid_body")
+                raise self.error from None
             if not chunk:
                 return
             self.bytes_read += len(chunk)
@@ -180,7 +185,7 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     source, length, chunked = _body_framing(request)
     content_type = request.META.get("CONTENT_TYPE", "")
     policy.check_body(content_type, length, chunked)
-    source, length = access.check_body_scope(ctx, api_path, request.method, content_type, source, length)
+    source, length = inspect_body(ctx, api_path, request.method, content_type, source, length)
     observers = observers_for(api_path, request.method, content_type, ctx)
 
     try:
@@ -200,7 +205,8 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
         relay_exc = body.error if body is not None and body.error else _map_send_error(exc)
         error = relay_exc.message if isinstance(relay_exc, RelayError) else type(exc).__name__
         close_call(
-            call.pk, ctx, outcome=Outcome.REJECTED if isinstance(relay_exc, BodyTooLarge) else Outcome.FAILED,
+            call.pk, ctx,
+            outcome=Outcome.REJECTED if getattr(relay_exc, "status_code", 500) < 500 else Outcome.FAILED,
             status=getattr(relay_exc, "status_code", 500), error=error,
             bytes_in=body.bytes_read if body else 0,
             **{k: v for k, v in collect_fields(observers).items() if k != "error"},

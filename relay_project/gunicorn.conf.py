@@ -30,3 +30,8 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # Trust X-Forwarded-* only from the reverse proxy in front.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# Malformed HTTP is answered by gunicorn itself; make that answer JSON too.
+from relay_project import gunicorn_errors  # noqa: E402
+
+gunicorn_errors.install()

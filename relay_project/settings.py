@@ -44,6 +44,9 @@ RELAY_BLOCKED_PATH_PREFIXES = env.list(
     "RELAY_BLOCKED_PATH_PREFIXES",
     default=["/v1/fine_tuning", "/v1/evals", "/v1/organization"],
 )
+# JSON bodies up to this size are checked (they must parse, as an object) before
+# anything is forwarded; larger ones stream through and upstream judges them.
+RELAY_INSPECT_MAX_BYTES = env.int("RELAY_INSPECT_MAX_BYTES", default=1024 * 1024)
 # Chat request bodies up to this size are read to ask upstream for streamed
 # usage; larger ones pass through untouched (their stream usage goes unrecorded).
 RELAY_REWRITE_MAX_BYTES = env.int("RELAY_REWRITE_MAX_BYTES", default=1024 * 1024)
@@ -62,6 +65,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "corsheaders",
+    "axes",
     "proxy_app",
     "audit_app",
 ]
@@ -69,6 +74,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # Errors first, so that nothing below can answer a /v1 client with HTML.
     "proxy_app.middleware.JsonErrorMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -77,7 +83,33 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: locks out repeated failed admin logins.
+    "axes.middleware.AxesMiddleware",
 ]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Admin login brute force: 5 failures for a username from an IP lock it for an hour.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=1.0)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+
+# Browser-based tools: origins allowed to call /v1 (and fetch the Actions schema).
+# A CORS preflight is answered without a key; the real request still needs one.
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/(v1/|openapi\.json$|\.well-known/)"
+CORS_ALLOW_HEADERS = [
+    "accept", "authorization", "content-type", "openai-beta", "idempotency-key", "x-relay-key",
+    "x-stainless-arch", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
+    "x-stainless-retry-count", "x-stainless-runtime", "x-stainless-runtime-version",
+    "x-stainless-timeout", "x-stainless-helper-method",
+]
+CORS_EXPOSE_HEADERS = ["x-request-id", "openai-processing-ms", "retry-after",
+                       "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests"]
+CORS_PREFLIGHT_MAX_AGE = 3600
 
 ROOT_URLCONF = "relay_project.urls"
 WSGI_APPLICATION = "relay_project.wsgi.application"
@@ -169,8 +201,23 @@ STORAGES = {
 
 # Behind a reverse proxy that terminates TLS.
 USE_X_FORWARDED_HOST = env.bool("USE_X_FORWARDED_HOST", default=False)
-if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
+# HTTPS=true is the production setting (TLS at the reverse proxy): secure cookies,
+# HSTS and a redirect to https for everything but the health checks, which load
+# balancers make over plain HTTP. Off by default so that the quick start works
+# on http://localhost.
+HTTPS = env.bool("HTTPS", default=False)
+if HTTPS or env.bool("SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if HTTPS:
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^v1/health$", r"^$"]
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
 # Trust X-Forwarded-For for the audit's client IP only when a proxy sets it.
 RELAY_TRUST_X_FORWARDED_FOR = env.bool("RELAY_TRUST_X_FORWARDED_FOR", default=False)
 
@@ -196,5 +243,6 @@ LOGGING = {
         # trail already records them.
         "django.request": {"level": "ERROR"},
         "urllib3": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
     },
 }

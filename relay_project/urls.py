@@ -11,7 +11,8 @@ urlpatterns = [
     path("openapi.json", views.ActionsSchemaView.as_view()),
     path(".well-known/ai-plugin.json", views.PluginManifestView.as_view()),
     path("admin/", admin.site.urls),
-    re_path(r"^v1(?:/.*)?$", views.RelayView.as_view()),
+    # [\s\S], not ".": a path with an encoded newline must still reach the relay's path checks.
+    re_path(r"^v1(?:/[\s\S]*)?\Z", views.RelayView.as_view()),
 ]
 
 handler404 = "proxy_app.views.not_found"

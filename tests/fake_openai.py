@@ -237,7 +237,10 @@ class _Handler(BaseHTTPRequestHandler):
 
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                line = self.rfile.readline()
+                if not line:
+                    raise ConnectionError("body ended early")  # an aborted request is not recorded
+                size = int(line.split(b";")[0].strip(), 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
@@ -246,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
                 while remaining:
                     data = self.rfile.read(min(CHUNK, remaining))
                     if not data:
-                        break
+                        raise ConnectionError("body ended early")
                     take(data)
                     remaining -= len(data)
                 self.rfile.readline()
@@ -255,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
             while remaining:
                 data = self.rfile.read(min(CHUNK, remaining))
                 if not data:
-                    break
+                    raise ConnectionError("body ended early")
                 take(data)
                 remaining -= len(data)
         req = RecordedRequest(
@@ -339,7 +342,11 @@ class _Handler(BaseHTTPRequestHandler):
         sink = None
         if self.command == "POST" and path == "/v1/files":
             sink = _MultipartFile(self.headers.get("Content-Type", ""))
-        req = self._read_body(sink)
+        try:
+            req = self._read_body(sink)
+        except (ConnectionError, ValueError):
+            self.close_connection = True
+            return
         if fault is not None:
             if fault.hang:
                 time.sleep(fault.hang)
