@@ -14,6 +14,7 @@ from .models import ModelPrice
 from .usage import Usage
 
 MILLION = Decimal(1_000_000)
+COST_PLACES = Decimal("1e-10")
 # Dated snapshots: gpt-4o-2024-08-06, o3-mini-2025-01-31, gpt-4-0613, gpt-3.5-turbo-1106.
 _SNAPSHOT = re.compile(r"^(?P<family>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
 
@@ -91,4 +92,5 @@ def cost_of(usage: Usage, price: ModelPrice | None, *, batch: bool = False) -> D
         if rate is None:
             return None
         total += Decimal(quantity) * rate / per
-    return total
+    # Exactly what the cost columns hold, so that what is stored is what was computed.
+    return total.quantize(COST_PLACES)

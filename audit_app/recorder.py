@@ -14,7 +14,7 @@ from typing import Any
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.utils import timezone
 
-from . import pricing, rollups
+from . import ledger, pricing, rollups
 from .models import ApiCall, Outcome
 from .usage import Usage
 
@@ -64,16 +64,25 @@ def open_call(ctx: CallContext) -> ApiCall:
     return ApiCall.objects.create(**_base_fields(ctx), outcome=Outcome.PENDING)
 
 
+def _with_mac(ctx: CallContext, fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields plus the MAC of the whole finished row (see audit_app.ledger)."""
+    values = {**_base_fields(ctx), **fields}
+    for fk in ("key", "user", "price"):
+        if fk in values:
+            obj = values.pop(fk)
+            values[f"{fk}_id"] = obj.pk if obj is not None else None
+    return {**fields, "row_mac": ledger.call_mac(values)}
+
+
 def record_rejected(ctx: CallContext, status: int, message: str) -> None:
     """One finished row for a request the relay answered itself.
 
     Never raises: a failing audit write must not turn a clear 4xx into a 500.
     """
     try:
-        ApiCall.objects.create(
-            **_base_fields(ctx), **_finish_fields(ctx), status=status,
-            outcome=Outcome.REJECTED, error=message[:_ERROR_MAX],
-        )
+        fields = _with_mac(ctx, {**_finish_fields(ctx), "status": status, "outcome": Outcome.REJECTED,
+                                 "error": message[:_ERROR_MAX]})
+        ApiCall.objects.create(**_base_fields(ctx), **fields)
     except DatabaseError:
         log.exception("audit: could not record a rejected %s %s", ctx.method, ctx.path)
 
@@ -105,6 +114,7 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
         fields.update(priced_fields(usage, response_model or fields.get("model", ""), ctx.started_at))
     if not fields.get("model") and response_model:
         fields["model"] = response_model[:128]
+    fields = _with_mac(ctx, fields)
     for attempt in (1, 2):
         try:
             with transaction.atomic():

@@ -50,7 +50,7 @@ class Usage:
             return None
         out = cls()
         if usage.get("type") == "duration" and _num(usage.get("seconds")) is not None:
-            out.audio_seconds = Decimal(str(usage["seconds"]))
+            out.audio_seconds = Decimal(str(usage["seconds"])).quantize(Decimal("0.001"))
             return out
         out.input_tokens = _int(usage.get("input_tokens", usage.get("prompt_tokens")))
         out.output_tokens = _int(usage.get("output_tokens", usage.get("completion_tokens")))

@@ -2,9 +2,10 @@
 from .batches import BatchRecord, BatchResult, BatchStatus
 from .calls import ApiCall, Outcome
 from .files import FileOrigin, FileRecord, UploadRecord
+from .ledger import ChainState, LedgerEntry, LedgerKind, PruneRun
 from .usage import ModelPrice, UsageDaily
 
 __all__ = [
     "ApiCall", "Outcome", "ModelPrice", "UsageDaily", "FileRecord", "FileOrigin", "UploadRecord",
-    "BatchRecord", "BatchResult", "BatchStatus",
+    "BatchRecord", "BatchResult", "BatchStatus", "ChainState", "LedgerEntry", "LedgerKind", "PruneRun",
 ]

@@ -63,6 +63,11 @@ class ApiCall(TokenUsage):
     price = models.ForeignKey(
         "audit_app.ModelPrice", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
+    # Keyed hash of the finished row, written with it: a row edited or inserted
+    # by anyone without the relay's chain key does not match.
+    row_mac = models.CharField(max_length=64, blank=True, editable=False)
+    # Set by the sealer (seal_audit): the row's place in the tamper-evident ledger.
+    chain_seq = models.BigIntegerField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-started_at"]
@@ -71,6 +76,9 @@ class ApiCall(TokenUsage):
             models.Index(fields=["user", "-started_at"], name="apicall_user_started"),
             models.Index(fields=["key", "-started_at"], name="apicall_key_started"),
             models.Index(fields=["outcome", "started_at"], name="apicall_outcome_started"),
+            # The sealer's work queue: finished calls not yet in the ledger.
+            models.Index(fields=["id"], name="apicall_unsealed",
+                         condition=models.Q(chain_seq__isnull=True)),
         ]
 
     def __str__(self) -> str:

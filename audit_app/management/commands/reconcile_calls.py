@@ -3,16 +3,19 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
 from django.utils import timezone
 
+from audit_app.ledger import call_mac
+from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import ApiCall, Outcome
 
+BATCH = 500
 
-class Command(BaseCommand):
+
+class Command(StoppableCommand):
     help = (
         "Mark calls left pending (a worker killed mid-request, a lost database write) "
-        "as interrupted once they are older than the pending timeout."
+        "as interrupted once they are older than the pending timeout. Run it from cron."
     )
 
     def add_arguments(self, parser) -> None:
@@ -24,16 +27,24 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="count, change nothing")
 
     def handle(self, *args, older_than: int | None, dry_run: bool, **options) -> None:
+        self.install_stop_handlers()
         seconds = settings.RELAY_PENDING_TIMEOUT_SECONDS if older_than is None else older_than
         now = timezone.now()
         stale = ApiCall.objects.filter(
             outcome=Outcome.PENDING, started_at__lt=now - timedelta(seconds=seconds)
-        )
+        ).order_by("pk")
         if dry_run:
             self.stdout.write(f"{stale.count()} pending calls older than {seconds}s would be interrupted.")
             return
-        count = stale.update(
-            outcome=Outcome.INTERRUPTED, finished_at=now,
-            error="interrupted: the relay stopped before the call finished",
-        )
+        count = 0
+        while not self.stopping:
+            rows = list(stale[:BATCH])
+            if not rows:
+                break
+            for row in rows:
+                row.outcome, row.finished_at = Outcome.INTERRUPTED, now
+                row.error = "interrupted: the relay stopped before the call finished"
+                row.row_mac = call_mac(row)  # the relay's own write: keep the row verifiable
+            ApiCall.objects.bulk_update(rows, ["outcome", "finished_at", "error", "row_mac"])
+            count += len(rows)
         self.stdout.write(f"reconciled: {count} pending calls older than {seconds}s marked interrupted.")

@@ -8,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit_app import rollups
+from audit_app.ledger import call_mac
 from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import ApiCall
 from audit_app.recorder import priced_fields
@@ -60,11 +61,14 @@ class Command(StoppableCommand):
         if cost == call.cost and unpriced == call.unpriced:
             return 0
         if not dry_run:
-            ApiCall.objects.filter(pk=call.pk).update(cost=cost, unpriced=unpriced, price=new.get("price"))
+            old_cost, old_unpriced = call.cost, call.unpriced
+            call.cost, call.unpriced, call.price = cost, unpriced, new.get("price")
+            call.row_mac = call_mac(call)
+            call.save(update_fields=["cost", "unpriced", "price", "row_mac"])
             if call.key_id is not None and call.user_id is not None:
                 rollups.add(
                     started_at=call.started_at, user_id=call.user_id, key_id=call.key_id,
                     model=call.model, family=call.family, calls=0,
-                    cost=(cost or 0) - (call.cost or 0), unpriced=int(unpriced) - int(call.unpriced),
+                    cost=(cost or 0) - (old_cost or 0), unpriced=int(unpriced) - int(old_unpriced),
                 )
         return 1

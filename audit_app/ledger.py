@@ -1,0 +1,320 @@
+"""Sealing and verifying the tamper-evident ledger.
+
+Design: every finished ApiCall row carries `row_mac`, an HMAC of its content
+computed by the relay as it writes the row (cheap, on the hot path, no shared
+lock). A single writer, `seal_audit`, then appends ledger entries in order:
+it locks the one ChainState row, checks each new row's MAC, and chains
+entry N to entry N-1 with an HMAC. Why not chain on the hot path: every call
+of every worker on every host would queue on one row lock; sealing in a
+single writer keeps the request path lock-free, and the row MAC protects a
+row in the seconds before it is sealed. File and batch records change over
+their life; the sealer appends an entry whenever one's content changes.
+
+The HMAC key comes from AUDIT_CHAIN_KEY (or SECRET_KEY): someone with only
+database access can edit, delete or insert rows, but cannot make the hashes
+agree again.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone as dt_timezone
+from decimal import Decimal
+from typing import Any, Iterable
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+from .models import (ApiCall, BatchRecord, ChainState, FileRecord, LedgerEntry, LedgerKind, Outcome,
+                     PruneRun)
+
+GENESIS = "0" * 64
+SEAL_BATCH = 1000
+_CALL_FIELDS = tuple(
+    f.attname for f in ApiCall._meta.concrete_fields if f.attname not in ("row_mac", "chain_seq")
+)
+# The row MAC is computed before an insert knows its id; the ledger entry binds the id.
+_MAC_FIELDS = tuple(name for name in _CALL_FIELDS if name != "id")
+
+
+def _key() -> bytes:
+    secret = getattr(settings, "AUDIT_CHAIN_KEY", "") or settings.SECRET_KEY
+    return hashlib.sha256(b"team-relay audit chain\0" + secret.encode()).digest()
+
+
+def _norm(value: Any) -> Any:
+    """One text form per value, whatever the database gave back."""
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    if isinstance(value, datetime):
+        return value.astimezone(dt_timezone.utc).isoformat(timespec="microseconds")
+    if isinstance(value, float):
+        return repr(round(value, 3))
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, default=str)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _canonical(values: dict[str, Any], names: Iterable[str]) -> bytes:
+    return json.dumps([[n, _norm(values.get(n))] for n in names], separators=(",", ":"),
+                      default=str).encode()
+
+
+def _mac(data: bytes) -> str:
+    return hmac.new(_key(), data, hashlib.sha256).hexdigest()
+
+
+# --- calls --------------------------------------------------------------------
+
+
+def call_values(row: ApiCall | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(row, ApiCall):
+        return {name: getattr(row, name) for name in _CALL_FIELDS}
+    defaults = {f.attname: f.get_default() for f in ApiCall._meta.concrete_fields}
+    return {name: row.get(name, defaults.get(name)) for name in _CALL_FIELDS}
+
+
+def call_mac(row: ApiCall | dict[str, Any]) -> str:
+    """The row MAC of a finished call, from the row or from the values being written."""
+    return _mac(b"call\0" + _canonical(call_values(row), _MAC_FIELDS))
+
+
+def call_content_hash(row: ApiCall) -> str:
+    return hashlib.sha256(_canonical(call_values(row), _CALL_FIELDS)).hexdigest()
+
+
+# --- files and batches ------------------------------------------------------------
+
+
+def _record_fields(model: type[models.Model]) -> tuple[str, ...]:
+    return tuple(f.attname for f in model._meta.concrete_fields if f.attname not in ("updated_at",))
+
+
+_RECORDS: dict[str, tuple[type[models.Model], str]] = {
+    LedgerKind.FILE: (FileRecord, "file_id"),
+    LedgerKind.BATCH: (BatchRecord, "batch_id"),
+    LedgerKind.PRUNE: (PruneRun, "id"),
+}
+
+
+def record_content_hash(obj: models.Model) -> str:
+    names = _record_fields(type(obj))
+    return hashlib.sha256(_canonical({n: getattr(obj, n) for n in names}, names)).hexdigest()
+
+
+def entry_hash(seq: int, kind: str, object_id: str, content_hash: str, prev_hash: str) -> str:
+    return _mac(f"{seq}|{kind}|{object_id}|{content_hash}|{prev_hash}".encode())
+
+
+# --- sealing -----------------------------------------------------------------------
+
+
+@dataclass
+class SealResult:
+    calls: int = 0
+    records: int = 0
+    rejected: list[str] = field(default_factory=list)  # rows whose MAC does not match
+
+    @property
+    def sealed(self) -> int:
+        return self.calls + self.records
+
+
+class _Appender:
+    def __init__(self, state: ChainState) -> None:
+        self.state = state
+        self.entries: list[LedgerEntry] = []
+
+    def add(self, kind: str, object_id: str, content_hash: str) -> int:
+        seq = self.state.head_seq + 1
+        digest = entry_hash(seq, kind, object_id, content_hash, self.state.head_hash)
+        self.entries.append(LedgerEntry(seq=seq, kind=kind, object_id=object_id,
+                                        content_hash=content_hash, prev_hash=self.state.head_hash,
+                                        entry_hash=digest))
+        self.state.head_seq, self.state.head_hash = seq, digest
+        return seq
+
+    def save(self) -> None:
+        LedgerEntry.objects.bulk_create(self.entries)
+        self.state.last_sealed_at = timezone.now()
+        self.state.save()
+
+
+def _locked_state() -> ChainState:
+    ChainState.load()
+    return ChainState.objects.select_for_update().get(pk=1)
+
+
+def seal(limit: int | None = None) -> SealResult:
+    """Append every finished, unsealed call and every changed file/batch record.
+
+    Each batch of up to SEAL_BATCH rows is one short transaction holding the
+    chain-head lock, so concurrent sealers (several hosts) take turns.
+    """
+    result = SealResult()
+    while limit is None or result.calls < limit:
+        with transaction.atomic():
+            appender = _Appender(_locked_state())
+            rows = list(
+                ApiCall.objects.filter(chain_seq__isnull=True).exclude(outcome=Outcome.PENDING)
+                .exclude(pk__in=_rejected_ids(result)).order_by("pk")[:SEAL_BATCH]
+            )
+            sealed: list[ApiCall] = []
+            for row in rows:
+                if not hmac.compare_digest(row.row_mac, call_mac(row)):
+                    result.rejected.append(f"call {row.pk}")
+                    continue
+                row.chain_seq = appender.add(LedgerKind.CALL, str(row.pk), call_content_hash(row))
+                sealed.append(row)
+            if sealed:
+                ApiCall.objects.bulk_update(sealed, ["chain_seq"], batch_size=500)
+                appender.save()
+            result.calls += len(sealed)
+        if len(rows) < SEAL_BATCH:
+            break
+    with transaction.atomic():
+        appender = _Appender(_locked_state())
+        for kind, (model, id_field) in _RECORDS.items():
+            latest = dict(
+                LedgerEntry.objects.filter(kind=kind).values("object_id")
+                .annotate(seq=models.Max("seq")).values_list("object_id", "seq")
+            )
+            hashes = dict(LedgerEntry.objects.filter(seq__in=latest.values()).values_list("object_id", "content_hash"))
+            for obj in model.objects.order_by("pk").iterator(chunk_size=2000):
+                object_id = str(getattr(obj, id_field))
+                digest = record_content_hash(obj)
+                if hashes.get(object_id) != digest:
+                    appender.add(kind, object_id, digest)
+                    result.records += 1
+        appender.save()
+    return result
+
+
+def _rejected_ids(result: SealResult) -> list[int]:
+    return [int(r.split()[1]) for r in result.rejected]
+
+
+# --- verification ----------------------------------------------------------------------
+
+
+@dataclass
+class Verification:
+    checked: int = 0
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+def verify(since: datetime | None = None, *, record: bool = True) -> Verification:
+    """Walk the chain and report the first entry or row that does not hold."""
+    out = Verification()
+    entries = LedgerEntry.objects.order_by("seq")
+    prev_hash, expected = GENESIS, 1
+    if since is not None:
+        first = entries.filter(sealed_at__gte=since).first()
+        if first is not None:
+            expected = first.seq
+            before = entries.filter(seq__lt=first.seq).last()
+            prev_hash = before.entry_hash if before else GENESIS
+            entries = entries.filter(seq__gte=first.seq)
+        else:
+            entries = entries.none()
+    pruned = list(PruneRun.objects.filter(dry_run=False, deleted_calls__gt=0))
+    missing_per_run: dict[int, int] = {run.pk: 0 for run in pruned}
+    latest_records: dict[tuple[str, str], LedgerEntry] = {}
+    chunk: list[LedgerEntry] = []
+
+    def check_calls(batch: list[LedgerEntry]) -> str:
+        ids = [int(e.object_id) for e in batch if e.kind == LedgerKind.CALL]
+        rows = ApiCall.objects.in_bulk(ids)
+        for e in batch:
+            if e.kind != LedgerKind.CALL:
+                continue
+            row = rows.get(int(e.object_id))
+            if row is None:
+                run = next((p for p in pruned if p.first_call_id <= int(e.object_id) <= p.last_call_id), None)
+                if run is None:
+                    return f"call {e.object_id} (ledger #{e.seq}) was deleted"
+                missing_per_run[run.pk] += 1
+            elif row.chain_seq != e.seq:
+                return f"call {e.object_id} (ledger #{e.seq}) carries sequence {row.chain_seq}: rows were reordered"
+            elif call_content_hash(row) != e.content_hash or row.row_mac != call_mac(row):
+                return f"call {e.object_id} (ledger #{e.seq}) was edited after it was sealed"
+        return ""
+
+    for entry in entries.iterator(chunk_size=2000):
+        if entry.seq != expected:
+            out.problem = f"ledger entry #{expected} is missing (deleted)"
+            break
+        if entry.prev_hash != prev_hash or entry.entry_hash != entry_hash(
+                entry.seq, entry.kind, entry.object_id, entry.content_hash, entry.prev_hash):
+            out.problem = f"ledger entry #{entry.seq} ({entry.kind} {entry.object_id}) was altered"
+            break
+        if entry.kind in _RECORDS:
+            latest_records[(entry.kind, entry.object_id)] = entry
+        chunk.append(entry)
+        if len(chunk) >= 2000:
+            out.problem = check_calls(chunk)
+            if out.problem:
+                break
+            chunk = []
+        prev_hash, expected = entry.entry_hash, expected + 1
+        out.checked += 1
+    if not out.problem and chunk:
+        out.problem = check_calls(chunk)
+    if not out.problem:
+        out.problem = _check_head(expected - 1, prev_hash, since is None)
+    if not out.problem and since is None:
+        for run in pruned:
+            if missing_per_run[run.pk] != run.deleted_calls:
+                out.problem = (f"{missing_per_run[run.pk]} calls are missing in the range of prune run "
+                               f"{run.pk}, which removed {run.deleted_calls}: calls were deleted")
+                break
+    if not out.problem:
+        out.problem = _check_records(latest_records)
+    if not out.problem:
+        out.problem = _check_unsealed_calls()
+    if record:
+        ChainState.load()
+        ChainState.objects.filter(pk=1).update(
+            last_verified_at=timezone.now(), last_verified_ok=out.ok,
+            last_verification=(out.problem or f"{out.checked} entries verified")[:1024],
+        )
+    return out
+
+
+def _check_head(last_seq: int, last_hash: str, from_start: bool) -> str:
+    state = ChainState.load()
+    if state.head_seq != last_seq or (last_seq and state.head_hash != last_hash):
+        return f"the chain head says #{state.head_seq} but the ledger ends at #{last_seq}: entries were removed"
+    if from_start and ApiCall.objects.filter(chain_seq__gt=last_seq).exists():
+        return "a call claims a ledger position past the head: it was inserted out of order"
+    return ""
+
+
+def _check_records(latest: dict[tuple[str, str], LedgerEntry]) -> str:
+    for kind, (model, id_field) in _RECORDS.items():
+        ids = [object_id for (k, object_id) in latest if k == kind]
+        current = {str(getattr(o, id_field)): o for o in model.objects.filter(**{f"{id_field}__in": ids})}
+        for object_id in ids:
+            obj = current.get(object_id)
+            if obj is None:
+                return f"{kind} {object_id} was deleted"
+            if record_content_hash(obj) != latest[(kind, object_id)].content_hash:
+                return f"{kind} {object_id} was changed without being sealed"
+    return ""
+
+
+def _check_unsealed_calls() -> str:
+    """Finished rows not yet sealed must still carry a valid MAC."""
+    for row in ApiCall.objects.filter(chain_seq__isnull=True).exclude(outcome=Outcome.PENDING).iterator(2000):
+        if not hmac.compare_digest(row.row_mac, call_mac(row)):
+            return f"call {row.pk} was not written by the relay (forged or edited before sealing)"
+    return ""

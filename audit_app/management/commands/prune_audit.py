@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import getpass
+import os
+from datetime import timedelta
+
+from django.core.management.base import CommandError
+from django.db import transaction
+from django.db.models import Max, Min
+from django.utils import timezone
+
+from audit_app.ledger import seal
+from audit_app.management.stoppable import StoppableCommand
+from audit_app.models import ApiCall, Outcome, PruneRun
+
+
+class Command(StoppableCommand):
+    help = (
+        "Delete raw call rows older than the retention period, in small batches (short "
+        "locks, bounded memory). Daily rollups, files and batches are kept, and the ledger "
+        "keeps verifying: each run is recorded (who, when, what range, how many) and sealed. "
+        "Only sealed calls are deleted: seal_audit runs first."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--older-than", type=int, required=True, metavar="DAYS",
+                            help="delete calls started more than DAYS days ago")
+        parser.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
+        parser.add_argument("--batch-size", type=int, default=2000, help="rows per delete (default 2000)")
+        parser.add_argument("--run-by", default=None, help="who is pruning (default: the OS user)")
+
+    def handle(self, *args, older_than: int, dry_run: bool, batch_size: int, run_by: str | None,
+               **options) -> None:
+        if older_than < 1:
+            raise CommandError("--older-than must be at least 1 day")
+        self.install_stop_handlers()
+        cutoff = timezone.now() - timedelta(days=older_than)
+        if not dry_run:
+            sealed = seal()
+            self.progress(f"sealed {sealed.calls} calls before pruning")
+        doomed = ApiCall.objects.filter(started_at__lt=cutoff, chain_seq__isnull=False).exclude(
+            outcome=Outcome.PENDING)
+        run = PruneRun(run_by=(run_by or _operator())[:150], older_than_days=older_than, cutoff=cutoff,
+                       dry_run=dry_run)
+        if dry_run:
+            span = doomed.aggregate(first=Min("pk"), last=Max("pk"))
+            self.stdout.write(f"prune_audit (dry run): {doomed.count()} calls before {cutoff:%Y-%m-%d %H:%M} "
+                              f"UTC would be deleted (ids {span['first']}..{span['last']})")
+            return
+        run.save()
+        while not self.stopping:
+            batch = list(doomed.order_by("pk").values_list("pk", "started_at")[:batch_size])
+            if not batch:
+                break
+            ids = [pk for pk, _ in batch]
+            with transaction.atomic():
+                deleted = ApiCall.objects.filter(pk__in=ids).delete()[1].get("audit_app.ApiCall", 0)
+            run.deleted_calls += deleted
+            run.first_call_id = min(run.first_call_id or ids[0], ids[0])
+            run.last_call_id = max(run.last_call_id or ids[-1], ids[-1])
+            oldest, newest = min(s for _, s in batch), max(s for _, s in batch)
+            run.oldest_started_at = min(filter(None, [run.oldest_started_at, oldest]))
+            run.newest_started_at = max(filter(None, [run.newest_started_at, newest]))
+            run.save()
+            self.progress(f"  deleted {run.deleted_calls} calls so far")
+        run.finished_at = timezone.now()
+        run.save()
+        # The run itself, and file records whose creating call is gone, go into the ledger.
+        seal()
+        stopped = " (stopped early)" if self.stopping else ""
+        self.stdout.write(
+            f"prune_audit: deleted {run.deleted_calls} calls started before {cutoff:%Y-%m-%d %H:%M} UTC "
+            f"(ids {run.first_call_id}..{run.last_call_id}), recorded as prune run {run.pk}{stopped}"
+        )
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER", "unknown")

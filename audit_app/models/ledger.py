@@ -1,0 +1,83 @@
+"""The tamper-evident ledger over the audit trail.
+
+Every finished call, and every change of a file or batch record, is sealed
+into a chain of entries: entry N's hash is an HMAC over its content and
+entry N-1's hash, keyed with a secret that is not in the database. Editing,
+deleting or inserting audit rows by SQL breaks the chain or the content
+hashes, and `verify_audit` says where.
+"""
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class LedgerKind(models.TextChoices):
+    CALL = "call", "API call"
+    FILE = "file", "File record"
+    BATCH = "batch", "Batch record"
+    PRUNE = "prune", "Prune run"
+
+
+class LedgerEntry(models.Model):
+    seq = models.BigIntegerField(primary_key=True)
+    kind = models.CharField(max_length=8, choices=LedgerKind.choices)
+    object_id = models.CharField(max_length=128)
+    content_hash = models.CharField(max_length=64)
+    prev_hash = models.CharField(max_length=64)
+    entry_hash = models.CharField(max_length=64)
+    sealed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["seq"]
+        verbose_name_plural = "ledger entries"
+        indexes = [models.Index(fields=["kind", "object_id", "-seq"], name="ledger_object")]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.kind} {self.object_id}"
+
+
+class ChainState(models.Model):
+    """One row: the head of the chain (the single writer locks it) and the last verification."""
+
+    head_seq = models.BigIntegerField(default=0)
+    head_hash = models.CharField(max_length=64, default="0" * 64)
+    last_sealed_at = models.DateTimeField(null=True, blank=True)
+    last_verified_at = models.DateTimeField(null=True, blank=True)
+    last_verified_ok = models.BooleanField(null=True, blank=True)
+    last_verification = models.CharField(max_length=1024, blank=True)
+
+    class Meta:
+        verbose_name = "audit chain"
+        verbose_name_plural = "audit chain"
+
+    def __str__(self) -> str:
+        return f"chain head #{self.head_seq}"
+
+    @classmethod
+    def load(cls) -> "ChainState":
+        state, _ = cls.objects.get_or_create(pk=1)
+        return state
+
+
+class PruneRun(models.Model):
+    """A retention run: who pruned what. Its ledger entry keeps verification whole
+    over the calls it removed."""
+
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    run_by = models.CharField(max_length=150, help_text="the operator account that ran it")
+    older_than_days = models.PositiveIntegerField()
+    cutoff = models.DateTimeField(help_text="calls started before this were removed")
+    first_call_id = models.BigIntegerField(null=True, blank=True)
+    last_call_id = models.BigIntegerField(null=True, blank=True)
+    oldest_started_at = models.DateTimeField(null=True, blank=True)
+    newest_started_at = models.DateTimeField(null=True, blank=True)
+    deleted_calls = models.BigIntegerField(default=0)
+    dry_run = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"prune of {self.deleted_calls} calls before {self.cutoff:%Y-%m-%d}"
