@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from . import ledger, pricing, rollups
@@ -19,6 +21,8 @@ from .models import ApiCall, Outcome
 from .usage import Usage
 
 log = logging.getLogger(__name__)
+# Sent when an audit row cannot be written; the relay's metrics count these.
+AUDIT_WRITE_FAILED = Signal()
 
 _ERROR_MAX = ApiCall._meta.get_field("error").max_length
 _UA_MAX = ApiCall._meta.get_field("user_agent").max_length
@@ -37,6 +41,10 @@ class CallContext:
     user_agent: str = ""
     started_at: Any = field(default_factory=timezone.now)
     started_monotonic: float = field(default_factory=time.monotonic)
+    # Returned to the client as x-relay-request-id, logged, and kept on the row.
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    forwarded_at: float | None = None
+    upstream_ms: float | None = None
 
 
 def _base_fields(ctx: CallContext) -> dict[str, Any]:
@@ -49,6 +57,7 @@ def _base_fields(ctx: CallContext) -> dict[str, Any]:
         user=ctx.user,
         client_ip=ctx.client_ip,
         user_agent=ctx.user_agent[:_UA_MAX],
+        relay_request_id=ctx.request_id,
     )
 
 
@@ -84,6 +93,7 @@ def record_rejected(ctx: CallContext, status: int, message: str) -> None:
                                  "error": message[:_ERROR_MAX]})
         ApiCall.objects.create(**_base_fields(ctx), **fields)
     except DatabaseError:
+        AUDIT_WRITE_FAILED.send(sender=ApiCall)
         log.exception("audit: could not record a rejected %s %s", ctx.method, ctx.path)
 
 
@@ -127,6 +137,7 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
             return
         except DatabaseError:
             if attempt == 2:
+                AUDIT_WRITE_FAILED.send(sender=ApiCall)
                 log.exception("audit: could not complete call %s", call_id)
             else:
                 connection.close()

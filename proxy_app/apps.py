@@ -4,3 +4,11 @@ from django.apps import AppConfig
 class ProxyAppConfig(AppConfig):
     name = "proxy_app"
     verbose_name = "Relay keys"
+
+    def ready(self) -> None:
+        from audit_app.recorder import AUDIT_WRITE_FAILED
+
+        from .telemetry import AUDIT_FAILURES
+
+        AUDIT_WRITE_FAILED.connect(lambda **_: AUDIT_FAILURES.inc(), weak=False,
+                                   dispatch_uid="relay-audit-failures")

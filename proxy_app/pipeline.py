@@ -20,10 +20,10 @@ from django.db import DatabaseError
 from django.http import HttpRequest, StreamingHttpResponse
 
 from audit_app.models import Outcome
-from audit_app.recorder import CallContext, close_call, open_call, release_connection
+from audit_app.recorder import AUDIT_WRITE_FAILED, CallContext, close_call, open_call, release_connection
 
 from . import headers as header_rules
-from . import policy, upstream
+from . import policy, telemetry, upstream
 from .errors import AuditUnavailable, BodyTooLarge, RelayError, UpstreamTimeout, UpstreamUnreachable
 from .inspection import inspect_body
 from .observers import Observer, observers_for
@@ -101,6 +101,7 @@ class RelayedBody:
         self.broken: str | None = None
         self.closed = False
         self._gen = self._relay()
+        telemetry.OPEN_STREAMS.inc()
 
     def __iter__(self) -> Iterator[bytes]:
         return self._gen
@@ -138,6 +139,7 @@ class RelayedBody:
         if self.closed:
             return
         self.closed = True
+        telemetry.OPEN_STREAMS.dec()
         self._gen.close()
         # Closing an unfinished response drops its socket at once rather than
         # reading the rest: a client that left should stop upstream work too.
@@ -154,12 +156,16 @@ class RelayedBody:
         if self.finished:
             for observer in self.observers:
                 observer.on_complete(self.call_id)
+        upstream_request_id = self.resp.headers.get("x-request-id", "")[:128]
+        bytes_in = self.body.bytes_read if self.body else 0
         close_call(
             self.call_id, self.ctx, outcome=outcome, status=status, upstream_status=status,
-            upstream_request_id=self.resp.headers.get("x-request-id", "")[:128],
-            bytes_in=self.body.bytes_read if self.body else 0, bytes_out=self.bytes_out,
+            upstream_request_id=upstream_request_id, bytes_in=bytes_in, bytes_out=self.bytes_out,
             **fields, **({"error": error} if error else {}),
         )
+        telemetry.call_finished(self.ctx, status=status, outcome=outcome, bytes_in=bytes_in,
+                                bytes_out=self.bytes_out, model=fields.get("model"),
+                                upstream_request_id=upstream_request_id, error=error or fields.get("error"))
 
 
 def _body_framing(request: HttpRequest) -> tuple[BinaryIO | None, int | None, bool]:
@@ -191,6 +197,7 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     try:
         call = open_call(ctx)
     except DatabaseError:
+        AUDIT_WRITE_FAILED.send(sender=None)
         log.exception("audit: cannot open a row; refusing to forward")
         raise AuditUnavailable() from None
 
@@ -200,6 +207,7 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
             for observer in observers:
                 source, length = observer.rewrite_request(source, length)
             body = RequestBody(source, length, observers)
+        telemetry.forwarding(ctx)
         resp = _send(request, api_path, body)
     except Exception as exc:
         relay_exc = body.error if body is not None and body.error else _map_send_error(exc)
@@ -211,8 +219,11 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
             bytes_in=body.bytes_read if body else 0,
             **{k: v for k, v in collect_fields(observers).items() if k != "error"},
         )
+        telemetry.call_finished(ctx, status=getattr(relay_exc, "status_code", 500), outcome="failed",
+                                bytes_in=body.bytes_read if body else 0, error=error)
         relay_exc.audited = True  # type: ignore[attr-defined]
         raise relay_exc from None
+    telemetry.upstream_answered(ctx)
 
     for observer in observers:
         observer.on_response_start(resp.status_code, resp.headers)
@@ -222,6 +233,7 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     del response["Content-Type"]
     for name, value in header_rules.response_headers(resp.raw.headers.items()):
         response[name] = value
+    response["x-relay-request-id"] = ctx.request_id
     if relayed.is_sse:
         response["X-Accel-Buffering"] = "no"  # tell nginx & co. not to buffer the stream
     content_length = resp.headers.get("content-length")

@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from audit_app.recorder import CallContext, record_rejected
 
-from . import actions_schema, envelope, paths, pipeline, policy
+from . import actions_schema, envelope, paths, pipeline, policy, telemetry
 from .auth import HasRelayKey
 from .errors import error_response, render_exception
 
@@ -101,8 +101,12 @@ class RelayView(APIView):
 
     def handle_exception(self, exc: Exception):
         response = render_exception(exc)
-        if hasattr(self, "ctx") and not getattr(exc, "audited", False):
-            record_rejected(self.ctx, response.status_code, response.relay_error)
+        if hasattr(self, "ctx"):
+            response["x-relay-request-id"] = self.ctx.request_id
+            if not getattr(exc, "audited", False):
+                record_rejected(self.ctx, response.status_code, response.relay_error)
+                telemetry.call_finished(self.ctx, status=response.status_code, outcome="rejected",
+                                        error=response.relay_error)
         return response
 
 

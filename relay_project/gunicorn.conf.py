@@ -9,8 +9,10 @@ requests, psycopg 3 and the socket calls all cooperate with gevent once it has
 patched the standard library, which the gevent worker does before loading the
 application.
 """
+import glob
 import multiprocessing
 import os
+import tempfile
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
@@ -35,3 +37,19 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 from relay_project import gunicorn_errors  # noqa: E402
 
 gunicorn_errors.install()
+
+# Prometheus metrics from every worker: each writes its own files to this
+# directory, and /metrics merges them. Set before the workers import anything.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="relay-metrics-")
+
+
+def on_starting(server):
+    for stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(stale)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

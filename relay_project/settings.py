@@ -53,6 +53,9 @@ RELAY_REWRITE_MAX_BYTES = env.int("RELAY_REWRITE_MAX_BYTES", default=1024 * 1024
 # Where staff reach the relay: the `servers` entry of /openapi.json for GPT Actions.
 RELAY_PUBLIC_URL = env.str("RELAY_PUBLIC_URL", default="http://localhost:8000")
 RELAY_CONTACT_EMAIL = env.str("RELAY_CONTACT_EMAIL", default="admin@example.com")
+# Who may scrape /metrics: these addresses, or anyone with the bearer token.
+RELAY_METRICS_ALLOWED_IPS = env.list("RELAY_METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
+RELAY_METRICS_TOKEN = env.str("RELAY_METRICS_TOKEN", default="")
 # Rows left pending this long are considered orphaned by `reconcile_calls`.
 RELAY_PENDING_TIMEOUT_SECONDS = env.int("RELAY_PENDING_TIMEOUT_SECONDS", default=3600)
 
@@ -235,10 +238,20 @@ REST_FRAMEWORK = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "relay_project.jsonlog.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler",
+                    "formatter": "json" if env.str("LOG_FORMAT", default="plain") == "json" else "plain"},
+        "access": {"class": "logging.StreamHandler", "formatter": "json"},
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
+        # One JSON line per call (RELAY_ACCESS_LOG=false turns it off).
+        "relay.access": {"handlers": ["access"], "propagate": False,
+                         "level": "INFO" if env.bool("RELAY_ACCESS_LOG", default=True) else "WARNING"},
         # Django logs 4xx responses as warnings with the full path; the audit
         # trail already records them.
         "django.request": {"level": "ERROR"},

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import path, re_path
 
-from proxy_app import views
+from proxy_app import metrics_view, views
 
 urlpatterns = [
     path("", views.HealthView.as_view()),
@@ -10,6 +10,7 @@ urlpatterns = [
     path("v1/actions/ping", views.PingView.as_view()),
     path("openapi.json", views.ActionsSchemaView.as_view()),
     path(".well-known/ai-plugin.json", views.PluginManifestView.as_view()),
+    path("metrics", metrics_view.metrics),
     path("admin/", admin.site.urls),
     # [\s\S], not ".": a path with an encoded newline must still reach the relay's path checks.
     re_path(r"^v1(?:/[\s\S]*)?\Z", views.RelayView.as_view()),

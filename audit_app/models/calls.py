@@ -46,6 +46,8 @@ class ApiCall(TokenUsage):
     upstream_status = models.PositiveSmallIntegerField(null=True, blank=True)
     status = models.PositiveSmallIntegerField("status sent", null=True, blank=True)
     upstream_request_id = models.CharField(max_length=128, blank=True)
+    relay_request_id = models.CharField(max_length=32, blank=True, db_index=True,
+                                        help_text="x-relay-request-id, as returned to the client")
     bytes_in = models.BigIntegerField(default=0)
     bytes_out = models.BigIntegerField(default=0)
 
