@@ -11,5 +11,10 @@ class AuditAppConfig(AppConfig):
         from .models import ModelPrice
         from .pricing import clear_cache
 
+        from proxy_app.models import RelayKey, UserLimit
+
+        from .admin_log import watch
+
+        watch(RelayKey, UserLimit, ModelPrice)
         post_save.connect(clear_cache, sender=ModelPrice, dispatch_uid="price-cache-save")
         post_delete.connect(clear_cache, sender=ModelPrice, dispatch_uid="price-cache-delete")

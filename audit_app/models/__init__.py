@@ -1,4 +1,5 @@
 """The audit models, one module per kind of record."""
+from .admin_actions import AdminAction
 from .batches import BatchRecord, BatchResult, BatchStatus
 from .calls import ApiCall, Outcome
 from .files import FileOrigin, FileRecord, UploadRecord
@@ -6,6 +7,7 @@ from .ledger import ChainState, LedgerEntry, LedgerKind, PruneRun
 from .usage import ModelPrice, UsageDaily
 
 __all__ = [
+    "AdminAction",
     "ApiCall", "Outcome", "ModelPrice", "UsageDaily", "FileRecord", "FileOrigin", "UploadRecord",
     "BatchRecord", "BatchResult", "BatchStatus", "ChainState", "LedgerEntry", "LedgerKind", "PruneRun",
 ]

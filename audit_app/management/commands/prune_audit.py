@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import getpass
-import os
 from datetime import timedelta
 
 from django.core.management.base import CommandError
@@ -9,6 +7,7 @@ from django.db import transaction
 from django.db.models import Max, Min
 from django.utils import timezone
 
+from audit_app import admin_log
 from audit_app.ledger import seal
 from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import ApiCall, Outcome, PruneRun
@@ -40,7 +39,7 @@ class Command(StoppableCommand):
             self.progress(f"sealed {sealed.calls} calls before pruning")
         doomed = ApiCall.objects.filter(started_at__lt=cutoff, chain_seq__isnull=False).exclude(
             outcome=Outcome.PENDING)
-        run = PruneRun(run_by=(run_by or _operator())[:150], older_than_days=older_than, cutoff=cutoff,
+        run = PruneRun(run_by=(run_by or admin_log.current_actor())[:150], older_than_days=older_than, cutoff=cutoff,
                        dry_run=dry_run)
         if dry_run:
             span = doomed.aggregate(first=Min("pk"), last=Max("pk"))
@@ -65,6 +64,9 @@ class Command(StoppableCommand):
             self.progress(f"  deleted {run.deleted_calls} calls so far")
         run.finished_at = timezone.now()
         run.save()
+        admin_log.record("pruned", run, {
+            "cutoff": [None, cutoff.isoformat()], "deleted_calls": [None, run.deleted_calls],
+            "call_ids": [None, f"{run.first_call_id}..{run.last_call_id}"]})
         # The run itself, and file records whose creating call is gone, go into the ledger.
         seal()
         stopped = " (stopped early)" if self.stopping else ""
@@ -73,9 +75,3 @@ class Command(StoppableCommand):
             f"(ids {run.first_call_id}..{run.last_call_id}), recorded as prune run {run.pk}{stopped}"
         )
 
-
-def _operator() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return os.environ.get("USER", "unknown")
