@@ -1,11 +1,10 @@
 """Batches and their per-request results: who ran it, how it ended, what it cost."""
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from .tokens import TokenUsage
+from .tokens import Owned, TokenUsage
 
 
 class BatchStatus(models.TextChoices):
@@ -36,7 +35,7 @@ def _file_link(related_name: str) -> models.ForeignKey:
     )
 
 
-class BatchRecord(TokenUsage):
+class BatchRecord(Owned, TokenUsage):
     """Token and cost totals are the sums of the batch's results."""
 
     batch_id = models.CharField("batch id", max_length=128, unique=True)
@@ -53,12 +52,6 @@ class BatchRecord(TokenUsage):
     error_file = _file_link("+")
     metadata = models.JSONField(null=True, blank=True)
     errors = models.JSONField(null=True, blank=True, help_text="upstream's validation errors")
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
-    )
-    created_by_key = models.ForeignKey(
-        "proxy_app.RelayKey", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
-    )
 
     created_at = models.DateTimeField(null=True, blank=True)
     in_progress_at = models.DateTimeField(null=True, blank=True)

@@ -1,9 +1,10 @@
 """Files and uploads seen through the relay: who uploaded what."""
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+from .tokens import Owned
 
 
 class FileOrigin(models.TextChoices):
@@ -14,19 +15,13 @@ class FileOrigin(models.TextChoices):
     UPSTREAM_ONLY = "upstream_only", "Seen upstream only"
 
 
-class FileRecord(models.Model):
+class FileRecord(Owned):
     file_id = models.CharField("file id", max_length=128, unique=True)
     filename = models.CharField(max_length=512, blank=True)
     purpose = models.CharField(max_length=64, blank=True)
     bytes = models.BigIntegerField(null=True, blank=True)
     status = models.CharField(max_length=32, blank=True)
     origin = models.CharField(max_length=16, choices=FileOrigin.choices)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
-    )
-    created_by_key = models.ForeignKey(
-        "proxy_app.RelayKey", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
-    )
     call = models.ForeignKey(
         "audit_app.ApiCall", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="the call that created it, while that row is kept",
@@ -52,7 +47,7 @@ class FileRecord(models.Model):
         return f"{self.file_id} ({self.filename})" if self.filename else self.file_id
 
 
-class UploadRecord(models.Model):
+class UploadRecord(Owned):
     """An Uploads API session: created, parts added, then completed or cancelled."""
 
     upload_id = models.CharField("upload id", max_length=128, unique=True)
@@ -62,12 +57,6 @@ class UploadRecord(models.Model):
     mime_type = models.CharField(max_length=128, blank=True)
     status = models.CharField(max_length=32, blank=True)
     parts = models.PositiveIntegerField(default=0)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
-    )
-    created_by_key = models.ForeignKey(
-        "proxy_app.RelayKey", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
-    )
     file = models.ForeignKey(
         FileRecord, null=True, blank=True, on_delete=models.PROTECT, related_name="uploads"
     )

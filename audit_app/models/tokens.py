@@ -1,6 +1,7 @@
-"""The token and cost columns shared by calls, rollups and batch results."""
+"""Columns shared by several audit models: tokens and cost, and who created a record."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 # USD with sub-micro-cent precision: a single embedding call costs ~$0.0000004.
@@ -20,6 +21,20 @@ class TokenUsage(models.Model):
     reasoning_tokens = models.BigIntegerField(null=True, blank=True)
     total_tokens = models.BigIntegerField(null=True, blank=True)
     cost = models.DecimalField(**MONEY, null=True, blank=True, help_text="USD; empty when unknown")
+
+    class Meta:
+        abstract = True
+
+
+class Owned(models.Model):
+    """Who created a record through the relay: the user and the key they used."""
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_by_key = models.ForeignKey(
+        "proxy_app.RelayKey", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
 
     class Meta:
         abstract = True
