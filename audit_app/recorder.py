@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
-from . import ledger, pricing, rollups
+from . import ledger, pricing, rollups, spool
 from .models import ApiCall, Outcome
 from .usage import Usage
 
@@ -86,15 +86,21 @@ def _with_mac(ctx: CallContext, fields: dict[str, Any]) -> dict[str, Any]:
 def record_rejected(ctx: CallContext, status: int, message: str) -> None:
     """One finished row for a request the relay answered itself.
 
-    Never raises: a failing audit write must not turn a clear 4xx into a 500.
+    Never raises: a failing audit write must not turn a clear 4xx into a 500;
+    the row goes to the journal instead.
     """
+    fields = {**_finish_fields(ctx), "status": status, "outcome": Outcome.REJECTED,
+              "error": message[:_ERROR_MAX]}
     try:
-        fields = _with_mac(ctx, {**_finish_fields(ctx), "status": status, "outcome": Outcome.REJECTED,
-                                 "error": message[:_ERROR_MAX]})
-        ApiCall.objects.create(**_base_fields(ctx), **fields)
+        _insert_finished(ctx, fields)
     except DatabaseError:
         AUDIT_WRITE_FAILED.send(sender=ApiCall)
-        log.exception("audit: could not record a rejected %s %s", ctx.method, ctx.path)
+        log.exception("audit: could not record a rejected %s %s; journaled", ctx.method, ctx.path)
+        spool.append({"op": "insert", "ctx": _ctx_state(ctx), "fields": fields})
+
+
+def _insert_finished(ctx: CallContext, fields: dict[str, Any]) -> None:
+    ApiCall.objects.create(**_base_fields(ctx), **_with_mac(ctx, fields))
 
 
 def priced_fields(usage: Usage | None, model: str, at, *, batch: bool = False) -> dict[str, Any]:
@@ -112,35 +118,80 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
     """Complete the row, price it and add it to the rollups, in one transaction.
 
     Retries once on a fresh connection, because this runs after a long stream
-    whose connection may have gone meanwhile. Never raises: the row then stays
-    pending and `reconcile_calls` marks it interrupted.
+    whose connection may have gone meanwhile. Never raises: if the database
+    still refuses, the write goes to the journal that `reconcile_calls` replays.
     """
     if "error" in fields:
         fields["error"] = (fields["error"] or "")[:_ERROR_MAX]
     fields.update(_finish_fields(ctx))
     if usage is not None or usage_hint is not None:
         usage = (usage or Usage()).merge(usage_hint)
+    for attempt in (1, 2):
+        try:
+            _complete(call_id, ctx, dict(fields), usage, response_model)
+            return
+        except DatabaseError:
+            if attempt == 1:
+                connection.close()
+    AUDIT_WRITE_FAILED.send(sender=ApiCall)
+    log.exception("audit: could not complete call %s; journaled", call_id)
+    spool.append({"op": "complete", "call_id": call_id, "ctx": _ctx_state(ctx), "fields": fields,
+                  "usage": asdict(usage) if usage is not None else None, "response_model": response_model})
+
+
+def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usage | None,
+              response_model: str) -> None:
+    if usage is not None:
         # The model upstream reports is the most specific name (a dated snapshot).
         fields.update(priced_fields(usage, response_model or fields.get("model", ""), ctx.started_at))
     if not fields.get("model") and response_model:
         fields["model"] = response_model[:128]
     fields = _with_mac(ctx, fields)
-    for attempt in (1, 2):
-        try:
-            with transaction.atomic():
-                ApiCall.objects.filter(pk=call_id).update(**fields)
-                if ctx.key is not None:
-                    rollups.add_call(ApiCall(
-                        started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
-                        family=ctx.family, **{k: v for k, v in fields.items() if k in _ROLLUP_FIELDS},
-                    ))
-            return
-        except DatabaseError:
-            if attempt == 2:
-                AUDIT_WRITE_FAILED.send(sender=ApiCall)
-                log.exception("audit: could not complete call %s", call_id)
-            else:
-                connection.close()
+    with transaction.atomic():
+        ApiCall.objects.filter(pk=call_id).update(**fields)
+        if ctx.key is not None:
+            rollups.add_call(ApiCall(
+                started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
+                family=ctx.family, **{k: v for k, v in fields.items() if k in _ROLLUP_FIELDS},
+            ))
+
+
+# --- the journal of writes the database refused --------------------------------------
+
+_CTX_FIELDS = ("method", "path", "family", "client_ip", "user_agent", "started_at", "request_id")
+
+
+def _ctx_state(ctx: CallContext) -> dict[str, Any]:
+    state = {name: getattr(ctx, name) for name in _CTX_FIELDS}
+    state["key_id"] = ctx.key.pk if ctx.key is not None else None
+    state["user_id"] = ctx.user.pk if ctx.user is not None else None
+    return state
+
+
+def _ctx_from_state(state: dict[str, Any]) -> CallContext:
+    from django.contrib.auth import get_user_model
+
+    from proxy_app.models import RelayKey
+
+    ctx = CallContext(**{name: state[name] for name in _CTX_FIELDS})
+    # Only the primary keys matter from here on.
+    ctx.key = RelayKey(pk=state["key_id"]) if state["key_id"] is not None else None
+    ctx.user = get_user_model()(pk=state["user_id"]) if state["user_id"] is not None else None
+    return ctx
+
+
+def replay_journal() -> tuple[int, int]:
+    """Write what the database refused earlier. Returns (applied, still failing)."""
+
+    def apply(entry: dict[str, Any]) -> None:
+        ctx = _ctx_from_state(entry["ctx"])
+        if entry["op"] == "insert":
+            _insert_finished(ctx, entry["fields"])
+        else:
+            usage = Usage(**entry["usage"]) if entry.get("usage") else None
+            _complete(entry["call_id"], ctx, entry["fields"], usage, entry.get("response_model", ""))
+
+    return spool.replay(apply)
 
 
 _ROLLUP_FIELDS = frozenset({"model", "unpriced", "cost", *Usage.STORED})

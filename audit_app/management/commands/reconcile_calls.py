@@ -8,14 +8,16 @@ from django.utils import timezone
 from audit_app.ledger import call_mac
 from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import ApiCall, Outcome
+from audit_app.recorder import replay_journal
 
 BATCH = 500
 
 
 class Command(StoppableCommand):
     help = (
-        "Mark calls left pending (a worker killed mid-request, a lost database write) "
-        "as interrupted once they are older than the pending timeout. Run it from cron."
+        "Replay audit writes the database refused (journaled in RELAY_AUDIT_SPOOL), then mark "
+        "calls still left pending (a worker killed mid-request) as interrupted once they are "
+        "older than the pending timeout. Run it from cron."
     )
 
     def add_arguments(self, parser) -> None:
@@ -28,6 +30,10 @@ class Command(StoppableCommand):
 
     def handle(self, *args, older_than: int | None, dry_run: bool, **options) -> None:
         self.install_stop_handlers()
+        if not dry_run:
+            applied, failing = replay_journal()
+            if applied or failing:
+                self.stdout.write(f"journal: {applied} audit writes replayed, {failing} still failing")
         seconds = settings.RELAY_PENDING_TIMEOUT_SECONDS if older_than is None else older_than
         now = timezone.now()
         stale = ApiCall.objects.filter(
