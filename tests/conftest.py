@@ -160,7 +160,7 @@ class GunicornRelay:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, signal.SIGINT)  # quick shutdown: tests need no graceful drain
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
