@@ -56,6 +56,8 @@ RELAY_CONTACT_EMAIL = env.str("RELAY_CONTACT_EMAIL", default="admin@example.com"
 # Who may scrape /metrics: these addresses, or anyone with the bearer token.
 RELAY_METRICS_ALLOWED_IPS = env.list("RELAY_METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 RELAY_METRICS_TOKEN = env.str("RELAY_METRICS_TOKEN", default="")
+# Key of the audit rows' MACs and the ledger chain; derived from SECRET_KEY when unset.
+AUDIT_CHAIN_KEY = env.str("AUDIT_CHAIN_KEY", default="")
 # Audit writes the database refused wait here until `reconcile_calls` replays them.
 RELAY_AUDIT_SPOOL = env.str("RELAY_AUDIT_SPOOL", default=str(BASE_DIR / "var" / "audit-journal.jsonl"))
 # Rows left pending this long are considered orphaned by `reconcile_calls`.
