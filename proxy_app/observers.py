@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from django.conf import settings
@@ -234,10 +235,16 @@ class UpstreamError(Observer):
         return {"error": f"upstream {self.status}: {message}"}
 
 
+# Families register more observers here (see proxy_app.file_observers).
+FAMILY_OBSERVERS: list[Callable[[ApiPath, str, CallContext], list[Observer]]] = []
+
+
 def observers_for(api_path: ApiPath, method: str, content_type: str, ctx: CallContext) -> list[Observer]:
     observers: list[Observer] = [RequestFields(api_path, content_type)]
     if method == "POST" and api_path.path in ("/v1/chat/completions", "/v1/completions") \
             and media_type(content_type) == "application/json":
         observers.append(ChatStreamUsage())
     observers += [ResponseUsage(), UpstreamError()]
+    for extra in FAMILY_OBSERVERS:
+        observers += extra(api_path, method, ctx)
     return observers

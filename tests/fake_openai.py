@@ -498,6 +498,9 @@ class _Handler(BaseHTTPRequestHandler):
             items = sorted(fake.files.values(), key=lambda f: f["created_at"], reverse=True)
             if "purpose" in query:
                 items = [f for f in items if f["purpose"] in query["purpose"]]
+            if "after" in query:
+                ids = [f["id"] for f in items]
+                items = items[ids.index(query["after"][0]) + 1:] if query["after"][0] in ids else []
             limit = int(query.get("limit", ["10000"])[0])
             return self.send_json({"object": "list", "data": items[:limit], "has_more": len(items) > limit,
                                    "first_id": items[0]["id"] if items else None,

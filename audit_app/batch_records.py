@@ -1,0 +1,148 @@
+"""Batches through their life, and their results counted exactly once."""
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from . import pricing, rollups
+from .file_records import from_epoch, record_file
+from .models import BatchRecord, BatchResult, FileOrigin
+from .models.batches import FINAL_STATUSES, LIFECYCLE_FIELDS
+from .usage import Usage
+
+log = logging.getLogger(__name__)
+RESULT_CHUNK = 500
+_TOKENS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
+
+
+def record_batch(obj: dict[str, Any], *, user=None, key=None) -> BatchRecord | None:
+    """Create or refresh a batch from an upstream batch object; the creator stays."""
+    batch_id = obj.get("id")
+    if not isinstance(batch_id, str) or not batch_id or obj.get("object", "batch") != "batch":
+        return None
+    counts = obj.get("request_counts") if isinstance(obj.get("request_counts"), dict) else {}
+    fields: dict[str, Any] = {
+        "endpoint": str(obj.get("endpoint") or "")[:128],
+        "completion_window": str(obj.get("completion_window") or "")[:16],
+        "input_file_id": (obj.get("input_file_id") or None),
+        "status": str(obj.get("status") or "")[:16],
+        "request_total": counts.get("total"), "request_completed": counts.get("completed"),
+        "request_failed": counts.get("failed"),
+        "output_file_id": obj.get("output_file_id") or None,
+        "error_file_id": obj.get("error_file_id") or None,
+        "metadata": obj.get("metadata"), "errors": obj.get("errors"),
+        **{name: from_epoch(obj.get(name)) for name in LIFECYCLE_FIELDS},
+    }
+    record, created = BatchRecord.objects.get_or_create(
+        batch_id=batch_id[:128], defaults={**fields, "created_by": user, "created_by_key": key})
+    if not created:
+        changed = [name for name, value in fields.items() if getattr(record, name) != value]
+        if record.created_by_id is None and user is not None:
+            record.created_by, record.created_by_key = user, key
+            changed += ["created_by", "created_by_key"]
+        for name in changed:
+            if name in fields:
+                setattr(record, name, fields[name])
+        if changed:
+            record.save()
+    return record
+
+
+def needs_results(batch: BatchRecord) -> bool:
+    return (batch.status in FINAL_STATUSES and batch.results_counted_at is None
+            and bool(batch.output_file_id or batch.error_file_id))
+
+
+def result_from_line(batch: BatchRecord, line: dict[str, Any], from_error_file: bool) -> BatchResult | None:
+    custom_id = line.get("custom_id")
+    if not isinstance(custom_id, str):
+        return None
+    response = line.get("response") if isinstance(line.get("response"), dict) else {}
+    body = response.get("body") if isinstance(response.get("body"), dict) else {}
+    error = line.get("error") if isinstance(line.get("error"), dict) else body.get("error")
+    error = error if isinstance(error, dict) else {}
+    result = BatchResult(
+        batch=batch, custom_id=custom_id[:512], request_id=str(response.get("request_id") or "")[:128],
+        status_code=response.get("status_code") if isinstance(response.get("status_code"), int) else None,
+        model=str(body.get("model") or "")[:128],
+        error_code=str(error.get("code") or "")[:128], error_message=str(error.get("message") or "")[:1024],
+        from_error_file=from_error_file,
+    )
+    usage = Usage.from_api(body.get("usage"))
+    if usage is not None:
+        for name in _TOKENS:
+            setattr(result, name, getattr(usage, name))
+        price = pricing.price_for(result.model, batch.created_at or batch.first_seen_at)
+        result.cost = pricing.cost_of(usage, price, batch=True)
+        result.unpriced = result.cost is None
+    return result
+
+
+def store_results(batch: BatchRecord, lines: Iterable[bytes], *, from_error_file: bool) -> int:
+    """Insert results chunk by chunk; a result already stored is skipped, so a run
+    that died half-way through a file can simply read it again."""
+    stored = 0
+    chunk: list[BatchResult] = []
+    for raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            log.warning("batch %s: skipped a line that is not JSON", batch.batch_id)
+            continue
+        result = result_from_line(batch, line, from_error_file) if isinstance(line, dict) else None
+        if result is not None:
+            chunk.append(result)
+        if len(chunk) >= RESULT_CHUNK:
+            BatchResult.objects.bulk_create(chunk, ignore_conflicts=True)
+            stored += len(chunk)
+            chunk = []
+    if chunk:
+        BatchResult.objects.bulk_create(chunk, ignore_conflicts=True)
+        stored += len(chunk)
+    return stored
+
+
+@transaction.atomic
+def count_results(batch: BatchRecord) -> None:
+    """Totals from the stored results, the files registered, the rollups fed: all
+    in the one transaction that marks the batch counted, so it happens once."""
+    batch = BatchRecord.objects.select_for_update().get(pk=batch.pk)
+    if batch.results_counted_at is not None:
+        return
+    results = BatchResult.objects.filter(batch=batch)
+    totals = results.aggregate(**{name: Sum(name) for name in (*_TOKENS, "cost")},
+                               unpriced=Count("id", filter=Q(unpriced=True)))
+    for name in _TOKENS:
+        setattr(batch, name, totals[name])
+    # Any result without a price makes the batch's cost unknown, not smaller.
+    batch.cost = None if totals["unpriced"] else totals["cost"]
+    batch.unpriced_results = totals["unpriced"]
+    batch.results_counted_at = timezone.now()
+    batch.save()
+    for file_id, origin in ((batch.output_file_id, FileOrigin.BATCH_OUTPUT), (batch.error_file_id, FileOrigin.BATCH_ERROR)):
+        if file_id:
+            record_file({"id": file_id, "purpose": "batch_output"}, origin=origin, user=batch.created_by,
+                        key=batch.created_by_key, batch=batch)
+    if batch.created_by_id is not None and batch.created_by_key_id is not None:
+        per_model: dict[str, dict[str, Any]] = defaultdict(lambda: defaultdict(int))
+        for row in results.values("model").annotate(
+                n=Count("id"), unpriced_n=Count("id", filter=Q(unpriced=True)),
+                **{f"s_{name}": Sum(name) for name in (*_TOKENS, "cost")}):
+            per_model[row["model"]] = row
+        for model, row in per_model.items():
+            rollups.add(started_at=batch.completed_at or batch.failed_at or batch.expired_at
+                        or batch.cancelled_at or timezone.now(),
+                        user_id=batch.created_by_id, key_id=batch.created_by_key_id, model=model,
+                        family="batches", calls=row["n"], unpriced=row["unpriced_n"],
+                        **{name: row[f"s_{name}"] or 0 for name in _TOKENS},
+                        cost=row["s_cost"] or Decimal(0))
