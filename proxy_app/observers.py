@@ -241,10 +241,13 @@ FAMILY_OBSERVERS: list[Callable[[ApiPath, str, CallContext], list[Observer]]] = 
 
 def observers_for(api_path: ApiPath, method: str, content_type: str, ctx: CallContext) -> list[Observer]:
     observers: list[Observer] = [RequestFields(api_path, content_type)]
-    if method == "POST" and api_path.path in ("/v1/chat/completions", "/v1/completions") \
-            and media_type(content_type) == "application/json":
-        observers.append(ChatStreamUsage())
-    observers += [ResponseUsage(), UpstreamError()]
+    # Off only to measure what scanning costs (bench/scan_overhead.py).
+    if settings.RELAY_SCAN_RESPONSES:
+        if method == "POST" and api_path.path in ("/v1/chat/completions", "/v1/completions") \
+                and media_type(content_type) == "application/json":
+            observers.append(ChatStreamUsage())
+        observers.append(ResponseUsage())
+    observers.append(UpstreamError())
     for extra in FAMILY_OBSERVERS:
         observers += extra(api_path, method, ctx)
     return observers

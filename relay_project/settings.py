@@ -60,6 +60,9 @@ RELAY_METRICS_TOKEN = env.str("RELAY_METRICS_TOKEN", default="")
 AUDIT_CHAIN_KEY = env.str("AUDIT_CHAIN_KEY", default="")
 # Audit writes the database refused wait here until `reconcile_calls` replays them.
 RELAY_AUDIT_SPOOL = env.str("RELAY_AUDIT_SPOOL", default=str(BASE_DIR / "var" / "audit-journal.jsonl"))
+# Usage scanning of responses (JSON and SSE). Turning it off loses usage and cost;
+# it exists only as the baseline of bench/scan_overhead.py.
+RELAY_SCAN_RESPONSES = env.bool("RELAY_SCAN_RESPONSES", default=True)
 # Rows left pending this long are considered orphaned by `reconcile_calls`.
 RELAY_PENDING_TIMEOUT_SECONDS = env.int("RELAY_PENDING_TIMEOUT_SECONDS", default=3600)
 
