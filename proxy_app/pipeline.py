@@ -31,7 +31,9 @@ from .paths import ApiPath
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024
+# Bytes per read, each way. Every chunk costs two syscalls and a pass through
+# the observers; at 64 KiB a 512 MiB transfer ran at a third of the speed.
+CHUNK = 256 * 1024
 # Responses at most this large (with a known length) keep their DB connection;
 # anything longer or open-ended gives it back while it streams.
 _SHORT_RESPONSE = 256 * 1024

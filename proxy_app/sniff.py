@@ -191,13 +191,17 @@ class MultipartFieldSniffer:
             rb"(?:[^\r\n]+\r\n)*\r\n([^\r\n]{0,512})\r\n--" + re.escape(boundary.encode()),
             re.IGNORECASE,
         )
+        self._delimiter = b"--" + boundary.encode()
         self._tail = b""
         self.values: dict[str, object] = {}
 
     def feed(self, data: bytes) -> None:
         window = self._tail + data
-        for m in self._pattern.finditer(window):
-            self.values.setdefault(m.group(1).decode(), m.group(2).decode("utf-8", "replace"))
+        # A field ends at a delimiter. Most of a big upload is file content with
+        # none in it: a plain search there is ~50x cheaper than the pattern.
+        if self._delimiter in window:
+            for m in self._pattern.finditer(window):
+                self.values.setdefault(m.group(1).decode(), m.group(2).decode("utf-8", "replace"))
         self._tail = window[-self._TAIL:]
 
 
