@@ -1,11 +1,15 @@
 """Failures on either side: clear errors for the client, and the row records what happened."""
 import json
+import os
+import signal
 import socket
+import threading
 import time
 
 import openai
 import pytest
 import requests
+from django.core.management import call_command
 from django.db import connection
 
 from audit_app.models import ApiCall, Outcome
@@ -93,3 +97,36 @@ def test_database_unavailable_is_503_and_nothing_is_forwarded(relay_url, relay_k
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "audit_unavailable"
     assert upstream.requests == []
+
+
+def test_worker_killed_mid_request_is_marked_interrupted_by_reconcile(start_gunicorn, relay_key, upstream):
+    """A SIGKILLed worker cannot close its row; reconcile_calls does, once the row is old enough."""
+    upstream.inject("/v1/responses", hang=20)
+    relay = start_gunicorn()
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            outcome["status"] = requests.post(f"{relay.url}/v1/responses", json={"model": "gpt-4o-mini"},
+                                              headers={"Authorization": f"Bearer {relay_key}"},
+                                              timeout=15).status_code
+        except requests.RequestException as exc:
+            outcome["error"] = exc
+
+    client = threading.Thread(target=call)
+    client.start()
+    deadline = time.monotonic() + 10
+    while not ApiCall.objects.filter(outcome=Outcome.PENDING).exists():
+        assert time.monotonic() < deadline, "the call never opened its row"
+        time.sleep(0.02)
+    (worker,) = relay.worker_pids()
+    os.kill(worker, signal.SIGKILL)
+    client.join(15)
+    assert "status" not in outcome, outcome  # the client saw its connection die, not an answer
+
+    call_command("reconcile_calls")  # the default timeout (an hour) has not passed: left alone
+    assert ApiCall.objects.get().outcome == Outcome.PENDING
+    call_command("reconcile_calls", "--older-than", "0")
+    row = ApiCall.objects.get()
+    assert row.outcome == Outcome.INTERRUPTED and row.finished_at is not None
+    assert "interrupted" in row.error
