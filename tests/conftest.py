@@ -150,7 +150,7 @@ class GunicornRelay:
             try:
                 if requests.get(f"{self.url}/health", timeout=1).ok:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a worker still importing the app
                 time.sleep(0.1)
         raise RuntimeError("gunicorn did not start in 30 s")
 
