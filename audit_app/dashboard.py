@@ -1,0 +1,320 @@
+"""The usage dashboard's figures: periods, totals, spend per day, top users and models.
+
+Everything here reads the daily rollups (`UsageDaily`), never raw calls: a
+period's figures are a few GROUP BY queries over at most days × users × models
+rows, whatever the number of calls, so the page stays fast at millions of calls
+and keeps its totals after old calls are pruned.
+"""
+from __future__ import annotations
+
+import calendar
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from urllib.parse import urlencode
+
+from django.contrib.auth import get_user_model
+from django.db.models import Model, Sum
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+
+from .models import ApiCall, UsageDaily
+
+PRESETS: dict[str, str] = {
+    "this-month": "This month",
+    "last-month": "Last month",
+    "7d": "Last 7 days",
+    "30d": "Last 30 days",
+    "custom": "Custom range",
+}
+DEFAULT_PRESET = "this-month"
+# One bar per day: past a year the chart's bars would be hairlines.
+MAX_DAYS = 366
+TOP = 10
+# The breakdown is a table a person reads; past this many rows the changelist is the tool.
+BREAKDOWN_ROWS = 200
+# Models drawn in their own colour; the rest share OTHER_COLOR. Colour-blind-safe
+# hues of medium lightness, legible on the admin's light and dark themes.
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7")
+OTHER_COLOR = "#9c9c9c"
+OTHER_LABEL = "other models"
+NO_MODEL_LABEL = "(no model)"
+
+_SUMS = ("calls", "input_tokens", "cached_input_tokens", "output_tokens", "total_tokens",
+         "cost", "unpriced_calls")
+
+
+class PeriodError(ValueError):
+    """A period the picker cannot show; the message is meant for the admin user."""
+
+
+@dataclass(frozen=True)
+class Period:
+    preset: str
+    start: date
+    end: date  # inclusive
+
+    @property
+    def label(self) -> str:
+        return PRESETS[self.preset]
+
+    @property
+    def day_count(self) -> int:
+        return (self.end - self.start).days + 1
+
+    def days(self) -> list[date]:
+        return [self.start + timedelta(days=i) for i in range(self.day_count)]
+
+
+def parse_period(params: Mapping[str, str], today: date) -> Period:
+    """The period asked for in the query string (`period`, `from`, `to`).
+
+    `from`/`to` without `period` mean a custom range. Raises PeriodError with a
+    message fit to show when the input cannot be a period.
+    """
+    preset = (params.get("period") or "").strip()
+    raw_from, raw_to = (params.get("from") or "").strip(), (params.get("to") or "").strip()
+    if not preset:
+        preset = "custom" if (raw_from or raw_to) else DEFAULT_PRESET
+    if preset not in PRESETS:
+        raise PeriodError(f"Unknown period {preset!r}; choose one of: {', '.join(PRESETS)}.")
+    if preset == "this-month":
+        return Period(preset, today.replace(day=1), today)
+    if preset == "last-month":
+        end = today.replace(day=1) - timedelta(days=1)
+        return Period(preset, end.replace(day=1), end)
+    if preset in ("7d", "30d"):
+        return Period(preset, today - timedelta(days=int(preset[:-1]) - 1), today)
+    if not raw_from or not raw_to:
+        raise PeriodError("A custom range needs both a start and an end date (YYYY-MM-DD).")
+    start, end = _parse_date(raw_from, "start"), _parse_date(raw_to, "end")
+    if start > end:
+        raise PeriodError(f"The start date ({start}) is after the end date ({end}).")
+    if (end - start).days + 1 > MAX_DAYS:
+        raise PeriodError(f"A custom range covers at most {MAX_DAYS} days.")
+    return Period(preset, start, end)
+
+
+def _parse_date(value: str, which: str) -> date:
+    try:
+        if len(value) != 10:
+            raise ValueError(value)
+        return date.fromisoformat(value)
+    except ValueError:
+        raise PeriodError(f"The {which} date {value[:20]!r} is not a date like 2025-01-31.") from None
+
+
+def month_end(day: date) -> date:
+    return day.replace(day=calendar.monthrange(day.year, day.month)[1])
+
+
+# --- Links to the changelists behind the figures ------------------------------------
+
+def changelist_url(model: type[Model], params: Mapping[str, object]) -> str | None:
+    """The model's admin changelist with these lookups, or None when it is not in the admin."""
+    try:
+        base = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
+    except NoReverseMatch:
+        return None
+    query = urlencode({k: v for k, v in params.items() if v is not None})
+    return f"{base}?{query}" if query else base
+
+
+def _local_midnight(day: date) -> str:
+    # Rollups bucket calls by local date (rollups.bucket_date): the raw calls behind
+    # a day are those started between its local midnights.
+    return timezone.make_aware(datetime.combine(day, time.min)).isoformat()
+
+
+def usage_url(start: date, end: date, *, user_id: int | None = None, model: str | None = None) -> str | None:
+    return changelist_url(UsageDaily, {
+        "date__gte": start.isoformat(), "date__lte": end.isoformat(),
+        "user__id__exact": user_id, "model__exact": model,
+    })
+
+
+def calls_url(start: date, end: date, *, user_id: int | None = None, model: str | None = None,
+              unpriced: bool = False) -> str | None:
+    return changelist_url(ApiCall, {
+        "started_at__gte": _local_midnight(start),
+        "started_at__lt": _local_midnight(end + timedelta(days=1)),
+        # Calls refused before authentication belong to nobody and are not in the rollups.
+        "key__isnull": "False",
+        "user__id__exact": user_id, "model__exact": model,
+        "unpriced__exact": 1 if unpriced else None,
+    })
+
+
+# --- Figures --------------------------------------------------------------------------
+
+@dataclass
+class Figures:
+    """Sums of rollup rows. Unpriced calls are counted, never folded into cost as $0."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    unpriced_calls: int = 0
+
+    def add(self, row: Mapping[str, object]) -> None:
+        for name in _SUMS:
+            setattr(self, name, getattr(self, name) + (row.get(name) or 0))
+
+
+@dataclass
+class Line:
+    """One row of a table: a user, a model, or a user and a model, with links."""
+
+    label: str
+    figures: Figures
+    usage_url: str | None
+    calls_url: str | None
+    unpriced_url: str | None
+    share: float = 0.0  # of the period's cost, for the table's bar (display only)
+    model_label: str = ""
+
+
+@dataclass
+class Segment:
+    model: str
+    label: str
+    color: str
+    cost: Decimal
+    calls: int
+    url: str | None
+
+
+@dataclass
+class Day:
+    day: date
+    cost: Decimal
+    calls: int
+    unpriced_calls: int
+    segments: list[Segment]
+    url: str | None
+
+
+@dataclass
+class LegendItem:
+    label: str
+    color: str
+
+
+@dataclass
+class Dashboard:
+    period: Period
+    totals: Figures
+    days: list[Day]
+    legend: list[LegendItem]
+    top_users: list[Line]
+    top_models: list[Line]
+    breakdown: list[Line]
+    breakdown_rows: int  # before truncation
+    links: dict[str, str | None] = field(default_factory=dict)
+
+
+def model_label(model: str) -> str:
+    return model or NO_MODEL_LABEL
+
+
+def build_dashboard(period: Period) -> Dashboard:
+    rows = UsageDaily.objects.filter(date__gte=period.start, date__lte=period.end)
+    sums = {name: Sum(name) for name in _SUMS}
+    by_day_model = list(rows.values("date", "model").annotate(**sums).order_by())
+    by_user_model = list(rows.values("user_id", "model").annotate(**sums).order_by())
+
+    totals = Figures()
+    per_model: dict[str, Figures] = {}
+    for r in by_day_model:
+        totals.add(r)
+        per_model.setdefault(r["model"], Figures()).add(r)
+    per_user: dict[int, Figures] = {}
+    for r in by_user_model:
+        per_user.setdefault(r["user_id"], Figures()).add(r)
+
+    usernames = dict(get_user_model().objects.filter(pk__in=per_user).values_list("pk", "username"))
+    start, end = period.start, period.end
+
+    def share(cost: Decimal) -> float:
+        return float(cost / totals.cost) if totals.cost > 0 else 0.0
+
+    def line(label: str, figures: Figures, *, user_id: int | None = None, model: str | None = None) -> Line:
+        return Line(
+            label=label, figures=figures, share=share(figures.cost),
+            usage_url=usage_url(start, end, user_id=user_id, model=model),
+            calls_url=calls_url(start, end, user_id=user_id, model=model),
+            unpriced_url=calls_url(start, end, user_id=user_id, model=model, unpriced=True),
+        )
+
+    ranked_models = sorted(per_model, key=lambda m: (-per_model[m].cost, -per_model[m].calls, m))
+    ranked_users = sorted(per_user, key=lambda u: (-per_user[u].cost, -per_user[u].calls,
+                                                   usernames.get(u, "")))
+    top_models = [line(model_label(m), per_model[m], model=m) for m in ranked_models[:TOP]]
+    top_users = [line(usernames.get(u, f"user #{u}"), per_user[u], user_id=u) for u in ranked_users[:TOP]]
+
+    breakdown_sorted = sorted(
+        by_user_model,
+        key=lambda r: (-(r["cost"] or 0), -(r["calls"] or 0), usernames.get(r["user_id"], ""), r["model"]),
+    )
+    breakdown = []
+    for r in breakdown_sorted[:BREAKDOWN_ROWS]:
+        figures = Figures()
+        figures.add(r)
+        item = line(usernames.get(r["user_id"], f"user #{r['user_id']}"), figures,
+                    user_id=r["user_id"], model=r["model"])
+        item.model_label = model_label(r["model"])
+        breakdown.append(item)
+
+    # Only models that cost something get a colour: a chart of spend has nothing to draw for the rest.
+    charted = [m for m in ranked_models if per_model[m].cost > 0]
+    colors = {m: PALETTE[i] for i, m in enumerate(charted[:len(PALETTE)])}
+    legend = [LegendItem(model_label(m), colors[m]) for m in charted[:len(PALETTE)]]
+    if len(charted) > len(PALETTE):
+        legend.append(LegendItem(OTHER_LABEL, OTHER_COLOR))
+
+    return Dashboard(
+        period=period, totals=totals, legend=legend,
+        days=_days(period, by_day_model, colors),
+        top_users=top_users, top_models=top_models,
+        breakdown=breakdown, breakdown_rows=len(by_user_model),
+        links={
+            "usage": usage_url(start, end),
+            "calls": calls_url(start, end),
+            "unpriced": calls_url(start, end, unpriced=True),
+        },
+    )
+
+
+def _days(period: Period, by_day_model: list[dict], colors: dict[str, str]) -> list[Day]:
+    """One entry per day of the period, days without usage included (drawn empty)."""
+    cells: dict[date, list[dict]] = {}
+    for r in by_day_model:
+        cells.setdefault(r["date"], []).append(r)
+    days = []
+    for day in period.days():
+        segments: list[Segment] = []
+        other = Segment("", OTHER_LABEL, OTHER_COLOR, Decimal(0), 0, usage_url(day, day))
+        calls = unpriced = 0
+        # Stacked in legend order, biggest spender at the bottom, "other" on top.
+        for r in sorted(cells.get(day, []), key=lambda r: list(colors).index(r["model"])
+                        if r["model"] in colors else len(colors)):
+            calls += r["calls"] or 0
+            unpriced += r["unpriced_calls"] or 0
+            cost = r["cost"] or Decimal(0)
+            if cost <= 0:
+                continue
+            if r["model"] in colors:
+                segments.append(Segment(r["model"], model_label(r["model"]), colors[r["model"]], cost,
+                                        r["calls"] or 0, usage_url(day, day, model=r["model"])))
+            else:
+                other.cost += cost
+                other.calls += r["calls"] or 0
+        if other.cost > 0:
+            segments.append(other)
+        days.append(Day(day, sum((s.cost for s in segments), Decimal(0)), calls, unpriced, segments,
+                        usage_url(day, day)))
+    return days
