@@ -1,28 +1,430 @@
+"""The audit trail in the admin: read-only, linked, filterable, exportable, fast at millions of rows.
+
+Lists stay fast on big tables because nothing counts or scans the whole table:
+a capped paginator (admin_pagination), a date hierarchy from MIN/MAX
+(admin_dates), filters whose choices come from small tables (admin_filters),
+exact-match search on indexed ids, and sorting only on indexed columns.
+"""
 from __future__ import annotations
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.html import format_html
 
-from .models import ApiCall
+from proxy_app.models import RelayKey
+
+from .admin_base import ReadOnlyAdmin, change_url, changelist_url, link, object_link
+from .admin_csv import CsvExportMixin
+from .admin_filters import (date_range, key_filter, rollup_values_filter, selected_only_filter,
+                            user_filter)
+from .models import (AdminAction, ApiCall, BatchRecord, BatchResult, ChainState, FileRecord,
+                     LedgerEntry, LedgerKind, ModelPrice, PruneRun, UploadRecord, UsageDaily)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Audit rows are never added, edited or deleted in the admin, not even by superusers."""
+def _user_calls_link(user) -> str:
+    if user is None:
+        return "-"
+    return link(changelist_url(ApiCall, user__id__exact=user.pk), user.get_username())
 
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
+def _money(value) -> str:
+    return "-" if value is None else f"${value:,.6f}"
 
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
+
+# --- calls ------------------------------------------------------------------------
 
 
 @admin.register(ApiCall)
-class ApiCallAdmin(ReadOnlyAdmin):
-    list_display = ("started_at", "user", "key", "method", "path", "model", "status", "outcome", "duration_ms")
-    list_filter = ("outcome", "family", "stream", "method")
-    search_fields = ("path", "model", "upstream_request_id", "user__username")
+class ApiCallAdmin(CsvExportMixin, ReadOnlyAdmin):
+    list_display = ("started_at", "user_link", "key_link", "method", "short_path", "model", "status",
+                    "outcome", "total_tokens", "cost_usd", "duration_ms")
+    list_filter = (
+        date_range("started_at", "started"),
+        user_filter("user"),
+        key_filter("key", user_field="user"),
+        rollup_values_filter("model", "model"),
+        rollup_values_filter("family", "endpoint family"),
+        "outcome",
+    )
+    # Ids are matched exactly, on indexes; see get_search_results.
+    search_fields = ("=upstream_request_id", "=relay_request_id")
+    search_help_text = "An upstream or relay request id, a username, or a key prefix (tr-…)."
     date_hierarchy = "started_at"
     list_select_related = ("user", "key")
-    show_full_result_count = False
+    # Only indexed orderings: sorting a million rows by an unindexed column takes seconds.
+    sortable_by = ("started_at",)
+    fieldsets = (
+        (None, {"fields": ("started_at", "finished_at", "duration_ms", "outcome", "user", "key")}),
+        ("Request", {"fields": ("method", "path", "family", "model", "stream", "client_ip", "user_agent",
+                                "relay_request_id", "upstream_request_id", "bytes_in")}),
+        ("Response", {"fields": ("upstream_status", "status", "bytes_out", "error")}),
+        ("Usage and cost", {"fields": ("input_tokens", "cached_input_tokens", "output_tokens",
+                                       "reasoning_tokens", "total_tokens", "images", "audio_seconds",
+                                       "characters", "cost", "unpriced", "price")}),
+        ("Audit", {"fields": ("sealed",)}),
+    )
+    readonly_fields = ("sealed",)
+    csv_columns = (
+        ("id", "id"), ("started_at", "started_at"), ("finished_at", "finished_at"),
+        ("duration_ms", "duration_ms"), ("user", "user__username"), ("key_prefix", "key__prefix"),
+        ("key_name", "key__name"), ("method", "method"), ("path", "path"), ("family", "family"),
+        ("model", "model"), ("stream", "stream"), ("upstream_status", "upstream_status"),
+        ("status", "status"), ("outcome", "outcome"), ("relay_request_id", "relay_request_id"),
+        ("upstream_request_id", "upstream_request_id"), ("input_tokens", "input_tokens"),
+        ("cached_input_tokens", "cached_input_tokens"), ("output_tokens", "output_tokens"),
+        ("reasoning_tokens", "reasoning_tokens"), ("total_tokens", "total_tokens"),
+        ("images", "images"), ("audio_seconds", "audio_seconds"), ("characters", "characters"),
+        ("cost_usd", "cost"), ("unpriced", "unpriced"), ("bytes_in", "bytes_in"),
+        ("bytes_out", "bytes_out"), ("client_ip", "client_ip"), ("user_agent", "user_agent"),
+        ("error", "error"),
+    )
+
+    @admin.display(description="user")
+    def user_link(self, obj: ApiCall) -> str:
+        return _user_calls_link(obj.user)
+
+    @admin.display(description="key")
+    def key_link(self, obj: ApiCall) -> str:
+        return object_link(obj.key)
+
+    @admin.display(description="path")
+    def short_path(self, obj: ApiCall) -> str:
+        return obj.path if len(obj.path) <= 60 else obj.path[:59] + "…"
+
+    @admin.display(description="cost")
+    def cost_usd(self, obj: ApiCall) -> str:
+        return "unpriced" if obj.unpriced else _money(obj.cost)
+
+    @admin.display(description="sealed in ledger")
+    def sealed(self, obj: ApiCall) -> str:
+        return f"entry #{obj.chain_seq}" if obj.chain_seq else "not yet"
+
+    def get_search_results(self, request, queryset, search_term):
+        """Exact ids on their indexes, or a username, or a key prefix.
+
+        Django's default would OR icontains over joined columns: a scan of every row.
+        Users and keys are looked up first (small tables) so that the calls query
+        stays an OR of indexed equalities.
+        """
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        condition = Q(upstream_request_id=term) | Q(relay_request_id=term)
+        user_ids = list(get_user_model().objects.filter(username=term).values_list("pk", flat=True)[:5])
+        key_ids = list(RelayKey.objects.filter(prefix__startswith=term[:10]).values_list("pk", flat=True)[:20]
+                       ) if term.startswith("tr-") else []
+        if user_ids:
+            condition |= Q(user_id__in=user_ids)
+        if key_ids:
+            condition |= Q(key_id__in=key_ids)
+        return queryset.filter(condition), False
+
+
+# --- files, uploads, batches ------------------------------------------------------
+
+
+@admin.register(FileRecord)
+class FileRecordAdmin(CsvExportMixin, ReadOnlyAdmin):
+    list_display = ("file_id", "filename", "purpose", "bytes", "origin", "status", "owner_link",
+                    "first_seen_at", "deleted_at", "batches_link")
+    list_filter = (date_range("first_seen_at", "first seen"), user_filter("created_by"),
+                   key_filter("created_by_key", user_field="created_by"), "origin", "purpose", "status")
+    search_fields = ("=file_id", "filename", "=created_by__username")
+    search_help_text = "A file id (exact), part of a filename, or a username."
+    date_hierarchy = "first_seen_at"
+    list_select_related = ("created_by",)
+    readonly_fields = ("created_call", "result_of_batch", "batches_link", "uploads_link")
+    fields = ("file_id", "filename", "purpose", "bytes", "status", "origin", "created_by", "created_by_key",
+              "created_call", "result_of_batch", "batches_link", "uploads_link", "created_at", "expires_at",
+              "deleted_at", "first_seen_at", "updated_at")
+    csv_columns = (
+        ("file_id", "file_id"), ("filename", "filename"), ("purpose", "purpose"), ("bytes", "bytes"),
+        ("status", "status"), ("origin", "origin"), ("user", "created_by__username"),
+        ("key_prefix", "created_by_key__prefix"), ("batch_id", "batch__batch_id"),
+        ("created_at", "created_at"), ("expires_at", "expires_at"), ("deleted_at", "deleted_at"),
+        ("first_seen_at", "first_seen_at"),
+    )
+
+    @admin.display(description="created by")
+    def owner_link(self, obj: FileRecord) -> str:
+        return object_link(obj.created_by, obj.created_by.get_username() if obj.created_by else None)
+
+    @admin.display(description="batches")
+    def batches_link(self, obj: FileRecord) -> str:
+        return link(changelist_url(BatchRecord, input_file__exact=obj.file_id), "batches reading it")
+
+    @admin.display(description="uploaded through")
+    def uploads_link(self, obj: FileRecord) -> str:
+        return link(changelist_url(UploadRecord, file__id__exact=obj.pk), "uploads")
+
+    @admin.display(description="created by call")
+    def created_call(self, obj: FileRecord) -> str:
+        return object_link(obj.call) if obj.call_id else "-"
+
+    @admin.display(description="output or errors of batch")
+    def result_of_batch(self, obj: FileRecord) -> str:
+        return object_link(obj.batch) if obj.batch_id else "-"
+
+
+@admin.register(UploadRecord)
+class UploadRecordAdmin(ReadOnlyAdmin):
+    list_display = ("upload_id", "filename", "purpose", "bytes", "status", "parts", "file", "created_by",
+                    "first_seen_at")
+    list_filter = (date_range("first_seen_at", "first seen"), user_filter("created_by"), "status", "purpose",
+                   selected_only_filter("file", FileRecord, "file"))
+    search_fields = ("=upload_id", "filename", "=file__file_id", "=created_by__username")
+    date_hierarchy = "first_seen_at"
+    list_select_related = ("file", "created_by")
+
+
+def _file_cell(file_id: str | None) -> str:
+    """A batch's file by upstream id: linked when the relay has a record of it."""
+    if not file_id:
+        return "-"
+    record = FileRecord.objects.filter(file_id=file_id).only("pk").first()
+    return link(change_url(record), file_id) if record else file_id
+
+
+@admin.register(BatchRecord)
+class BatchRecordAdmin(CsvExportMixin, ReadOnlyAdmin):
+    list_display = ("batch_id", "status", "endpoint", "owner_link", "request_total", "request_completed",
+                    "request_failed", "cost_usd", "created_at", "results_link")
+    list_filter = (date_range("first_seen_at", "first seen"), user_filter("created_by"),
+                   key_filter("created_by_key", user_field="created_by"), "status", "endpoint")
+    search_fields = ("=batch_id", "=input_file_id", "=output_file_id", "=error_file_id",
+                     "=created_by__username")
+    search_help_text = "A batch id, a file id (input, output or errors) or a username; exact."
+    date_hierarchy = "first_seen_at"
+    list_select_related = ("created_by",)
+    readonly_fields = ("input_file_link", "output_file_link", "error_file_link", "results_link")
+    fieldsets = (
+        (None, {"fields": ("batch_id", "status", "endpoint", "completion_window", "created_by",
+                           "created_by_key", "metadata", "errors")}),
+        ("Files and results", {"fields": ("input_file_link", "output_file_link", "error_file_link",
+                                          "results_link")}),
+        ("Requests and cost", {"fields": ("request_total", "request_completed", "request_failed",
+                                          "input_tokens", "cached_input_tokens", "output_tokens",
+                                          "reasoning_tokens", "total_tokens", "cost", "unpriced_results",
+                                          "results_counted_at")}),
+        ("Lifecycle", {"fields": ("created_at", "in_progress_at", "finalizing_at", "completed_at",
+                                  "failed_at", "expired_at", "cancelling_at", "cancelled_at", "expires_at",
+                                  "first_seen_at", "last_polled_at", "last_poll_error")}),
+    )
+    csv_columns = (
+        ("batch_id", "batch_id"), ("status", "status"), ("endpoint", "endpoint"),
+        ("user", "created_by__username"), ("key_prefix", "created_by_key__prefix"),
+        ("input_file_id", "input_file_id"), ("output_file_id", "output_file_id"),
+        ("error_file_id", "error_file_id"), ("request_total", "request_total"),
+        ("request_completed", "request_completed"), ("request_failed", "request_failed"),
+        ("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
+        ("total_tokens", "total_tokens"), ("cost_usd", "cost"), ("unpriced_results", "unpriced_results"),
+        ("created_at", "created_at"), ("completed_at", "completed_at"), ("first_seen_at", "first_seen_at"),
+    )
+
+    @admin.display(description="created by")
+    def owner_link(self, obj: BatchRecord) -> str:
+        return object_link(obj.created_by, obj.created_by.get_username() if obj.created_by else None)
+
+    @admin.display(description="cost")
+    def cost_usd(self, obj: BatchRecord) -> str:
+        return _money(obj.cost)
+
+    @admin.display(description="results")
+    def results_link(self, obj: BatchRecord) -> str:
+        return link(changelist_url(BatchResult, batch__id__exact=obj.pk), "results")
+
+    @admin.display(description="input file")
+    def input_file_link(self, obj: BatchRecord) -> str:
+        return _file_cell(obj.input_file_id)
+
+    @admin.display(description="output file")
+    def output_file_link(self, obj: BatchRecord) -> str:
+        return _file_cell(obj.output_file_id)
+
+    @admin.display(description="error file")
+    def error_file_link(self, obj: BatchRecord) -> str:
+        return _file_cell(obj.error_file_id)
+
+
+@admin.register(BatchResult)
+class BatchResultAdmin(CsvExportMixin, ReadOnlyAdmin):
+    list_display = ("custom_id", "batch_link", "status_code", "model", "input_tokens", "output_tokens",
+                    "cost_usd", "error_code", "from_error_file")
+    list_filter = (selected_only_filter("batch", BatchRecord, "batch"), date_range("batch__first_seen_at", "batch seen"),
+                   "from_error_file", "unpriced", "status_code", "model")
+    search_fields = ("=custom_id", "=request_id", "=batch__batch_id")
+    search_help_text = "A custom_id, request id or batch id; exact."
+    date_hierarchy = "batch__first_seen_at"
+    list_select_related = ("batch",)
+    readonly_fields = ("batch_link",)
+    fields = ("batch_link", "custom_id", "request_id", "status_code", "model", "input_tokens",
+              "cached_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens", "cost", "unpriced",
+              "error_code", "error_message", "from_error_file")
+    csv_columns = (
+        ("batch_id", "batch__batch_id"), ("custom_id", "custom_id"), ("request_id", "request_id"),
+        ("status_code", "status_code"), ("model", "model"), ("input_tokens", "input_tokens"),
+        ("cached_input_tokens", "cached_input_tokens"), ("output_tokens", "output_tokens"),
+        ("reasoning_tokens", "reasoning_tokens"), ("total_tokens", "total_tokens"), ("cost_usd", "cost"),
+        ("unpriced", "unpriced"), ("error_code", "error_code"), ("error_message", "error_message"),
+        ("from_error_file", "from_error_file"),
+    )
+
+    @admin.display(description="batch")
+    def batch_link(self, obj: BatchResult) -> str:
+        return object_link(obj.batch)
+
+    @admin.display(description="cost")
+    def cost_usd(self, obj: BatchResult) -> str:
+        return "unpriced" if obj.unpriced else _money(obj.cost)
+
+
+# --- usage and prices ----------------------------------------------------------------
+
+
+@admin.register(UsageDaily)
+class UsageDailyAdmin(ReadOnlyAdmin):
+    list_display = ("date", "user_link", "key_link", "model", "family", "calls_link", "input_tokens",
+                    "output_tokens", "total_tokens", "cost_usd", "unpriced_calls")
+    list_filter = (date_range("date"), user_filter("user"), key_filter("key", user_field="user"),
+                   rollup_values_filter("model", "model"), rollup_values_filter("family", "endpoint family"))
+    search_fields = ("=model", "=user__username")
+    date_hierarchy = "date"
+    list_select_related = ("user", "key")
+
+    @admin.display(description="user")
+    def user_link(self, obj: UsageDaily) -> str:
+        return link(changelist_url(UsageDaily, user__id__exact=obj.user_id), obj.user.get_username())
+
+    @admin.display(description="key")
+    def key_link(self, obj: UsageDaily) -> str:
+        return object_link(obj.key)
+
+    @admin.display(description="calls")
+    def calls_link(self, obj: UsageDaily) -> str:
+        day = obj.date
+        return link(changelist_url(ApiCall, started_at__year=day.year, started_at__month=day.month,
+                                   started_at__day=day.day, user__id__exact=obj.user_id,
+                                   key__id__exact=obj.key_id, model__exact=obj.model,
+                                   family__exact=obj.family), obj.calls)
+
+    @admin.display(description="cost")
+    def cost_usd(self, obj: UsageDaily) -> str:
+        return _money(obj.cost)
+
+
+PRICE_FIELDS = ("input_per_1m", "cached_input_per_1m", "output_per_1m", "batch_input_per_1m",
+                "batch_output_per_1m", "image_input_per_1m", "per_image", "per_second", "per_character")
+
+
+class ModelPriceForm(forms.ModelForm):
+    class Meta:
+        model = ModelPrice
+        fields = ("model", "effective_from", *PRICE_FIELDS, "source")
+        help_texts = {"effective_from": "When this price starts. Changing a saved price saves a new row "
+                                        "effective from here (now, if you leave it); the old row keeps "
+                                        "pricing earlier calls."}
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    """Prices are never rewritten: saving a change to a price creates a new row
+    effective from its date, so past calls stay priced as they were (only
+    `manage.py reprice` re-costs them)."""
+
+    form = ModelPriceForm
+    list_display = ("model", "effective_from", "input_per_1m", "cached_input_per_1m", "output_per_1m",
+                    "batch_input_per_1m", "batch_output_per_1m", "source", "usage_link")
+    list_filter = ("source", date_range("effective_from", "effective from"))
+    search_fields = ("model",)
+    date_hierarchy = "effective_from"
+    show_facets = admin.ShowFacets.NEVER
+
+    @admin.display(description="usage")
+    def usage_link(self, obj: ModelPrice) -> str:
+        return link(changelist_url(UsageDaily, model__exact=obj.model), "daily usage")
+
+    def save_model(self, request, obj: ModelPrice, form, change: bool) -> None:
+        if change and form.has_changed():
+            if "effective_from" not in form.changed_data:
+                obj.effective_from = timezone.now()
+            obj.pk = obj.id = None
+            obj._state.adding = True
+            obj.save()
+            self.message_user(
+                request,
+                f"Saved as a new price for {obj.model} effective from {obj.effective_from:%Y-%m-%d %H:%M}; "
+                "the previous row still prices earlier calls. Run `manage.py reprice` to re-cost past calls.",
+                messages.INFO,
+            )
+            return
+        super().save_model(request, obj, form, change)
+
+
+# --- admin actions, the ledger, prune runs ----------------------------------------------------
+
+
+@admin.register(AdminAction)
+class AdminActionAdmin(ReadOnlyAdmin):
+    list_display = ("at", "actor", "action", "object_type", "object_id", "object_repr")
+    list_filter = (date_range("at"), "action", "object_type")
+    search_fields = ("=actor", "=object_id", "object_repr")
+    date_hierarchy = "at"
+
+
+@admin.register(ChainState)
+class ChainStateAdmin(ReadOnlyAdmin):
+    list_display = ("__str__", "head_seq", "head_hash", "last_sealed_at", "last_verified_at", "verified",
+                    "last_verification")
+    fields = ("head_seq", "head_hash", "last_sealed_at", "last_verified_at", "last_verified_ok",
+              "last_verification")
+
+    @admin.display(description="last verification", boolean=True)
+    def verified(self, obj: ChainState) -> bool | None:
+        return obj.last_verified_ok
+
+
+_LEDGER_TARGETS = {
+    LedgerKind.CALL: (ApiCall, "pk"),
+    LedgerKind.FILE: (FileRecord, "file_id"),
+    LedgerKind.BATCH: (BatchRecord, "batch_id"),
+    LedgerKind.PRUNE: (PruneRun, "pk"),
+}
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = ("seq", "kind", "object_id", "sealed_at", "short_hash")
+    list_filter = (date_range("sealed_at", "sealed"), "kind")
+    search_fields = ("=object_id",)
+    date_hierarchy = "sealed_at"
+    ordering = ("-seq",)
+    sortable_by = ("seq",)
+    readonly_fields = ("record",)
+    fields = ("seq", "kind", "object_id", "record", "sealed_at", "content_hash", "prev_hash", "entry_hash")
+
+    @admin.display(description="entry hash")
+    def short_hash(self, obj: LedgerEntry) -> str:
+        return obj.entry_hash[:16] + "…"
+
+    @admin.display(description="sealed record")
+    def record(self, obj: LedgerEntry) -> str:
+        model, field = _LEDGER_TARGETS.get(obj.kind, (None, ""))
+        if model is None:
+            return "-"
+        try:
+            target = model.objects.filter(**{field: obj.object_id}).first()
+        except (ValueError, TypeError):
+            target = None
+        return object_link(target) if target else format_html("{} (no longer kept)", obj.object_id)
+
+
+@admin.register(PruneRun)
+class PruneRunAdmin(ReadOnlyAdmin):
+    list_display = ("started_at", "run_by", "older_than_days", "cutoff", "deleted_calls", "first_call_id",
+                    "last_call_id", "dry_run", "finished_at")
+    list_filter = (date_range("started_at", "started"), "dry_run")
+    search_fields = ("=run_by",)
+    date_hierarchy = "started_at"

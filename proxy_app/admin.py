@@ -1,39 +1,215 @@
+"""Relay keys and per-user limits in the admin.
+
+A key is created here for a user; its plaintext is shown once, on the page that
+answers the save (never put in a message cookie or the session), and only its
+hash is stored. Keys are revoked, never deleted: the audit trail points at them.
+The key hash is never displayed.
+"""
 from __future__ import annotations
 
-from django.contrib import admin, messages
-from django.utils import timezone
+import json
+import re
+import secrets
+from decimal import Decimal
+from typing import Any
 
-from .models import RelayKey
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import ShowFacets
+from django.db.models import Sum
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from audit_app.admin_base import change_url, changelist_url, link
+from audit_app.admin_filters import user_filter
+from audit_app.models import ApiCall, UsageDaily
+
+from .models import KEY_PREFIX, VISIBLE_CHARS, RelayKey, UserLimit, hash_key
+
+def month_spend(**owner: int) -> Decimal:
+    """USD spent this calendar month by a key (key_id=) or a user (user_id=), from the
+    rollups: read fresh here, not through the relay's 10-second spend cache."""
+    first = timezone.localdate().replace(day=1)
+    return UsageDaily.objects.filter(date__gte=first, **owner).aggregate(s=Sum("cost"))["s"] or Decimal(0)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9._:\-]+$")
+
+
+class NameListField(forms.CharField):
+    """A list of names typed as "a, b c" (or as a JSON list); stored as a JSON list."""
+
+    def prepare_value(self, value: Any) -> str:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return value
+        return ", ".join(value) if isinstance(value, list) else ""
+
+    def to_python(self, value: Any) -> list[str]:
+        text = (value or "").strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except ValueError:
+                raise forms.ValidationError("Not a valid JSON list.") from None
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise forms.ValidationError("Expected a list of names.")
+        else:
+            items = [part for part in re.split(r"[,\s]+", text) if part]
+        bad = [i for i in items if not _NAME.match(i)]
+        if bad:
+            raise forms.ValidationError(f"Not a valid name: {', '.join(bad)}")
+        return list(dict.fromkeys(items))  # keep order, drop repeats
+
+
+class RelayKeyForm(forms.ModelForm):
+    allowed_families = NameListField(
+        required=False, help_text="Endpoint families this key may call, e.g. responses, chat, embeddings, "
+                                  "files, batches. Empty: all.")
+    allowed_models = NameListField(
+        required=False, help_text="Models this key may use, e.g. gpt-4o-mini, text-embedding-3-small. Empty: all.")
+
+    class Meta:
+        model = RelayKey
+        fields = ("owner", "name", "expires_at", "allowed_families", "allowed_models", "monthly_budget_usd",
+                  "requests_per_minute")
+
+
+class KeyStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("active", "active"), ("expired", "expired"), ("revoked", "revoked")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "active":
+            return queryset.active(now)
+        if self.value() == "expired":
+            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
 
 
 @admin.register(RelayKey)
 class RelayKeyAdmin(admin.ModelAdmin):
-    list_display = ("prefix", "name", "owner", "created_at", "expires_at", "revoked_at", "last_used_at")
-    list_filter = (("revoked_at", admin.EmptyFieldListFilter), "expires_at", "created_at")
+    form = RelayKeyForm
+    list_display = ("prefix", "name", "owner_link", "status", "scope", "monthly_budget_usd",
+                    "requests_per_minute", "created_at", "expires_at", "last_used_at", "calls_link")
+    list_filter = (KeyStatusFilter, user_filter("owner", "owner"), "expires_at", "created_at")
     search_fields = ("prefix", "name", "owner__username")
-    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
-    fields = ("owner", "name", "expires_at", "prefix", "created_at", "last_used_at", "revoked_at")
+    search_help_text = "A key prefix (tr-…), a key name or a username."
+    list_select_related = ("owner",)
     autocomplete_fields = ("owner",)
     actions = ["revoke_keys"]
     date_hierarchy = "created_at"
+    show_facets = ShowFacets.NEVER
+    fieldsets = (
+        (None, {"fields": ("owner", "name", "expires_at")}),
+        ("Scope and limits", {"fields": ("allowed_families", "allowed_models", "monthly_budget_usd",
+                                         "requests_per_minute")}),
+        ("State", {"fields": ("prefix", "status", "created_at", "last_used_at", "revoked_at", "spend_this_month",
+                              "calls_link")}),
+    )
+    readonly_fields = ("prefix", "status", "created_at", "last_used_at", "revoked_at", "spend_this_month",
+                       "calls_link")
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:  # adding: the state does not exist yet
+            return self.fieldsets[:2]
+        return self.fieldsets
+
+    def get_readonly_fields(self, request, obj=None):
+        # A key belongs to its owner for good: its calls are recorded against them.
+        return (*self.readonly_fields, "owner") if obj is not None else self.readonly_fields
+
+    @admin.display(description="owner")
+    def owner_link(self, obj: RelayKey) -> str:
+        return link(change_url(obj.owner), obj.owner.get_username())
+
+    @admin.display(description="status")
+    def status(self, obj: RelayKey) -> str:
+        if obj.pk is None:
+            return "-"
+        if obj.is_revoked:
+            return "revoked"
+        return "expired" if obj.is_expired() else "active"
+
+    @admin.display(description="scope")
+    def scope(self, obj: RelayKey) -> str:
+        parts = []
+        if obj.allowed_families:
+            parts.append("families: " + ", ".join(obj.allowed_families))
+        if obj.allowed_models:
+            parts.append("models: " + ", ".join(obj.allowed_models))
+        return "; ".join(parts) or "all"
+
+    @admin.display(description="calls")
+    def calls_link(self, obj: RelayKey) -> str:
+        if obj.pk is None:
+            return "-"
+        return format_html("{} · {}", link(changelist_url(ApiCall, key__id__exact=obj.pk), "calls"),
+                           link(changelist_url(UsageDaily, key__id__exact=obj.pk), "daily usage"))
+
+    @admin.display(description="spent this month (USD)")
+    def spend_this_month(self, obj: RelayKey) -> str:
+        return "-" if obj.pk is None else f"{month_spend(key_id=obj.pk):.2f}"
 
     def save_model(self, request, obj: RelayKey, form, change: bool) -> None:
-        if change:
-            super().save_model(request, obj, form, change)
-            return
-        key, plaintext = RelayKey.issue(obj.owner, name=obj.name, expires_at=obj.expires_at)
-        obj.pk, obj.prefix, obj.key_hash, obj.created_at = key.pk, key.prefix, key.key_hash, key.created_at
-        # The one and only time the plaintext exists outside the client.
-        self.message_user(
-            request,
-            f"New relay key for {obj.owner}: {plaintext} — copy it now, it will not be shown again.",
-            messages.WARNING,
-        )
+        if not change:
+            # As RelayKey.issue does, but in the one insert that also stores the
+            # scope and limits, so the action log shows one "created" entry.
+            plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+            obj.prefix, obj.key_hash = plaintext[:VISIBLE_CHARS], hash_key(plaintext)
+            request._relay_new_key = plaintext
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj: RelayKey, post_url_continue=None):
+        plaintext = getattr(request, "_relay_new_key", None)
+        if plaintext is None or "_popup" in request.POST:
+            return super().response_add(request, obj, post_url_continue)
+        # The one and only time the plaintext exists outside the client: rendered
+        # into this response, not stored in a message (a cookie or the session).
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "key": obj,
+                   "plaintext": plaintext, "title": "New relay key", "change_url": change_url(obj),
+                   "changelist_url": changelist_url(RelayKey)}
+        response = TemplateResponse(request, "admin/proxy_app/relaykey/key_created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
 
     @admin.action(description="Revoke selected keys")
     def revoke_keys(self, request, queryset) -> None:
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
-        self.message_user(request, f"Revoked {count} key(s).")
+        count = 0
+        # One by one, so that each revocation lands in the action log.
+        for key in queryset.filter(revoked_at__isnull=True):
+            key.revoke()
+            count += 1
+        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # keys are revoked, not deleted: the audit trail points at them
+
+
+@admin.register(UserLimit)
+class UserLimitAdmin(admin.ModelAdmin):
+    list_display = ("user", "monthly_budget_usd", "spend_this_month", "keys_link")
+    search_fields = ("user__username",)
+    list_select_related = ("user",)
+    autocomplete_fields = ("user",)
+    fields = ("user", "monthly_budget_usd", "spend_this_month")
+    readonly_fields = ("spend_this_month",)
+    show_facets = ShowFacets.NEVER
+
+    @admin.display(description="spent this month (USD)")
+    def spend_this_month(self, obj: UserLimit) -> str:
+        return "-" if obj.pk is None else f"{month_spend(user_id=obj.user_id):.2f}"
+
+    @admin.display(description="keys")
+    def keys_link(self, obj: UserLimit) -> str:
+        return format_html("{} · {}", link(changelist_url(RelayKey, owner__id__exact=obj.user_id), "keys"),
+                           link(changelist_url(ApiCall, user__id__exact=obj.user_id), "calls"))

@@ -105,6 +105,7 @@ class BatchResult(TokenUsage):
         constraints = [
             models.UniqueConstraint(fields=["batch", "custom_id"], name="batchresult_batch_custom_id"),
         ]
+        indexes = [models.Index(fields=["custom_id"], name="batchresult_custom_id")]  # admin search
 
     def __str__(self) -> str:
         return f"{self.batch_id}:{self.custom_id}"

@@ -78,6 +78,10 @@ class ApiCall(TokenUsage):
             models.Index(fields=["user", "-started_at"], name="apicall_user_started"),
             models.Index(fields=["key", "-started_at"], name="apicall_key_started"),
             models.Index(fields=["outcome", "started_at"], name="apicall_outcome_started"),
+            # The admin's model and family filters, and its search on upstream ids.
+            models.Index(fields=["model", "started_at"], name="apicall_model_started"),
+            models.Index(fields=["family", "started_at"], name="apicall_family_started"),
+            models.Index(fields=["upstream_request_id"], name="apicall_upstream_request_id"),
             # The sealer's work queue: finished calls not yet in the ledger.
             models.Index(fields=["id"], name="apicall_unsealed",
                          condition=models.Q(chain_seq__isnull=True)),

@@ -31,7 +31,10 @@ class LedgerEntry(models.Model):
     class Meta:
         ordering = ["seq"]
         verbose_name_plural = "ledger entries"
-        indexes = [models.Index(fields=["kind", "object_id", "-seq"], name="ledger_object")]
+        indexes = [
+            models.Index(fields=["kind", "object_id", "-seq"], name="ledger_object"),
+            models.Index(fields=["sealed_at"], name="ledger_sealed_at"),  # the admin's date filters
+        ]
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.kind} {self.object_id}"

@@ -1,0 +1,222 @@
+"""Changelist filters that stay cheap on millions of audit rows.
+
+Django's default filters list their choices with SELECT DISTINCT over the
+filtered table (a full scan of the calls) and render every related object (all
+users). These take their choices from small tables instead: key owners, recent
+keys, the daily rollups. Their query parameters are plain ORM lookups
+(`user__id__exact`, `model__exact`, `started_at__gte`, ...), so any page (the
+dashboard included) can link to a filtered changelist by building a query string.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.auth import get_user_model
+from django.db import models
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from proxy_app.models import RelayKey
+
+from .models import UsageDaily
+
+CHOICES_LIMIT = 100
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise IncorrectLookupParameters(f"not an id: {value!r}") from None
+
+
+# --- date range ----------------------------------------------------------------
+
+
+def _bound(value: str, field: models.Field) -> date | datetime:
+    """A YYYY-MM-DD date (midnight, local time) or an ISO datetime."""
+    is_datetime = isinstance(field, models.DateTimeField)
+    parsed_date = parse_date(value) if len(value) == 10 else None
+    if parsed_date is not None:
+        if not is_datetime:
+            return parsed_date
+        return timezone.make_aware(datetime.combine(parsed_date, time.min))
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise IncorrectLookupParameters(f"not a date: {value!r}")
+    if timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed)
+    return parsed if is_datetime else timezone.localtime(parsed).date()
+
+
+class DateRangeFilter(admin.ListFilter):
+    """`<field>__gte` (from, inclusive) and `<field>__lt` (before, exclusive), with presets."""
+
+    template = "admin/audit_app/date_range_filter.html"
+    field_path = ""
+
+    def __init__(self, request, params, model, model_admin) -> None:
+        super().__init__(request, params, model, model_admin)
+        self.field = _resolve(model, self.field_path)
+        self.gte, self.lt = f"{self.field_path}__gte", f"{self.field_path}__lt"
+        for name in (self.gte, self.lt):
+            if name in params:
+                self.used_parameters[name] = params.pop(name)[-1]
+
+    def has_output(self) -> bool:
+        return True
+
+    def expected_parameters(self) -> list[str]:
+        return [self.gte, self.lt]
+
+    def queryset(self, request, queryset):
+        lookups = {name: _bound(value, self.field) for name, value in self.used_parameters.items() if value}
+        return queryset.filter(**lookups) if lookups else queryset
+
+    def choices(self, changelist) -> Any:
+        today = timezone.localdate()
+        month = today.replace(day=1)
+        last_month = (month - timedelta(days=1)).replace(day=1)
+        presets = [
+            ("Today", today, today + timedelta(days=1)),
+            ("Last 7 days", today - timedelta(days=6), today + timedelta(days=1)),
+            ("Last 30 days", today - timedelta(days=29), today + timedelta(days=1)),
+            ("This month", month, today + timedelta(days=1)),
+            ("Last month", last_month, month),
+        ]
+        current = (self.used_parameters.get(self.gte, ""), self.used_parameters.get(self.lt, ""))
+        yield {
+            "form": True,
+            "gte_name": self.gte, "lt_name": self.lt, "gte": current[0], "lt": current[1],
+            # The form submits with the changelist's other filters kept.
+            "hidden": [(k, v) for k, v in changelist.params.items() if k not in (self.gte, self.lt, "p")],
+            "clear": changelist.get_query_string(remove=[self.gte, self.lt]),
+        }
+        yield {"selected": not any(current), "display": "Any date",
+               "query_string": changelist.get_query_string(remove=[self.gte, self.lt])}
+        for label, start, end in presets:
+            values = (start.isoformat(), end.isoformat())
+            yield {"selected": current == values, "display": label,
+                   "query_string": changelist.get_query_string({self.gte: values[0], self.lt: values[1]})}
+
+
+def date_range(field_path: str, title: str | None = None) -> type[DateRangeFilter]:
+    return type("DateRangeFilter", (DateRangeFilter,), {
+        "field_path": field_path, "title": title or field_path.replace("__", " ").replace("_", " "),
+    })
+
+
+def _resolve(model: type[models.Model], path: str) -> models.Field:
+    from django.contrib.admin.utils import get_fields_from_path
+
+    return get_fields_from_path(model, path)[-1]
+
+
+# --- users and keys: choices from the small tables -----------------------------------
+
+
+class _BoundedFilter(admin.SimpleListFilter):
+    """A filter on a related id whose choices are a bounded list, plus the selected one."""
+
+    field_path = ""
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset.filter(**{f"{self.field_path}_id": _int(value)}) if value else queryset
+
+
+class UserFilter(_BoundedFilter):
+    title = "user"
+
+    def lookups(self, request, model_admin):
+        User = get_user_model()
+        # Users who hold a key: the people who make calls. Bounded for big teams;
+        # anyone else is reachable through search or a link.
+        owners = User.objects.filter(pk__in=RelayKey.objects.values("owner_id")).order_by("username")
+        users = list(owners[:CHOICES_LIMIT])
+        selected = self.value()
+        if selected and selected.isdigit() and all(str(u.pk) != selected for u in users):
+            users += list(User.objects.filter(pk=int(selected)))
+        return [(u.pk, u.get_username()) for u in users]
+
+
+class KeyFilter(_BoundedFilter):
+    title = "key"
+    user_parameter = ""
+
+    def lookups(self, request, model_admin):
+        keys = RelayKey.objects.select_related("owner").order_by("-created_at")
+        user = request.GET.get(self.user_parameter) if self.user_parameter else None
+        if user and user.isdigit():
+            keys = keys.filter(owner_id=int(user))
+        shown = list(keys[:CHOICES_LIMIT])
+        selected = self.value()
+        if selected and selected.isdigit() and all(str(k.pk) != selected for k in shown):
+            shown += list(RelayKey.objects.select_related("owner").filter(pk=int(selected)))
+        return [(k.pk, f"{k} — {k.owner.get_username()}") for k in shown]
+
+
+def user_filter(field_path: str, title: str = "user") -> type[UserFilter]:
+    return type("UserFilter", (UserFilter,), {
+        "field_path": field_path, "parameter_name": f"{field_path}__id__exact", "title": title,
+    })
+
+
+def key_filter(field_path: str, user_field: str = "", title: str = "key") -> type[KeyFilter]:
+    return type("KeyFilter", (KeyFilter,), {
+        "field_path": field_path, "parameter_name": f"{field_path}__id__exact", "title": title,
+        "user_parameter": f"{user_field}__id__exact" if user_field else "",
+    })
+
+
+class SelectedOnlyFilter(_BoundedFilter):
+    """For links such as "results of this batch": shows the object filtered on, and a way back."""
+
+    related_model: type[models.Model] = models.Model
+
+    def lookups(self, request, model_admin):
+        value = self.value()
+        if not (value and value.isdigit()):
+            return []
+        return [(obj.pk, str(obj)) for obj in self.related_model.objects.filter(pk=int(value))]
+
+
+def selected_only_filter(field_path: str, related_model: type[models.Model], title: str) -> type[SelectedOnlyFilter]:
+    return type("SelectedOnlyFilter", (SelectedOnlyFilter,), {
+        "field_path": field_path, "parameter_name": f"{field_path}__id__exact", "title": title,
+        "related_model": related_model,
+    })
+
+
+# --- model and endpoint family: choices from the daily rollups ---------------------------
+
+
+class RollupValuesFilter(admin.SimpleListFilter):
+    """Values seen in the daily rollups (thousands of rows, not millions)."""
+
+    rollup_field = ""
+
+    def lookups(self, request, model_admin):
+        values = (UsageDaily.objects.exclude(**{self.rollup_field: ""}).order_by(self.rollup_field)
+                  .values_list(self.rollup_field, flat=True).distinct()[:CHOICES_LIMIT])
+        values = list(values)
+        selected = self.value()
+        if selected and selected not in values:
+            values.append(selected)
+        return [(v, v) for v in values]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset.filter(**{self.parameter_name: value}) if value is not None else queryset
+
+
+def rollup_values_filter(field: str, title: str, rollup_field: str | None = None) -> type[RollupValuesFilter]:
+    return type("RollupValuesFilter", (RollupValuesFilter,), {
+        "rollup_field": rollup_field or field, "parameter_name": f"{field}__exact", "title": title,
+    })
