@@ -160,6 +160,11 @@ class Figures:
     cost: Decimal = Decimal(0)
     unpriced_calls: int = 0
 
+    @property
+    def cost_known(self) -> bool:
+        """False when every call was unpriced: the cost is unknown, not $0."""
+        return not self.calls or self.unpriced_calls < self.calls
+
     def add(self, row: Mapping[str, object]) -> None:
         for name in _SUMS:
             setattr(self, name, getattr(self, name) + (row.get(name) or 0))

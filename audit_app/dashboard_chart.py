@@ -52,7 +52,8 @@ def render_spend_chart(days: list[Day], *, timezone_name: str) -> SafeString:
     ticks = nice_ticks(peak)
     top_value = ticks[-1]
     slot = plot_w / max(len(days), 1)
-    bar_w = max(slot * 0.72, 1.0)
+    # A week's bars would be a third of the plot wide each: cap them.
+    bar_w = min(max(slot * 0.72, 1.0), 56.0)
 
     def y(value: Decimal) -> float:
         return TOP + plot_h - float(value / top_value) * plot_h

@@ -8,7 +8,7 @@ SMALL = Decimal("0.0001")
 
 
 def format_usd(value: Decimal | None) -> str:
-    """Dollars with cents; amounts under a dollar keep four decimals (an embedding costs $0.0000004)."""
+    """Dollars and cents; amounts under a cent keep four decimals (an embedding call costs $0.0000004)."""
     if value is None:
         return "—"
     value = Decimal(value)
@@ -16,7 +16,7 @@ def format_usd(value: Decimal | None) -> str:
         return "$0.00"
     if abs(value) < SMALL:
         return "< $0.0001"
-    quantum = CENT if abs(value) >= 1 else SMALL
+    quantum = CENT if abs(value) >= CENT else SMALL
     return f"${value.quantize(quantum, rounding=ROUND_HALF_UP):,}"
 
 

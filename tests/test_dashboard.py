@@ -238,6 +238,9 @@ def test_page_shows_totals_chart_and_tables(usage, admin_client):
     assert re.search(r'id="total-unpriced">.*?>4<', body, re.S)
     assert '<span id="total-cached">700</span>' in body
     assert 'id="top-users"' in body and 'id="top-models"' in body and 'id="breakdown"' in body
+    # A model whose every call was unpriced has an unknown cost, not $0.00.
+    mystery = re.search(r'<tr>\s*<td class="name">\s*<a[^>]*>mystery-model</a>.*?</tr>', body, re.S).group(0)
+    assert "unpriced</span>" in mystery and "$0.00" not in mystery
     assert "cdn" not in body.lower() and "<script src=\"http" not in body
 
 
@@ -282,7 +285,7 @@ def test_admin_index_links_to_the_dashboard(admin_client):
 
 @pytest.mark.parametrize("value, text", [
     (None, "—"), (Decimal(0), "$0.00"), (Decimal("1234.565"), "$1,234.57"),
-    (Decimal("0.00123456"), "$0.0012"), (Decimal("0.0000004"), "< $0.0001"),
+    (Decimal("0.02"), "$0.02"), (Decimal("0.505"), "$0.51"), (Decimal("0.00123456"), "$0.0012"), (Decimal("0.0000004"), "< $0.0001"),
 ])
 def test_money_is_formatted_from_decimal(value, text):
     assert format_usd(value) == text

@@ -1,0 +1,155 @@
+"""The admin in a real browser: headless Chromium logs in, reads the dashboard, exports calls as CSV.
+
+Debian's chromium and chromium-driver (`.ci/run` installs them); selenium is
+pointed at both binaries, so Selenium Manager never runs and nothing is
+fetched from the network. The screenshot lands in test-artifacts/dashboard.png.
+"""
+from __future__ import annotations
+
+import csv
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime, time as dtime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from audit_app import rollups
+from audit_app.models import ApiCall, Outcome
+from proxy_app.models import RelayKey
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+PASSWORD = "browser-test-pw-1"
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed "
+                                "(apt-get install chromium chromium-driver; .ci/run does it)")
+
+
+@pytest.fixture
+def browser() -> Iterator[tuple[object, Path]]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    with tempfile.TemporaryDirectory(prefix="relay-chromium-") as tmp:
+        downloads = Path(tmp) / "downloads"
+        downloads.mkdir()
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,900",
+                     f"--user-data-dir={Path(tmp) / 'profile'}"):
+            options.add_argument(flag)
+        options.add_experimental_option("prefs", {
+            "download.default_directory": str(downloads),
+            "download.prompt_for_download": False,
+            "safebrowsing.enabled": False,
+        })
+        driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+        try:
+            driver.set_page_load_timeout(20)
+            driver.execute_cdp_cmd("Browser.setDownloadBehavior",
+                                   {"behavior": "allow", "downloadPath": str(downloads)})
+            yield driver, downloads
+        finally:
+            driver.quit()
+
+
+def _calls(django_user_model) -> dict[str, object]:
+    """Seven finished calls over the last week, and the rollups built from them."""
+    boss = django_user_model.objects.create_superuser("boss", "boss@example.com", PASSWORD)
+    alice = django_user_model.objects.create_user("alice")
+    bob = django_user_model.objects.create_user("bob")
+    ka, kb = RelayKey.issue(alice)[0], RelayKey.issue(bob)[0]
+    today = timezone.localdate()
+
+    def at(days_ago: int) -> datetime:
+        return timezone.make_aware(datetime.combine(today - timedelta(days=days_ago), dtime(12)))
+
+    rows = [  # (user, key, days ago, model, cost or None when unpriced, request id)
+        (alice, ka, 1, "gpt-4o", "0.50", "req_a1"), (alice, ka, 1, "gpt-4o", "0.50", "req_a2"),
+        (alice, ka, 1, "gpt-4o", "0.50", "req_a3"), (bob, kb, 1, "gpt-4o-mini", "0.01", "req_b1"),
+        (bob, kb, 1, "gpt-4o-mini", "0.01", "req_b2"), (bob, kb, 3, "o3", "2.00", "req_b3"),
+        (alice, ka, 3, "mystery-model", None, "req_a4"),
+    ]
+    for user, key, days_ago, model, cost, request_id in rows:
+        ApiCall.objects.create(
+            user=user, key=key, started_at=at(days_ago), finished_at=at(days_ago), method="POST",
+            path="/v1/responses", family="responses", model=model, status=200, upstream_status=200,
+            outcome=Outcome.OK, input_tokens=1000, cached_input_tokens=100, output_tokens=200,
+            total_tokens=1200, cost=Decimal(cost) if cost else None, unpriced=cost is None,
+            upstream_request_id=request_id,
+        )
+    rollups.rebuild()
+    return {"boss": boss, "bob": bob}
+
+
+def _wait_for_download(folder: Path, timeout: float = 15.0) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = [p for p in folder.iterdir() if p.suffix == ".csv"]
+        if done and not any(p.suffix == ".crdownload" for p in folder.iterdir()):
+            return done[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no CSV downloaded in {timeout} s: {list(folder.iterdir())}")
+
+
+def test_admin_login_dashboard_and_csv_export(live_server, browser, django_user_model):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver, downloads = browser
+    _calls(django_user_model)
+    wait = WebDriverWait(driver, 10)
+
+    # Log in through the real admin login form.
+    driver.get(f"{live_server.url}/admin/")
+    assert "/admin/login/" in driver.current_url
+    driver.find_element(By.NAME, "username").send_keys("boss")
+    driver.find_element(By.NAME, "password").send_keys(PASSWORD)
+    driver.find_element(By.CSS_SELECTOR, "#login-form input[type=submit]").click()
+
+    # From the admin index to the dashboard, then the "Last 7 days" period.
+    wait.until(EC.element_to_be_clickable((By.ID, "usage-dashboard-link"))).click()
+    wait.until(EC.url_contains("/admin/dashboard/"))
+    driver.find_element(By.LINK_TEXT, "Last 7 days").click()
+    wait.until(EC.url_contains("period=7d"))
+
+    chart = driver.find_element(By.CSS_SELECTOR, "svg.relay-chart")
+    assert chart.is_displayed() and chart.size["width"] > 600
+    # 7 days drawn, 3 segments with spend: two models yesterday, one three days ago.
+    assert len(chart.find_elements(By.CSS_SELECTOR, "rect.day")) == 7
+    segments = chart.find_elements(By.CSS_SELECTOR, "rect.seg")
+    assert len(segments) == 3
+    assert sorted(s.get_attribute("fill") for s in segments) == sorted({"#4e79a7", "#f28e2b", "#59a14f"})
+    assert driver.find_element(By.CSS_SELECTOR, "#total-cost .card-value").text == "$3.52"
+    assert driver.find_element(By.CSS_SELECTOR, "#total-calls .card-value").text == "7"
+    assert driver.find_element(By.CSS_SELECTOR, "#total-unpriced .card-value").text == "1"
+    assert driver.find_element(By.CSS_SELECTOR, "#total-tokens .card-value").text == "8,400"
+    assert [r.text.split("\n")[0] for r in driver.find_elements(By.CSS_SELECTOR, "#top-users td.name")] == [
+        "bob", "alice"]
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, min(int(height) + 40, 3000))
+    assert driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+    # Bob's calls in the period, from his row of the top users, then exported as CSV.
+    bob_row = driver.find_element(By.XPATH, "//table[@id='top-users']//tr[td/a[text()='bob']]")
+    bob_row.find_element(By.CSS_SELECTOR, "td.n a").click()
+    wait.until(EC.url_contains("/admin/audit_app/apicall/"))
+    assert "user__id__exact=" in driver.current_url
+    wait.until(EC.element_to_be_clickable((By.ID, "export-csv"))).click()
+    exported = _wait_for_download(downloads)
+    with exported.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["upstream_request_id"] for r in rows) == ["req_b1", "req_b2", "req_b3"]
+    assert {r["user"] for r in rows} == {"bob"}
+    assert sorted(Decimal(r["cost_usd"]) for r in rows) == [Decimal("0.01"), Decimal("0.01"), Decimal("2")]
