@@ -21,25 +21,22 @@ LEFT, RIGHT, TOP, BOTTOM = 64, 12, 14, 46
 MAX_X_LABELS = 12
 
 
-def nice_ticks(maximum: Decimal, count: int = 4) -> list[Decimal]:
-    """Round axis values from 0 to at least `maximum`: steps of 1, 2 or 5 × 10^k."""
+def nice_ticks(maximum: Decimal, count: int = 5) -> list[Decimal]:
+    """Round axis values from 0 to at least `maximum`: steps of 1, 2, 2.5 or 5 × 10^k."""
     if maximum <= 0:
         return [Decimal(0), Decimal(1)]
-    raw = maximum / count
-    exponent = math.floor(math.log10(raw))
-    unit = Decimal(10) ** exponent
-    for step_factor in (1, 2, 5, 10):
-        step = unit * step_factor
-        if step * count >= maximum:
-            break
+    unit = Decimal(10) ** math.floor(math.log10(maximum / count))
+    step = next(unit * f for f in (Decimal(1), Decimal(2), Decimal("2.5"), Decimal(5), Decimal(10))
+                if unit * f * count >= maximum)
     n = int(math.ceil(maximum / step))
     return [step * i for i in range(n + 1)]
 
 
-def _tick_label(value: Decimal) -> str:
-    if value >= 1000:
-        return f"${value / 1000:g}k"
-    return f"${value.normalize():f}" if value else "$0"
+def _tick_labels(ticks: list[Decimal]) -> list[str]:
+    """Same decimals on every tick: none for whole-dollar steps, else cents, or more under a cent."""
+    step = ticks[1] - ticks[0]
+    places = 0 if step == step.to_integral_value() else max(2, -step.normalize().as_tuple().exponent)
+    return ["$0" if not t else f"${t:,.{places}f}" for t in ticks]
 
 
 def _a(url: str | None, inner: str) -> str:
@@ -64,11 +61,11 @@ def render_spend_chart(days: list[Day], *, timezone_name: str) -> SafeString:
         '<title id="relay-chart-title">Spend per day, stacked by model</title>',
     ]
     # Grid and y axis (USD).
-    for tick in ticks:
+    for tick, label in zip(ticks, _tick_labels(ticks)):
         ty = y(tick)
         out.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{ty:.1f}" y2="{ty:.1f}"/>')
         out.append(f'<text class="tick" x="{LEFT - 6}" y="{ty + 4:.1f}" text-anchor="end">'
-                   f'{escape(_tick_label(tick))}</text>')
+                   f'{escape(label)}</text>')
     out.append(f'<text class="axis-label" transform="translate(14 {TOP + plot_h / 2:.1f}) rotate(-90)" '
                f'text-anchor="middle">USD per day</text>')
 

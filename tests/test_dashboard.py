@@ -289,3 +289,16 @@ def test_admin_index_links_to_the_dashboard(admin_client):
 ])
 def test_money_is_formatted_from_decimal(value, text):
     assert format_usd(value) == text
+
+
+@pytest.mark.parametrize("peak, labels", [
+    ("3.52", ["$0", "$1", "$2", "$3", "$4"]),
+    ("11.3", ["$0", "$2.50", "$5.00", "$7.50", "$10.00", "$12.50"]),
+    ("0.0021", ["$0", "$0.0005", "$0.0010", "$0.0015", "$0.0020", "$0.0025"]),
+    ("0", ["$0", "$1"]),
+])
+def test_chart_axis_has_round_ticks_above_the_peak(peak, labels):
+    from audit_app.dashboard_chart import _tick_labels, nice_ticks
+
+    ticks = nice_ticks(Decimal(peak))
+    assert _tick_labels(ticks) == labels and ticks[-1] >= Decimal(peak)
