@@ -10,14 +10,13 @@ from __future__ import annotations
 import calendar
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from urllib.parse import urlencode
 
 from django.contrib.auth import get_user_model
 from django.db.models import Model, Sum
 from django.urls import NoReverseMatch, reverse
-from django.utils import timezone
 
 from .models import ApiCall, UsageDaily
 
@@ -121,24 +120,22 @@ def changelist_url(model: type[Model], params: Mapping[str, object]) -> str | No
     return f"{base}?{query}" if query else base
 
 
-def _local_midnight(day: date) -> str:
-    # Rollups bucket calls by local date (rollups.bucket_date): the raw calls behind
-    # a day are those started between its local midnights.
-    return timezone.make_aware(datetime.combine(day, time.min)).isoformat()
-
-
 def usage_url(start: date, end: date, *, user_id: int | None = None, model: str | None = None) -> str | None:
+    # `__gte` and `__lt` (the day after): the parameters of the changelists' own date filter
+    # (admin_filters.DateRangeFilter), which then shows the period as selected.
     return changelist_url(UsageDaily, {
-        "date__gte": start.isoformat(), "date__lte": end.isoformat(),
+        "date__gte": start.isoformat(), "date__lt": (end + timedelta(days=1)).isoformat(),
         "user__id__exact": user_id, "model__exact": model,
     })
 
 
 def calls_url(start: date, end: date, *, user_id: int | None = None, model: str | None = None,
               unpriced: bool = False) -> str | None:
+    # Plain dates mean local midnight to the date filter, as they do to the rollups
+    # (rollups.bucket_date): the calls listed are exactly those counted in these days.
     return changelist_url(ApiCall, {
-        "started_at__gte": _local_midnight(start),
-        "started_at__lt": _local_midnight(end + timedelta(days=1)),
+        "started_at__gte": start.isoformat(),
+        "started_at__lt": (end + timedelta(days=1)).isoformat(),
         # Calls refused before authentication belong to nobody and are not in the rollups.
         "key__isnull": "False",
         "user__id__exact": user_id, "model__exact": model,

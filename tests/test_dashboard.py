@@ -13,7 +13,7 @@ from django.db.models import Sum
 from django.urls import reverse
 
 from audit_app.dashboard import (
-    MAX_DAYS, PALETTE, Period, PeriodError, build_dashboard, parse_period,
+    MAX_DAYS, PALETTE, Period, PeriodError, build_dashboard, calls_url, parse_period,
 )
 from audit_app.dashboard_format import format_usd
 from audit_app.models import ApiCall, Outcome, UsageDaily
@@ -171,17 +171,18 @@ def test_links_carry_the_filters_of_the_figure(usage):
     line = d.top_users[0]
     assert urlsplit(line.calls_url).path == reverse("admin:audit_app_apicall_changelist")
     assert _query(line.calls_url) == {
-        "started_at__gte": "2026-03-01T00:00:00+00:00", "started_at__lt": "2026-04-01T00:00:00+00:00",
+        "started_at__gte": "2026-03-01", "started_at__lt": "2026-04-01",
         "key__isnull": "False", "user__id__exact": str(bob.pk),
     }
     assert _query(line.unpriced_url)["unpriced__exact"] == "1"
     model_line = d.top_models[3]  # the calls with no model
     assert _query(model_line.calls_url)["model__exact"] == ""
-    if line.usage_url is not None:  # once UsageDaily is in the admin
-        assert _query(line.usage_url) == {
-            "date__gte": "2026-03-01", "date__lte": "2026-03-31", "user__id__exact": str(bob.pk)}
-        assert _query(d.days[2].segments[0].url) == {
-            "date__gte": "2026-03-03", "date__lte": "2026-03-03", "model__exact": "o3"}
+    assert urlsplit(line.usage_url).path == reverse("admin:audit_app_usagedaily_changelist")
+    assert _query(line.usage_url) == {
+        "date__gte": "2026-03-01", "date__lt": "2026-04-01", "user__id__exact": str(bob.pk)}
+    assert _query(d.days[2].segments[0].url) == {
+        "date__gte": "2026-03-03", "date__lt": "2026-03-04", "model__exact": "o3"}
+    assert _query(d.links["unpriced"]) == {**_query(d.links["calls"]), "unpriced__exact": "1"}
 
 
 def _call(user, key, started_at, model, **fields):
@@ -210,13 +211,24 @@ def test_linked_changelists_show_the_rows_behind_the_figure(usage, admin_client)
     assert {c.upstream_request_id for c in cl_all.queryset} == {
         "req_bob_march", "req_bob_unpriced", "req_alice_march"}
 
-    if bob_line.usage_url is None:
-        pytest.skip("UsageDaily is not registered in the admin yet: its links follow once it is")
     r = admin_client.get(bob_line.usage_url)
     assert r.status_code == 200
     rows = r.context["cl"].queryset
     assert rows.count() == 3 and {row.user_id for row in rows} == {bob.pk}
     assert all(date(2026, 3, 1) <= row.date <= date(2026, 3, 31) for row in rows)
+
+
+def test_call_links_cover_local_days_as_the_rollups_do(usage, admin_client, settings):
+    settings.TIME_ZONE = "Europe/Paris"
+    alice, (ka, _, _) = usage["alice"], usage["keys"]
+    utc = dt_timezone.utc
+    # 00:30 on 1 March and on 1 April in Paris (summer time starts on 29 March).
+    _call(alice, ka, datetime(2026, 2, 28, 23, 30, tzinfo=utc), "o3", upstream_request_id="first_of_march")
+    _call(alice, ka, datetime(2026, 3, 31, 22, 30, tzinfo=utc), "o3", upstream_request_id="first_of_april")
+    url = build_dashboard(parse_period(MARCH, date(2026, 11, 25))).links["calls"]
+    r = admin_client.get(url)
+    assert r.status_code == 200
+    assert [c.upstream_request_id for c in r.context["cl"].queryset] == ["first_of_march"]
 
 
 # --- The page -----------------------------------------------------------------
@@ -278,9 +290,7 @@ def test_admin_index_links_to_the_dashboard(admin_client):
     body = admin_client.get("/admin/").content.decode()
     assert re.search(r'<a href="/admin/dashboard/" id="usage-dashboard-link">\s*<strong>Usage dashboard',
                      body)
-    # Above the app list.
-    assert body.index("usage-dashboard-link") < body.index('id="content-main"') or \
-        body.index("usage-dashboard-link") < body.index("app-audit_app")
+    assert body.index("usage-dashboard-link") < body.index('class="app-')  # above the app list
 
 
 @pytest.mark.parametrize("value, text", [
