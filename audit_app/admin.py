@@ -103,24 +103,22 @@ class ApiCallAdmin(CsvExportMixin, ReadOnlyAdmin):
         return f"entry #{obj.chain_seq}" if obj.chain_seq else "not yet"
 
     def get_search_results(self, request, queryset, search_term):
-        """Exact ids on their indexes, or a username, or a key prefix.
+        """A username, a key prefix, or an exact upstream or relay request id.
 
-        Django's default would OR icontains over joined columns: a scan of every row.
-        Users and keys are looked up first (small tables) so that the calls query
-        stays an OR of indexed equalities.
+        Django's default would OR icontains over joined columns: a scan of every
+        row. Each kind of term gets one indexed condition instead, so the page is
+        an ordered index scan (users and keys are looked up first: small tables).
         """
         term = search_term.strip()
         if not term:
             return queryset, False
-        condition = Q(upstream_request_id=term) | Q(relay_request_id=term)
-        user_ids = list(get_user_model().objects.filter(username=term).values_list("pk", flat=True)[:5])
-        key_ids = list(RelayKey.objects.filter(prefix__startswith=term[:10]).values_list("pk", flat=True)[:20]
-                       ) if term.startswith("tr-") else []
+        user_ids = list(get_user_model().objects.filter(username=term).values_list("pk", flat=True)[:1])
         if user_ids:
-            condition |= Q(user_id__in=user_ids)
-        if key_ids:
-            condition |= Q(key_id__in=key_ids)
-        return queryset.filter(condition), False
+            return queryset.filter(user_id=user_ids[0]), False
+        if term.startswith("tr-"):
+            key_ids = list(RelayKey.objects.filter(prefix__startswith=term[:10]).values_list("pk", flat=True)[:20])
+            return queryset.filter(key_id__in=key_ids), False
+        return queryset.filter(Q(upstream_request_id=term) | Q(relay_request_id=term)), False
 
 
 # --- files, uploads, batches ------------------------------------------------------
@@ -348,7 +346,8 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj: ModelPrice, form, change: bool) -> None:
         if change and form.has_changed():
-            if "effective_from" not in form.changed_data:
+            previous = ModelPrice.objects.get(pk=obj.pk)
+            if obj.effective_from == previous.effective_from:  # no date given: from now on
                 obj.effective_from = timezone.now()
             obj.pk = obj.id = None
             obj._state.adding = True

@@ -1,0 +1,185 @@
+"""Admin pages at scale: server time with N (default 1,000,000) ApiCall rows, on SQLite and PostgreSQL.
+
+    .venv/bin/python bench/admin_scale.py                  # 1M calls, both databases
+    .venv/bin/python bench/admin_scale.py --calls 100000 --databases sqlite
+    .venv/bin/python bench/admin_scale.py --reuse          # measure again without re-seeding
+
+For each database: a fresh one (SQLite: bench/results/admin_scale.sqlite3;
+PostgreSQL: the database `relay_admin_bench` on BENCH_POSTGRES_URL's server,
+dropped and created), `migrate`, `seed_demo --calls N`, then each page is
+requested with Django's test Client in a separate process (no network, so the
+time is the server's: view, queries, template), one warm-up then the median of
+--runs. The dashboard is measured when /admin/dashboard/ exists. Target: 500 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SQLITE_FILE = RESULTS / "admin_scale.sqlite3"
+PG_SERVER = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+PG_DB = "relay_admin_bench"  # not bench/procs.py's relay_bench: benchmarks may run side by side
+TARGET_MS = 500
+
+
+def database_url(vendor: str) -> str:
+    if vendor == "sqlite":
+        return f"sqlite:///{SQLITE_FILE}"
+    return PG_SERVER.rsplit("/", 1)[0] + f"/{PG_DB}"
+
+
+def fresh_database(vendor: str) -> None:
+    if vendor == "sqlite":
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{SQLITE_FILE}{suffix}").unlink(missing_ok=True)
+        return
+    import psycopg
+
+    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {PG_DB}")
+
+
+def manage(vendor: str, *args: str) -> None:
+    env = {**os.environ, "DATABASE_URL": database_url(vendor), "DJANGO_SETTINGS_MODULE": "tests.settings",
+           "DATABASE_POOL": "false"}
+    subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=env, check=True, cwd=ROOT)
+
+
+def seed(vendor: str, calls: int) -> float:
+    fresh_database(vendor)
+    manage(vendor, "migrate", "-v", "0")
+    manage(vendor, "createcachetable")
+    began = time.monotonic()
+    manage(vendor, "seed_demo", "--calls", str(calls))
+    return time.monotonic() - began
+
+
+def measure(vendor: str, runs: int) -> dict[str, float | None]:
+    # As served: with the PostgreSQL connection pool the production settings use.
+    env = {**os.environ, "DATABASE_URL": database_url(vendor), "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    out = subprocess.run([sys.executable, __file__, "--measure", "--runs", str(runs)], env=env, check=True,
+                         cwd=ROOT, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- the measuring process ------------------------------------------------------------
+
+
+def pages() -> list[tuple[str, str]]:
+    from django.contrib.auth import get_user_model
+
+    from audit_app.models import ApiCall
+
+    newest = ApiCall.objects.order_by("-started_at").values("pk", "started_at", "relay_request_id").first()
+    oldest_pk = ApiCall.objects.order_by("started_at").values_list("pk", flat=True).first()
+    alice = get_user_model().objects.get(username="alice")
+    day = newest["started_at"].date()
+    week_ago = day.toordinal() - 7
+    from datetime import date
+
+    return [
+        ("calls: changelist", "/admin/audit_app/apicall/"),
+        ("calls: filter by model", "/admin/audit_app/apicall/?model__exact=gpt-4o"),
+        ("calls: filter by user", f"/admin/audit_app/apicall/?user__id__exact={alice.pk}"),
+        ("calls: filter by outcome", "/admin/audit_app/apicall/?outcome__exact=upstream_error"),
+        ("calls: last 7 days + family", f"/admin/audit_app/apicall/?started_at__gte={date.fromordinal(week_ago)}"
+                                        "&family__exact=embeddings"),
+        ("calls: date hierarchy, a month", f"/admin/audit_app/apicall/?started_at__year={day.year}"
+                                           f"&started_at__month={day.month}"),
+        ("calls: date hierarchy, a day", f"/admin/audit_app/apicall/?started_at__year={day.year}"
+                                         f"&started_at__month={day.month}&started_at__day={day.day}"),
+        ("calls: search a request id", f"/admin/audit_app/apicall/?q={newest['relay_request_id']}"),
+        ("calls: search a username", "/admin/audit_app/apicall/?q=alice"),
+        ("call: change page (newest)", f"/admin/audit_app/apicall/{newest['pk']}/change/"),
+        ("call: change page (oldest)", f"/admin/audit_app/apicall/{oldest_pk}/change/"),
+        ("calls: CSV export, first bytes", "/admin/audit_app/apicall/export.csv"),
+        ("usage (daily): changelist", "/admin/audit_app/usagedaily/"),
+        ("batch results: changelist", "/admin/audit_app/batchresult/"),
+        ("keys: changelist", "/admin/proxy_app/relaykey/"),
+        ("dashboard", "/admin/dashboard/"),
+    ]
+
+
+def run_measure(runs: int) -> None:
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    admin, _ = get_user_model().objects.get_or_create(
+        username="bench-admin", defaults={"is_staff": True, "is_superuser": True})
+    client = Client()
+    client.force_login(admin)
+    results: dict[str, float | None] = {}
+    for name, url in pages():
+        times = []
+        for i in range(runs + 1):
+            began = time.perf_counter()
+            response = client.get(url)
+            if response.streaming:
+                next(iter(response.streaming_content))  # time to the first bytes of the export
+                response.close()
+            elapsed = (time.perf_counter() - began) * 1000
+            if response.status_code == 404 and name == "dashboard":
+                break
+            if response.status_code != 200:
+                raise SystemExit(f"{name}: {url} answered {response.status_code}")
+            if i:  # the first request warms caches and connections
+                times.append(elapsed)
+        results[name] = round(statistics.median(times), 1) if times else None
+    print(json.dumps(results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=1_000_000)
+    parser.add_argument("--databases", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql")
+    parser.add_argument("--runs", type=int, default=5, help="measured requests per page (median)")
+    parser.add_argument("--reuse", action="store_true", help="measure the existing bench databases, no seeding")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    if args.measure:
+        run_measure(args.runs)
+        return
+    vendors = [v.strip() for v in args.databases.split(",") if v.strip()]
+    table: dict[str, dict[str, float | None]] = {}
+    for vendor in vendors:
+        if not args.reuse:
+            print(f"{vendor}: seeding {args.calls:,} calls …", flush=True)
+            took = seed(vendor, args.calls)
+            print(f"{vendor}: seeded in {took:.0f}s", flush=True)
+        table[vendor] = measure(vendor, args.runs)
+    names = list(next(iter(table.values())).keys())
+    labels = {"sqlite": "SQLite ms", "postgresql": "PostgreSQL ms"}
+    header = f"{'page':34} " + " ".join(f"{labels.get(v, v):>14}" for v in vendors) + f" {'target ms':>10}"
+    print(f"\nAdmin server time, median of {args.runs} after a warm-up, {args.calls:,} calls")
+    print(header)
+    print("-" * len(header))
+    worst = 0.0
+    for name in names:
+        cells = []
+        for vendor in vendors:
+            value = table[vendor].get(name)
+            cells.append(f"{'n/a':>14}" if value is None else f"{value:>14.1f}")
+            worst = max(worst, value or 0)
+        print(f"{name:34} " + " ".join(cells) + f" {TARGET_MS:>10}")
+    verdict = "all pages under target" if worst < TARGET_MS else "SOME PAGES OVER TARGET"
+    print(f"slowest page: {worst:.1f} ms — {verdict}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "admin_scale.json").write_text(json.dumps({"calls": args.calls, "ms": table}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
