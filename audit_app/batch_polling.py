@@ -3,7 +3,9 @@
 Safe on several hosts at once: on PostgreSQL each batch is claimed with
 SELECT ... FOR UPDATE SKIP LOCKED for the time of its refresh, so two pollers
 never work on the same batch. SQLite has no row locks; there one poller is
-assumed (the operator's cron or systemd unit).
+assumed (the operator's cron or systemd unit), and results are still counted
+once because each result is unique per (batch, custom_id) and the totals are
+added in the transaction that marks the batch counted.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 
 import requests
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from proxy_app import upstream
@@ -27,6 +29,13 @@ from .models import BatchRecord
 from .models.batches import FINAL_STATUSES
 
 log = logging.getLogger(__name__)
+_ERROR_MAX = BatchRecord._meta.get_field("last_poll_error").max_length
+# Never-polled batches first: a NULL sorts first ascending on SQLite but last on PostgreSQL.
+_LEAST_RECENTLY_POLLED = F("last_polled_at").asc(nulls_first=True)
+
+
+class PollError(Exception):
+    """Upstream did not give a usable answer for one batch; the next pass retries it."""
 
 
 @dataclass
@@ -37,29 +46,32 @@ class PollSummary:
     failed: int = 0
     errors: int = 0
     skipped: int = 0
+    results: int = 0
     messages: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, name: str, message: str = "") -> None:
+    def add(self, name: str, message: str = "", amount: int = 1) -> None:
         with self._lock:  # the pool's threads report into one summary
-            setattr(self, name, getattr(self, name) + 1)
+            setattr(self, name, getattr(self, name) + amount)
             if message:
                 self.messages.append(message)
 
     def line(self) -> str:
         return (f"checked {self.checked}, changed {self.changed}, completed {self.completed}, "
-                f"failed {self.failed}, errors {self.errors}, skipped (claimed elsewhere) {self.skipped}")
+                f"failed {self.failed}, errors {self.errors}, results read {self.results}, "
+                f"skipped (claimed elsewhere) {self.skipped}")
 
 
 def due(batch_id: str | None = None, limit: int | None = None) -> list[int]:
-    """Batches not final yet, and final ones whose results are not counted."""
-    rows = BatchRecord.objects.filter(
-        ~Q(status__in=FINAL_STATUSES) | Q(results_counted_at__isnull=True)
-        & (Q(output_file__isnull=False) | Q(error_file__isnull=False))
-    )
+    """Batches not final yet, and final ones whose results are not counted, least recently polled first."""
     if batch_id:
         rows = BatchRecord.objects.filter(batch_id=batch_id)
-    rows = rows.order_by("last_polled_at", "pk").values_list("pk", flat=True)
+    else:
+        rows = BatchRecord.objects.filter(
+            ~Q(status__in=FINAL_STATUSES)
+            | Q(results_counted_at__isnull=True) & (Q(output_file__isnull=False) | Q(error_file__isnull=False))
+        )
+    rows = rows.order_by(_LEAST_RECENTLY_POLLED, "pk").values_list("pk", flat=True)
     return list(rows[:limit] if limit else rows)
 
 
@@ -73,72 +85,106 @@ def claimed(pk: int) -> Iterator[BatchRecord | None]:
 
 
 def _get(path: str, *, stream: bool = False) -> requests.Response:
-    resp = upstream.session().get(upstream.url_for(path, ""), headers=upstream_credentials(),
+    return upstream.session().get(upstream.url_for(path, ""), headers=upstream_credentials(),
                                   timeout=upstream.timeouts(), stream=stream)
-    return resp
+
+
+def fetch_batch(batch_id: str) -> dict:
+    try:
+        resp = _get(f"/batches/{batch_id}")
+    except requests.RequestException as exc:
+        raise PollError(f"upstream unreachable: {type(exc).__name__}") from None
+    if resp.status_code != 200:
+        raise PollError(f"upstream answered {resp.status_code} for batch {batch_id}")
+    try:
+        obj = resp.json()
+    except ValueError:
+        raise PollError("upstream's batch object is not JSON") from None
+    if not isinstance(obj, dict):
+        raise PollError("upstream's batch object is not an object")
+    return obj
 
 
 def file_lines(file_id: str) -> Iterator[bytes]:
     """A result file, line by line, never whole in memory."""
     with _get(f"/files/{file_id}/content", stream=True) as resp:
-        resp.raise_for_status()
+        if resp.status_code != 200:
+            raise PollError(f"upstream answered {resp.status_code} for file {file_id}")
         yield from resp.iter_lines(chunk_size=64 * 1024)
 
 
-def poll_one(pk: int, summary: PollSummary, lines: Callable[[str], Iterator[bytes]] = file_lines) -> None:
+def ensure_known(batch_id: str) -> bool:
+    """For `--batch ID` of a batch the relay never saw: record it (unowned) from upstream."""
+    if BatchRecord.objects.filter(batch_id=batch_id).exists():
+        return True
+    return record_batch(fetch_batch(batch_id)) is not None
+
+
+def _state(batch: BatchRecord) -> tuple:
+    return (batch.status, batch.request_total, batch.request_completed, batch.request_failed,
+            batch.output_file_id, batch.error_file_id)
+
+
+def poll_one(pk: int, summary: PollSummary) -> None:
     try:
         with claimed(pk) as batch:
-            if batch is None:
-                summary.add("skipped")
+            if batch is None or (batch.is_final and not needs_results(batch)):
+                summary.add("skipped")  # another poller has it, or finished it meanwhile
                 return
             summary.add("checked")
-            before = (batch.status, batch.request_completed, batch.request_failed,
-                      batch.output_file_id, batch.error_file_id)
+            before, was_final = _state(batch), batch.is_final
+            error, counted = "", False
             try:
-                resp = _get(f"/batches/{batch.batch_id}")
-                if resp.status_code != 200:
-                    raise RuntimeError(f"upstream answered {resp.status_code}")
-                batch = record_batch(resp.json()) or batch
-                batch.last_poll_error = ""
-            except (requests.RequestException, RuntimeError, ValueError) as exc:
-                batch.last_poll_error = f"{type(exc).__name__}: {exc}"[:1024]
-                summary.add("errors", f"{batch.batch_id}: {batch.last_poll_error}")
-            batch.last_polled_at = timezone.now()
+                batch = record_batch(fetch_batch(batch.batch_id)) or batch
+                if needs_results(batch):
+                    for file_id, is_error in ((batch.output_file_id, False), (batch.error_file_id, True)):
+                        if file_id:
+                            summary.add("results", amount=store_results(
+                                batch, file_lines(file_id), from_error_file=is_error))
+                    count_results(batch)
+                    batch.refresh_from_db()
+                    counted = True
+            except (PollError, requests.RequestException) as exc:
+                error = str(exc) if isinstance(exc, PollError) else f"{type(exc).__name__}: {exc}"
+                summary.add("errors", f"{batch.batch_id}: {error}")
             BatchRecord.objects.filter(pk=batch.pk).update(
-                last_polled_at=batch.last_polled_at, last_poll_error=batch.last_poll_error)
-            after = (batch.status, batch.request_completed, batch.request_failed,
-                     batch.output_file_id, batch.error_file_id)
-            if after != before:
+                last_polled_at=timezone.now(), last_poll_error=error[:_ERROR_MAX])
+            if _state(batch) != before:
                 summary.add("changed")
-            if needs_results(batch) and not batch.last_poll_error:
-                for file_id, is_error in ((batch.output_file_id, False), (batch.error_file_id, True)):
-                    if file_id:
-                        store_results(batch, lines(file_id), from_error_file=is_error)
-                count_results(batch)
-                if batch.status == "completed":
-                    summary.add("completed")
-                else:
-                    summary.add("failed")
-    except (requests.RequestException, DatabaseError) as exc:
+            # Finished in this pass: it reached its final state, or its results were counted.
+            if batch.is_final and (counted or not was_final):
+                summary.add("completed" if batch.status == "completed" else "failed")
+    except DatabaseError as exc:
         summary.add("errors", f"batch #{pk}: {type(exc).__name__}: {exc}")
         log.warning("poll_batches: batch #%s: %s", pk, exc)
 
 
-def poll(pks: list[int], concurrency: int, progress: Callable[[str], None] | None = None) -> PollSummary:
+def poll(pks: list[int], concurrency: int, progress: Callable[[str], None] | None = None,
+         should_stop: Callable[[], bool] = lambda: False) -> PollSummary:
+    """Poll each batch once, `concurrency` at a time; batches not started when a stop
+    is asked for are left to the next run."""
     summary = PollSummary()
+    done = 0
 
     def work(pk: int) -> None:
+        nonlocal done
+        if should_stop():
+            return
         try:
             poll_one(pk, summary)
         finally:
-            connection.close()  # each thread has its own connection: give it back
+            if concurrency > 1:
+                connection.close()  # each thread has its own connection: give it back
+        with summary._lock:
+            done += 1
+            step = done
+        if progress and step % 100 == 0:
+            progress(f"  {step}/{len(pks)} batches")
 
     if concurrency <= 1:
         for pk in pks:
-            poll_one(pk, summary)
+            work(pk)
     else:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            for done, _ in enumerate(pool.map(work, pks), start=1):
-                if progress and done % 100 == 0:
-                    progress(f"  {done}/{len(pks)} batches")
+            list(pool.map(work, pks))
     return summary

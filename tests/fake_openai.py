@@ -61,6 +61,8 @@ class Fault:
     hang: float | None = None
     drop_after_events: int | None = None
     times: int = 1
+    # A download that sends this many bytes, then stalls for `hang` seconds and drops.
+    stall_after_bytes: int | None = None
 
 
 def now() -> int:
@@ -92,6 +94,8 @@ class FakeUpstream:
         self.faults: list[Fault] = []
         self.lock = threading.Lock()
         self.streams_cut_short = 0  # SSE responses whose client went away mid-stream
+        self.stalled_downloads = 0
+        self.latency = 0.0  # seconds added before every answer
         handler = type("Handler", (_Handler,), {"fake": self})
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
@@ -121,15 +125,17 @@ class FakeUpstream:
             self.batches.clear()
             self.uploads.clear()
             self.streams_cut_short = 0
-        self.sse_delay_first = self.sse_delay_between = 0.0
+            self.stalled_downloads = 0
+        self.sse_delay_first = self.sse_delay_between = self.latency = 0.0
         self.sse_event_count = 3
 
     def inject(self, path_prefix: str, *, method: str | None = None, status: int | None = None,
                body: Any = None, headers: dict[str, str] | None = None, hang: float | None = None,
-               drop_after_events: int | None = None, times: int = 1) -> None:
+               drop_after_events: int | None = None, times: int = 1,
+               stall_after_bytes: int | None = None) -> None:
         with self.lock:
             self.faults.append(Fault(path_prefix, method, status, body, headers or {}, hang,
-                                     drop_after_events, times))
+                                     drop_after_events, times, stall_after_bytes))
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
@@ -301,6 +307,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(total))
         self.end_headers()
+        if content is not None and getattr(self, "stall", None) is not None:
+            self.wfile.write(content[: self.stall.stall_after_bytes])
+            self.wfile.flush()
+            with self.fake.lock:
+                self.fake.stalled_downloads += 1
+            time.sleep(self.stall.hang or 0)
+            self.close_connection = True
+            return
         if content is not None:
             self.wfile.write(content)
             return
@@ -347,7 +361,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (ConnectionError, ValueError):
             self.close_connection = True
             return
-        if fault is not None:
+        self.stall = fault if fault is not None and fault.stall_after_bytes is not None else None
+        if fault is not None and self.stall is None:
             if fault.hang:
                 time.sleep(fault.hang)
             if fault.status is not None:
@@ -356,6 +371,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
         drop = fault.drop_after_events if fault else None
+        if self.fake.latency:
+            time.sleep(self.fake.latency)
         try:
             self.route(req, path, sink, drop)
         except (BrokenPipeError, ConnectionResetError):

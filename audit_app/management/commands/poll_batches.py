@@ -1,14 +1,17 @@
 from __future__ import annotations
 
-from audit_app.batch_polling import due, poll
+from django.core.management.base import CommandError
+
+from audit_app.batch_polling import PollError, due, ensure_known, poll
 from audit_app.management.stoppable import StoppableCommand
 
 
 class Command(StoppableCommand):
     help = (
         "Refresh every batch that is not finished from the OpenAI API, and count the results "
-        "of finished ones (streamed line by line, each counted exactly once), then exit. "
-        "With --loop it keeps polling until SIGTERM/SIGINT. Safe to run on several hosts "
+        "of finished ones (output and error files streamed line by line, each result counted "
+        "exactly once, at batch prices), then exit. With --loop it keeps polling until "
+        "SIGTERM/SIGINT, finishing the batches in hand first. Safe to run on several hosts "
         "against PostgreSQL (batches are claimed with FOR UPDATE SKIP LOCKED)."
     )
 
@@ -16,7 +19,8 @@ class Command(StoppableCommand):
         parser.add_argument("--loop", action="store_true", help="keep polling until stopped")
         parser.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
                             help="pause between passes with --loop (default 60)")
-        parser.add_argument("--batch", metavar="ID", help="poll only this batch")
+        parser.add_argument("--batch", metavar="ID",
+                            help="poll only this batch (recorded, unowned, if the relay never saw it)")
         parser.add_argument("--limit", type=int, metavar="N", help="poll at most N batches per pass")
         parser.add_argument("--concurrency", type=int, default=8, metavar="N",
                             help="batches polled at once (default 8)")
@@ -24,12 +28,16 @@ class Command(StoppableCommand):
     def handle(self, *args, loop: bool, interval: float, batch: str | None, limit: int | None,
                concurrency: int, **options) -> None:
         self.install_stop_handlers()
-        passes = 0
+        if batch:
+            try:
+                ensure_known(batch)
+            except PollError as exc:
+                raise CommandError(f"batch {batch}: {exc}") from None
         while True:
             pks = due(batch, limit)
             self.progress(f"polling {len(pks)} batch(es)")
-            summary = poll(pks, max(1, concurrency), progress=self.progress)
-            passes += 1
+            summary = poll(pks, max(1, concurrency), progress=self.progress,
+                           should_stop=lambda: self.stopping)
             for message in summary.messages:
                 self.stderr.write(f"  error: {message}")
             self.stdout.write(f"poll_batches: {summary.line()}")

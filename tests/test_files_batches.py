@@ -1,0 +1,350 @@
+"""Files, uploads and batches through the relay: who uploaded what, every batch's lifecycle,
+results counted exactly once at batch prices, and the user_data rule."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import openai
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from audit_app.batch_polling import due
+from audit_app.models import BatchRecord, BatchResult, FileOrigin, FileRecord, UploadRecord, UsageDaily
+from tests.conftest import ROOT, UPSTREAM_KEY, database_url_for_subprocess, finished_calls, settle
+
+BATCH_MODEL = "gpt-4o-mini-2024-07-18"
+# gpt-4o-mini at batch prices (USD per 1M): input 0.075, output 0.30; cached input at
+# the cache rate scaled by the batch discount: 0.075 * 0.075 / 0.15 = 0.0375.
+# A result of 1000 prompt tokens (200 cached) and 500 completion tokens costs
+# 800 * 0.075e-6 + 200 * 0.0375e-6 + 500 * 0.30e-6 = 0.0002175.
+RESULT_COST = Decimal("0.0002175")
+
+
+def jsonl(lines: list[dict]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def batch_input(n: int = 3, model: str = "gpt-4o-mini") -> bytes:
+    return jsonl([{"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+                   "body": {"model": model, "messages": [{"role": "user", "content": "hi"}]}}
+                  for i in range(n)])
+
+
+def output_lines(upstream, n: int, model: str = BATCH_MODEL, start: int = 0) -> list[dict]:
+    return [upstream.make_batch_output_line(f"req-{i}", model, 1000, 500, cached_tokens=200)
+            for i in range(start, start + n)]
+
+
+@pytest.fixture
+def alice(sdk, django_user_model):
+    """The owner of the SDK's relay key."""
+    return django_user_model.objects.get(username="alice")
+
+
+def poll(*args: str) -> str:
+    out = io.StringIO()
+    call_command("poll_batches", "--concurrency", "1", *args, stdout=out, stderr=io.StringIO())
+    return out.getvalue()
+
+
+def create_batch(sdk, lines: int = 3) -> str:
+    input_file = sdk.files.create(file=("in.jsonl", io.BytesIO(batch_input(lines))), purpose="batch")
+    batch = sdk.batches.create(input_file_id=input_file.id, endpoint="/v1/chat/completions",
+                               completion_window="24h", metadata={"project": "q4-report"})
+    return batch.id
+
+
+# --- files and uploads ----------------------------------------------------------------
+
+
+def test_an_upload_records_who_uploaded_what_and_a_delete_marks_it(sdk, alice):
+    uploaded = sdk.files.create(file=("notes.jsonl", io.BytesIO(b'{"a": 1}\n')), purpose="batch")
+    finished_calls(1)
+    record = FileRecord.objects.get(file_id=uploaded.id)
+    assert (record.filename, record.purpose, record.bytes, record.origin) == (
+        "notes.jsonl", "batch", 9, FileOrigin.FILES_API)
+    assert record.created_by == alice and record.created_by_key.owner == alice
+    assert record.call.path == "/v1/files" and record.deleted_at is None
+
+    assert sdk.files.delete(uploaded.id).deleted is True
+    settle()
+    record.refresh_from_db()
+    assert record.deleted_at is not None and record.status == "deleted"
+
+
+def test_a_failed_upload_records_no_file(sdk, upstream):
+    upstream.inject("/v1/files", method="POST", status=400,
+                    body={"error": {"message": "bad purpose", "type": "invalid_request_error",
+                                    "param": "purpose", "code": None}})
+    with pytest.raises(openai.BadRequestError):
+        sdk.files.create(file=("x.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+    settle()
+    assert not FileRecord.objects.exists()
+
+
+def test_the_uploads_api_records_parts_completion_and_the_file(sdk, alice):
+    upload = sdk.uploads.create(bytes=6, filename="big.jsonl", mime_type="text/jsonl", purpose="batch")
+    part_a = sdk.uploads.parts.create(upload_id=upload.id, data=b"abc")
+    part_b = sdk.uploads.parts.create(upload_id=upload.id, data=b"def")
+    done = sdk.uploads.complete(upload_id=upload.id, part_ids=[part_a.id, part_b.id])
+    settle()
+    record = UploadRecord.objects.get(upload_id=upload.id)
+    assert (record.parts, record.status, record.filename, record.created_by) == (2, "completed", "big.jsonl", alice)
+    assert record.completed_at is not None
+    assert record.file.file_id == done.file.id
+    assert (record.file.origin, record.file.created_by) == (FileOrigin.UPLOADS_API, alice)
+
+    other = sdk.uploads.create(bytes=1, filename="x", mime_type="text/plain", purpose="batch")
+    sdk.uploads.cancel(other.id)
+    settle()
+    cancelled = UploadRecord.objects.get(upload_id=other.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None and cancelled.file is None
+
+
+def test_user_data_content_is_refused_and_nothing_is_forwarded(sdk, upstream):
+    seen = sdk.files.create(file=("private.pdf", io.BytesIO(b"%PDF-1.4 secret")), purpose="user_data")
+    # A file the relay never saw: its purpose comes from a metadata lookup upstream.
+    unseen = upstream.add_file(filename="elsewhere.pdf", purpose="user_data", content=b"%PDF secret")
+    for file_id in (seen.id, unseen["id"]):
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            sdk.files.content(file_id)
+        assert denied.value.body["code"] == "user_data_content"
+    assert not [r for r in upstream.requests if r.path.endswith("/content")]
+    assert [r.path for r in upstream.requests if r.method == "GET"] == [f"/v1/files/{unseen['id']}"]
+    looked_up = FileRecord.objects.get(file_id=unseen["id"])
+    assert (looked_up.purpose, looked_up.origin, looked_up.created_by) == ("user_data", FileOrigin.UPSTREAM_ONLY, None)
+    # Other purposes download as usual.
+    ordinary = upstream.add_file(filename="ok.jsonl", purpose="batch", content=b"{}\n")
+    assert sdk.files.content(ordinary["id"]).read() == b"{}\n"
+
+
+def test_sync_files_adds_outside_files_and_marks_deleted_and_expired(sdk, upstream, alice):
+    mine = sdk.files.create(file=("mine.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+    gone = sdk.files.create(file=("gone.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+    outside = upstream.add_file(filename="outside.jsonl", purpose="fine-tune", content=b"{}\n")
+    stale = upstream.add_file(filename="stale.jsonl", purpose="batch", content=b"{}\n")
+    stale["expires_at"] = int(time.time()) - 60
+    settle()
+    with upstream.lock:
+        upstream.files.pop(gone.id)  # deleted upstream, not through the relay
+
+    out = io.StringIO()
+    call_command("sync_files", stdout=out)
+    assert "1 marked deleted" in out.getvalue() and "2 added unowned" in out.getvalue()
+    assert FileRecord.objects.get(file_id=mine.id).created_by == alice
+    assert FileRecord.objects.get(file_id=gone.id).deleted_at is not None
+    added = FileRecord.objects.get(file_id=outside["id"])
+    assert (added.origin, added.created_by, added.purpose) == (FileOrigin.UPSTREAM_ONLY, None, "fine-tune")
+    assert FileRecord.objects.get(file_id=stale["id"]).status == "expired"
+
+
+# --- batches --------------------------------------------------------------------------
+
+
+def test_a_batch_from_upload_to_results_at_batch_price(sdk, upstream, alice):
+    batch_id = create_batch(sdk)
+    settle()
+    record = BatchRecord.objects.get(batch_id=batch_id)
+    assert (record.status, record.endpoint, record.completion_window) == ("validating", "/v1/chat/completions", "24h")
+    assert record.created_by == alice and record.metadata == {"project": "q4-report"}
+    assert record.input_file.filename == "in.jsonl" and record.cost is None
+
+    upstream.advance_batch(batch_id, "in_progress")
+    assert "checked 1, changed 1, completed 0" in poll()
+    record.refresh_from_db()
+    assert record.status == "in_progress" and record.in_progress_at is not None
+
+    upstream.advance_batch(batch_id, "finalizing", completed=2, failed=1)
+    upstream.advance_batch(batch_id, "completed", output_lines=output_lines(upstream, 2),
+                           error_lines=[upstream.make_batch_error_line("req-2", "invalid_model", "no such model")])
+    assert "checked 1, changed 1, completed 1, failed 0, errors 0, results read 3" in poll()
+    record.refresh_from_db()
+    assert (record.status, record.request_total, record.request_completed, record.request_failed) == (
+        "completed", 3, 2, 1)
+    assert record.finalizing_at and record.completed_at and record.last_polled_at and not record.last_poll_error
+    assert (record.input_tokens, record.cached_input_tokens, record.output_tokens) == (2000, 400, 1000)
+    assert record.cost == 2 * RESULT_COST and record.unpriced_results == 0
+
+    results = {r.custom_id: r for r in record.results.all()}
+    assert set(results) == {"req-0", "req-1", "req-2"}
+    assert (results["req-0"].status_code, results["req-0"].model, results["req-0"].cost) == (200, BATCH_MODEL, RESULT_COST)
+    assert (results["req-2"].status_code, results["req-2"].error_code, results["req-2"].cost) == (400, "invalid_model", None)
+    assert results["req-2"].from_error_file
+
+    output, errors = record.output_file, record.error_file
+    assert (output.origin, output.created_by, output.batch) == (FileOrigin.BATCH_OUTPUT, alice, record)
+    assert (errors.origin, errors.created_by) == (FileOrigin.BATCH_ERROR, alice)
+    rollup = UsageDaily.objects.get(family="batches", model=BATCH_MODEL)
+    assert (rollup.calls, rollup.cost, rollup.user) == (2, 2 * RESULT_COST, alice)
+
+    # The output downloads through the relay.
+    lines = sdk.files.content(output.file_id).read().splitlines()
+    assert [json.loads(line)["custom_id"] for line in lines] == ["req-0", "req-1"]
+
+    # A second run changes nothing.
+    assert due() == []
+    assert "checked 0, changed 0, completed 0, failed 0, errors 0, results read 0" in poll()
+    assert poll("--batch", batch_id).startswith("polling 1 batch(es)")
+    assert BatchResult.objects.count() == 3
+    assert BatchRecord.objects.get(pk=record.pk).cost == 2 * RESULT_COST
+    assert UsageDaily.objects.get(family="batches", model=BATCH_MODEL).cost == 2 * RESULT_COST
+
+
+@pytest.mark.parametrize("final", ["failed", "expired", "cancelled"])
+def test_batches_that_end_badly_keep_their_timestamps_and_partial_results(sdk, upstream, final):
+    batch_id = create_batch(sdk)
+    if final == "failed":
+        upstream.batches[batch_id]["errors"] = {"object": "list", "data": [
+            {"code": "invalid_json_line", "message": "line 2 is not JSON", "param": None, "line": 2}]}
+        upstream.advance_batch(batch_id, "failed")
+    elif final == "expired":
+        upstream.advance_batch(batch_id, "in_progress")
+        upstream.advance_batch(batch_id, "expired", completed=1, output_lines=output_lines(upstream, 1))
+    else:
+        sdk.batches.cancel(batch_id)  # recorded from the object the relay forwards
+        settle()
+        assert BatchRecord.objects.get(batch_id=batch_id).status == "cancelling"
+        upstream.advance_batch(batch_id, "cancelled", completed=1, output_lines=output_lines(upstream, 1))
+
+    assert "completed 0, failed 1, errors 0" in poll()
+    record = BatchRecord.objects.get(batch_id=batch_id)
+    assert record.status == final and getattr(record, f"{final}_at") is not None
+    if final == "failed":
+        assert record.errors["data"][0]["code"] == "invalid_json_line"
+        assert record.results_counted_at is None and due() == []
+    else:
+        assert record.results.count() == 1 and record.cost == RESULT_COST
+    if final == "cancelled":
+        assert record.cancelling_at is not None
+
+
+def test_retrieve_and_list_through_the_relay_refresh_the_record(sdk, upstream):
+    batch_id = create_batch(sdk)
+    upstream.advance_batch(batch_id, "in_progress", completed=1)
+    assert sdk.batches.retrieve(batch_id).status == "in_progress"
+    settle()
+    assert BatchRecord.objects.get(batch_id=batch_id).request_completed == 1
+    upstream.advance_batch(batch_id, "finalizing", completed=3)
+    assert [b.id for b in sdk.batches.list()] == [batch_id]
+    settle()
+    record = BatchRecord.objects.get(batch_id=batch_id)
+    assert (record.status, record.request_completed, record.created_by.username) == ("finalizing", 3, "alice")
+
+
+def test_a_batch_started_outside_the_relay_can_be_polled_by_id(relay_url, upstream):
+    upstream.batches["batch_outside"] = dict(upstream.batches.get("x", {}), id="batch_outside", object="batch",
+                                             status="in_progress", endpoint="/v1/embeddings",
+                                             request_counts={"total": 4, "completed": 1, "failed": 0})
+    assert "checked 1" in poll("--batch", "batch_outside")
+    record = BatchRecord.objects.get(batch_id="batch_outside")
+    assert (record.status, record.created_by, record.request_total) == ("in_progress", None, 4)
+    with pytest.raises(Exception, match="404"):
+        poll("--batch", "batch_missing")
+
+
+def test_a_result_without_a_price_leaves_the_batch_cost_unknown(sdk, upstream):
+    batch_id = create_batch(sdk, lines=2)
+    upstream.advance_batch(batch_id, "completed", output_lines=[
+        *output_lines(upstream, 1), upstream.make_batch_output_line("req-1", "house-model-7", 10, 5)])
+    poll()
+    record = BatchRecord.objects.get(batch_id=batch_id)
+    assert record.cost is None and record.unpriced_results == 1 and record.input_tokens == 1010
+    assert record.results.get(custom_id="req-1").unpriced
+
+
+def test_an_upstream_error_is_recorded_on_the_batch_and_retried(sdk, upstream):
+    batch_id = create_batch(sdk)
+    upstream.inject(f"/v1/batches/{batch_id}", method="GET", status=500,
+                    body={"error": {"message": "boom", "type": "server_error", "param": None, "code": None}})
+    assert "errors 1" in poll()
+    record = BatchRecord.objects.get(batch_id=batch_id)
+    assert "500" in record.last_poll_error and record.last_polled_at is not None
+    upstream.advance_batch(batch_id, "in_progress")
+    assert "errors 0" in poll()
+    record.refresh_from_db()
+    assert record.status == "in_progress" and record.last_poll_error == ""
+
+
+# --- exactly once, under crashes and concurrency ------------------------------------------
+
+
+def poller_process(upstream, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "relay_project.settings",
+           "DATABASE_URL": database_url_for_subprocess(), "OPENAI_BASE_URL": upstream.base_url,
+           "OPENAI_API_KEY": UPSTREAM_KEY, "SECRET_KEY": "test-only-secret-key"}
+    return subprocess.Popen([sys.executable, "manage.py", "poll_batches", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_poller_killed_half_way_through_an_output_file_counts_each_result_once(sdk, upstream, alice):
+    batch_id = create_batch(sdk, lines=2000)
+    lines = output_lines(upstream, 2000)
+    upstream.advance_batch(batch_id, "completed", completed=2000, output_lines=lines)
+    output_id = upstream.batches[batch_id]["output_file_id"]
+    size = len(upstream.file_content[output_id])
+    upstream.inject(f"/v1/files/{output_id}/content", stall_after_bytes=size // 2, hang=60)
+
+    poller = poller_process(upstream)
+    try:
+        wait_for(lambda: upstream.stalled_downloads == 1)
+        if connection.vendor == "sqlite":
+            # Results are written in chunks as the file is read: some are in when it dies.
+            wait_for(lambda: BatchResult.objects.exists())
+        else:
+            time.sleep(0.5)  # on PostgreSQL they are in the poller's open transaction
+        poller.send_signal(signal.SIGKILL)
+        poller.wait(10)
+    finally:
+        if poller.poll() is None:
+            poller.kill()
+    partial = BatchResult.objects.count()
+    assert partial < 2000
+    assert BatchRecord.objects.get(batch_id=batch_id).results_counted_at is None
+
+    assert "completed 1" in poll()
+    record = BatchRecord.objects.get(batch_id=batch_id)
+    assert record.results.count() == 2000
+    assert record.results.values("custom_id").distinct().count() == 2000
+    assert record.cost == 2000 * RESULT_COST and record.input_tokens == 2000 * 1000
+    rollup = UsageDaily.objects.get(family="batches", model=BATCH_MODEL)
+    assert (rollup.calls, rollup.cost) == (2000, 2000 * RESULT_COST)
+    assert "completed 0" in poll() and BatchResult.objects.count() == 2000
+
+
+def test_two_pollers_at_once_on_postgresql_process_each_batch_once(sdk, upstream):
+    if connection.vendor != "postgresql":
+        pytest.skip("row claims (FOR UPDATE SKIP LOCKED) are what makes this safe; PostgreSQL only")
+    batch_ids = [create_batch(sdk, lines=2) for _ in range(12)]
+    for batch_id in batch_ids:
+        upstream.advance_batch(batch_id, "completed", completed=2, output_lines=output_lines(upstream, 2))
+    settle()
+    upstream.latency = 0.15  # long enough for the two runs to overlap throughout
+    first, second = poller_process(upstream, "--concurrency", "3"), poller_process(upstream, "--concurrency", "3")
+    outputs = [p.communicate(timeout=60)[0] for p in (first, second)]
+    assert all(p.returncode == 0 for p in (first, second)), outputs
+
+    def count(name: str, output: str) -> int:
+        return int(output.split(f"{name} ")[1].split(",")[0])
+
+    assert sum(count("completed", out) for out in outputs) == 12, outputs
+    assert all(count("checked", out) < 12 for out in outputs), outputs  # both took part
+    content_reads = [r.path for r in upstream.requests if r.path.endswith("/content")]
+    assert len(content_reads) == len(set(content_reads)) == 12
+    assert BatchResult.objects.count() == 24
+    rollup = UsageDaily.objects.get(family="batches", model=BATCH_MODEL)
+    assert (rollup.calls, rollup.cost) == (24, 24 * RESULT_COST)
