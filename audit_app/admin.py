@@ -48,6 +48,7 @@ class ApiCallAdmin(CsvExportMixin, ReadOnlyAdmin):
         rollup_values_filter("model", "model"),
         rollup_values_filter("family", "endpoint family"),
         "outcome",
+        "unpriced",
     )
     # Ids are matched exactly, on indexes; see get_search_results.
     search_fields = ("=upstream_request_id", "=relay_request_id")

@@ -94,6 +94,8 @@ def pages() -> list[tuple[str, str]]:
         ("calls: filter by outcome", "/admin/audit_app/apicall/?outcome__exact=upstream_error"),
         ("calls: last 7 days + family", f"/admin/audit_app/apicall/?started_at__gte={date.fromordinal(week_ago)}"
                                         "&family__exact=embeddings"),
+        ("calls: unpriced, 30 days", f"/admin/audit_app/apicall/?unpriced__exact=1"
+                                     f"&started_at__gte={date.fromordinal(day.toordinal() - 30)}"),
         ("calls: date hierarchy, a month", f"/admin/audit_app/apicall/?started_at__year={day.year}"
                                            f"&started_at__month={day.month}"),
         ("calls: date hierarchy, a day", f"/admin/audit_app/apicall/?started_at__year={day.year}"
