@@ -7,7 +7,6 @@ and keeps its totals after old calls are pruned.
 """
 from __future__ import annotations
 
-import calendar
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -102,10 +101,6 @@ def _parse_date(value: str, which: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise PeriodError(f"The {which} date {value[:20]!r} is not a date like 2025-01-31.") from None
-
-
-def month_end(day: date) -> date:
-    return day.replace(day=calendar.monthrange(day.year, day.month)[1])
 
 
 # --- Links to the changelists behind the figures ------------------------------------
@@ -296,14 +291,14 @@ def _days(period: Period, by_day_model: list[dict], colors: dict[str, str]) -> l
     cells: dict[date, list[dict]] = {}
     for r in by_day_model:
         cells.setdefault(r["date"], []).append(r)
+    stack_order = {model: i for i, model in enumerate(colors)}
     days = []
     for day in period.days():
         segments: list[Segment] = []
         other = Segment("", OTHER_LABEL, OTHER_COLOR, Decimal(0), 0, usage_url(day, day))
         calls = unpriced = 0
         # Stacked in legend order, biggest spender at the bottom, "other" on top.
-        for r in sorted(cells.get(day, []), key=lambda r: list(colors).index(r["model"])
-                        if r["model"] in colors else len(colors)):
+        for r in sorted(cells.get(day, []), key=lambda r: stack_order.get(r["model"], len(colors))):
             calls += r["calls"] or 0
             unpriced += r["unpriced_calls"] or 0
             cost = r["cost"] or Decimal(0)

@@ -161,6 +161,14 @@ def test_top_users_and_models_are_ordered_by_cost(usage):
     assert d.breakdown_rows == len(d.breakdown) == 6
 
 
+def test_a_long_breakdown_is_cut_with_a_pointer_to_the_changelist(usage, admin_client, monkeypatch):
+    monkeypatch.setattr("audit_app.dashboard.BREAKDOWN_ROWS", 2)
+    body = admin_client.get(DASHBOARD, MARCH).content.decode()
+    rows = re.search(r'<table id="breakdown">.*?</table>', body, re.S).group(0)
+    assert rows.count("<tr>") == 1 + 2
+    assert "Showing the 2 largest of 6 rows" in body
+
+
 def _query(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query, keep_blank_values=True).items()}
 
