@@ -13,7 +13,7 @@ from django.db.models import Sum
 from django.urls import reverse
 
 from audit_app.dashboard import (
-    MAX_DAYS, PALETTE, Period, PeriodError, build_dashboard, calls_url, parse_period,
+    MAX_DAYS, PALETTE, Period, PeriodError, build_dashboard, parse_period,
 )
 from audit_app.dashboard_format import format_usd
 from audit_app.models import ApiCall, Outcome, UsageDaily
