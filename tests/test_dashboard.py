@@ -320,3 +320,17 @@ def test_chart_axis_has_round_ticks_above_the_peak(peak, labels):
 
     ticks = nice_ticks(Decimal(peak))
     assert _tick_labels(ticks) == labels and ticks[-1] >= Decimal(peak)
+
+
+def test_page_reads_the_rollups_never_the_raw_calls(usage, admin_client):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    _call(usage["bob"], usage["keys"][1], datetime(2026, 3, 3, 12, tzinfo=dt_timezone.utc), "o3")
+    with CaptureQueriesContext(connection) as ctx:
+        assert admin_client.get(DASHBOARD, MARCH).status_code == 200
+    sql = [q["sql"] for q in ctx.captured_queries]
+    assert not [q for q in sql if ApiCall._meta.db_table in q]
+    assert len([q for q in sql if UsageDaily._meta.db_table in q]) == 2
+    # Session, user, the two GROUP BYs, usernames: a fixed number, whatever the data.
+    assert len(sql) <= 8, sql
