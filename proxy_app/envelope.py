@@ -81,7 +81,9 @@ def check_path(path: Any) -> str:
         raise EnvelopeError("path may not contain dot segments.", param="path")
     if not path.startswith("/v1/"):
         raise EnvelopeError("path must start with /v1/.", param="path")
-    if any(path == p or path.startswith(p + "/") for p in LOCAL_PATHS):
+    # Decoded and case-folded: /v1/%70roxy or /v1/Proxy must not reach the relay's own endpoints.
+    local = decoded.lower().rstrip("/")
+    if any(local == p.lower() or local.startswith(p.lower() + "/") for p in LOCAL_PATHS):
         raise PolicyDenied("The relay's own endpoints cannot be called through /v1/proxy.", code="invalid_envelope")
     return decoded
 

@@ -214,15 +214,15 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     except Exception as exc:
         relay_exc = body.error if body is not None and body.error else _map_send_error(exc)
         error = relay_exc.message if isinstance(relay_exc, RelayError) else type(exc).__name__
+        status = getattr(relay_exc, "status_code", 500)
+        outcome = Outcome.REJECTED if status < 500 else Outcome.FAILED
         close_call(
-            call.pk, ctx,
-            outcome=Outcome.REJECTED if getattr(relay_exc, "status_code", 500) < 500 else Outcome.FAILED,
-            status=getattr(relay_exc, "status_code", 500), error=error,
+            call.pk, ctx, outcome=outcome, status=status, error=error,
             bytes_in=body.bytes_read if body else 0,
             **{k: v for k, v in collect_fields(observers).items() if k != "error"},
         )
-        telemetry.call_finished(ctx, status=getattr(relay_exc, "status_code", 500), outcome="failed",
-                                bytes_in=body.bytes_read if body else 0, error=error)
+        telemetry.call_finished(ctx, status=status, outcome=outcome, bytes_in=body.bytes_read if body else 0,
+                                error=error)
         relay_exc.audited = True  # type: ignore[attr-defined]
         raise relay_exc from None
     telemetry.upstream_answered(ctx)
@@ -238,8 +238,10 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     response["x-relay-request-id"] = ctx.request_id
     if relayed.is_sse:
         response["X-Accel-Buffering"] = "no"  # tell nginx & co. not to buffer the stream
-    content_length = resp.headers.get("content-length")
-    if relayed.is_sse or not content_length or int(content_length) > _SHORT_RESPONSE:
+        if any(o.transforms for o in observers) and response.has_header("Content-Length"):
+            del response["Content-Length"]  # bytes may be taken out on the way: upstream's length would lie
+    content_length = resp.headers.get("content-length", "")
+    if relayed.is_sse or not content_length.isdigit() or int(content_length) > _SHORT_RESPONSE:
         release_connection()
     return response
 

@@ -143,16 +143,17 @@ class GunicornRelay:
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # generous: CI machines are shared and slow to fork
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited: {self.log_path.read_text()[-2000:]}")
             try:
-                if requests.get(f"{self.url}/health", timeout=1).ok:
+                if requests.get(f"{self.url}/health", timeout=2).ok:
                     return self
             except (requests.ConnectionError, requests.Timeout):  # a worker still importing the app
                 time.sleep(0.1)
-        raise RuntimeError("gunicorn did not start in 30 s")
+        self.stop()  # never leave a server behind
+        raise RuntimeError("gunicorn did not start in 60 s")
 
     def worker_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)

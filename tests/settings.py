@@ -4,11 +4,14 @@ DATABASE_URL still comes from the environment, so the same suite runs on
 SQLite (default) and PostgreSQL (`.ci/run`).
 """
 import os
+import tempfile
 
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 # A recognisable fake: tests assert it reaches upstream and never anything else.
 os.environ.setdefault("OPENAI_API_KEY", "sk-upstream-SECRET-0123456789")
 os.environ.setdefault("ALLOWED_HOSTS", "*")
+# Each test process journals refused audit writes to a file of its own, never the relay's.
+os.environ.setdefault("RELAY_AUDIT_SPOOL", f"{tempfile.gettempdir()}/relay-test-journal-{os.getpid()}.jsonl")
 
 from relay_project.settings import *  # noqa: E402,F401,F403
 

@@ -1,5 +1,6 @@
 """Prometheus metrics across workers, and one JSON log line per call with its request id."""
 import json
+import time
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -68,10 +69,17 @@ def test_one_json_log_line_per_call_with_its_request_id(start_gunicorn, relay_ke
     assert response.headers["x-request-id"].startswith("req_")  # upstream's, next to ours
     rows = finished_calls(2)
     assert {r.relay_request_id for r in rows} == {request_id, rejected.headers["x-relay-request-id"]}
+    def events() -> list[dict]:
+        return [json.loads(line) for line in relay.log().splitlines() if line.startswith('{"event": "relay.call"')]
+
+    # The line is written just after the row is completed: wait for both.
+    deadline = time.monotonic() + 10
+    while len(events()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    by_id = {e["request_id"]: e for e in events()}
+    assert set(by_id) == {request_id, rejected.headers["x-relay-request-id"]}
+    ok, refused = by_id[request_id], by_id[rejected.headers["x-relay-request-id"]]
     log = relay.log()
-    events = [json.loads(line) for line in log.splitlines() if line.startswith('{"event": "relay.call"')]
-    assert [e["request_id"] for e in events] == [request_id, rejected.headers["x-relay-request-id"]]
-    ok, refused = events
     assert (ok["status"], ok["outcome"], ok["model"], ok["family"]) == (200, "ok", "gpt-4o-mini", "responses")
     assert ok["key"] and len(ok["key"]) == 10 and ok["user"] == "alice"
     assert (refused["status"], refused["outcome"]) == (403, "rejected")
