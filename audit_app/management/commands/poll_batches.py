@@ -22,8 +22,8 @@ class Command(StoppableCommand):
         parser.add_argument("--batch", metavar="ID",
                             help="poll only this batch (recorded, unowned, if the relay never saw it)")
         parser.add_argument("--limit", type=int, metavar="N", help="poll at most N batches per pass")
-        parser.add_argument("--concurrency", type=int, default=8, metavar="N",
-                            help="batches polled at once (default 8)")
+        parser.add_argument("--concurrency", type=int, default=16, metavar="N",
+                            help="batches polled at once (default 16): most of a poll is waiting on upstream")
 
     def handle(self, *args, loop: bool, interval: float, batch: str | None, limit: int | None,
                concurrency: int, **options) -> None:
