@@ -15,6 +15,7 @@ import openai
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from django.test import Client
 
 from audit_app.batch_polling import due
 from audit_app.models import BatchRecord, BatchResult, FileOrigin, FileRecord, UploadRecord, UsageDaily
@@ -149,7 +150,7 @@ def test_sync_files_adds_outside_files_and_marks_deleted_and_expired(sdk, upstre
 # --- batches --------------------------------------------------------------------------
 
 
-def test_a_batch_from_upload_to_results_at_batch_price(sdk, upstream, alice):
+def test_a_batch_from_upload_to_results_at_batch_price(sdk, upstream, alice, django_user_model):
     batch_id = create_batch(sdk)
     settle()
     record = BatchRecord.objects.get(batch_id=batch_id)
@@ -188,6 +189,18 @@ def test_a_batch_from_upload_to_results_at_batch_price(sdk, upstream, alice):
     # The output downloads through the relay.
     lines = sdk.files.content(output.file_id).read().splitlines()
     assert [json.loads(line)["custom_id"] for line in lines] == ["req-0", "req-1"]
+
+    # The admin shows who ran it, how it ended and what it cost, with its files and results.
+    admin = Client()
+    admin.force_login(django_user_model.objects.create_superuser("root", password="unused"))
+    page = admin.get(f"/admin/audit_app/batchrecord/{record.pk}/change/").content.decode()
+    for shown in ("completed", "alice", "0.000435", output.file_id, errors.file_id, record.input_file_id,
+                  f"batch__id__exact={record.pk}"):
+        assert shown in page, shown
+    results_page = admin.get(f"/admin/audit_app/batchresult/?batch__id__exact={record.pk}").content.decode()
+    assert all(f"req-{i}" in results_page for i in range(3))
+    file_page = admin.get(f"/admin/audit_app/filerecord/{output.pk}/change/").content.decode()
+    assert record.batch_id in file_page
 
     # A second run changes nothing.
     assert due() == []
