@@ -361,3 +361,20 @@ def test_two_pollers_at_once_on_postgresql_process_each_batch_once(sdk, upstream
     assert BatchResult.objects.count() == 24
     rollup = UsageDaily.objects.get(family="batches", model=BATCH_MODEL)
     assert (rollup.calls, rollup.cost) == (24, 24 * RESULT_COST)
+
+
+def test_a_looping_poller_stops_cleanly_on_sigterm(sdk, upstream):
+    batch_id = create_batch(sdk)
+    upstream.advance_batch(batch_id, "in_progress")
+    settle()
+    poller = poller_process(upstream, "--loop", "--interval", "0.2")
+    try:
+        wait_for(lambda: BatchRecord.objects.get(batch_id=batch_id).status == "in_progress")
+        poller.send_signal(signal.SIGTERM)
+        output = poller.communicate(timeout=20)[0]
+    finally:
+        if poller.poll() is None:
+            poller.kill()
+    assert poller.returncode == 0, output
+    assert "SIGTERM: finishing the current step, then stopping" in output
+    assert output.rstrip().splitlines()[-1].startswith("poll_batches: checked ")

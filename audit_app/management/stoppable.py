@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from django.core.management.base import BaseCommand
@@ -31,3 +32,20 @@ class StoppableCommand(BaseCommand):
     def progress(self, message: str) -> None:
         self.stdout.write(message)
         self.stdout.flush()
+
+    @staticmethod
+    def add_loop_arguments(parser, default_interval: float) -> None:
+        parser.add_argument("--loop", action="store_true", help="keep going until SIGTERM/SIGINT")
+        parser.add_argument("--interval", type=float, default=default_interval, metavar="SECONDS",
+                            help=f"pause between passes with --loop (default {default_interval:g})")
+
+    def repeat(self, one_pass: Callable[[], None], *, loop: bool, interval: float) -> int:
+        """Run one pass, or with --loop one every `interval` seconds until asked to stop.
+        Returns the number of passes."""
+        passes = 0
+        while True:
+            one_pass()
+            passes += 1
+            if not loop or self.stopping:
+                return passes
+            self.sleep(interval)

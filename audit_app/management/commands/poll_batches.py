@@ -16,9 +16,7 @@ class Command(StoppableCommand):
     )
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--loop", action="store_true", help="keep polling until stopped")
-        parser.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
-                            help="pause between passes with --loop (default 60)")
+        self.add_loop_arguments(parser, default_interval=60.0)
         parser.add_argument("--batch", metavar="ID",
                             help="poll only this batch (recorded, unowned, if the relay never saw it)")
         parser.add_argument("--limit", type=int, metavar="N", help="poll at most N batches per pass")
@@ -33,7 +31,8 @@ class Command(StoppableCommand):
                 ensure_known(batch)
             except PollError as exc:
                 raise CommandError(f"batch {batch}: {exc}") from None
-        while True:
+
+        def one_pass() -> None:
             pks = due(batch, limit)
             self.progress(f"polling {len(pks)} batch(es)")
             summary = poll(pks, max(1, concurrency), progress=self.progress,
@@ -41,6 +40,5 @@ class Command(StoppableCommand):
             for message in summary.messages:
                 self.stderr.write(f"  error: {message}")
             self.stdout.write(f"poll_batches: {summary.line()}")
-            if not loop or self.stopping:
-                break
-            self.sleep(interval)
+
+        self.repeat(one_pass, loop=loop, interval=interval)
