@@ -63,8 +63,9 @@ def requests_for(base: str, key: str):
 def test_ten_thousand_requests_leave_ten_thousand_completed_rows(
         transactional_db, shipped_prices, issue_key, standalone_upstream):
     _, key = issue_key()
-    relay = GunicornRelay(standalone_upstream, workers=WORKERS).start()
+    relay = GunicornRelay(standalone_upstream, workers=WORKERS)
     try:
+        relay.start()
         started = time.monotonic()
         completed, statuses, errors, seconds = asyncio.run(closed_loop(
             relay.url, requests_for(relay.url, key), concurrency=CONCURRENCY, total=TOTAL,
