@@ -22,6 +22,7 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -86,6 +87,12 @@ class FakeUpstream:
         self.sse_delay_first = 0.0
         self.sse_delay_between = 0.0
         self.sse_event_count = 3
+        # How a streamed Response ends: "completed", "incomplete" or "failed" (all carry usage).
+        self.responses_end = "completed"
+        # A fixed chat completion id, so that tests can compare two streams byte for byte.
+        self.chat_stream_id: str | None = None
+        # The last SSE bodies generated, whole, oldest first (bounded: benchmarks stream for long).
+        self.sse_sent: deque[bytes] = deque(maxlen=16)
         self.requests: list[RecordedRequest] = []
         self.files: dict[str, dict] = {}
         self.file_content: dict[str, bytes] = {}
@@ -126,8 +133,11 @@ class FakeUpstream:
             self.uploads.clear()
             self.streams_cut_short = 0
             self.stalled_downloads = 0
+            self.sse_sent.clear()
         self.sse_delay_first = self.sse_delay_between = self.latency = 0.0
         self.sse_event_count = 3
+        self.responses_end = "completed"
+        self.chat_stream_id = None
 
     def inject(self, path_prefix: str, *, method: str | None = None, status: int | None = None,
                body: Any = None, headers: dict[str, str] | None = None, hang: float | None = None,
@@ -331,6 +341,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         self.wfile.flush()
+        with self.fake.lock:
+            self.fake.sse_sent.append(b"".join(events))
         try:
             for i, event in enumerate(events):
                 if drop_after is not None and i == drop_after:
@@ -436,15 +448,20 @@ class _Handler(BaseHTTPRequestHandler):
             events.append(_event("response.output_text.delta", {
                 "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": f"w{i} "}, 2 + i))
         text = "".join(f"w{i} " for i in range(n))
-        done = {**base, "status": "completed", "output": [_message(text)], "usage": usage_responses(n + 2)}
+        end = self.fake.responses_end
+        done = {**base, "status": end, "output": [_message(text)], "usage": usage_responses(n + 2)}
+        if end == "incomplete":
+            done["incomplete_details"] = {"reason": "max_output_tokens"}
+        elif end == "failed":
+            done["error"] = {"code": "server_error", "message": "The model failed mid-response."}
         events.append(_event("response.output_text.done", {"item_id": "msg_1", "output_index": 0,
                                                            "content_index": 0, "text": text}, n + 2))
-        events.append(_event("response.completed", {"response": done}, n + 3))
+        events.append(_event(f"response.{end}", {"response": done}, n + 3))
         self.send_sse(events, drop)
 
     def api_chat(self, body: dict, drop: int | None) -> None:
         model = body.get("model", "gpt-4o")
-        cid = "chatcmpl-" + secrets.token_hex(6)
+        cid = self.fake.chat_stream_id or "chatcmpl-" + secrets.token_hex(6)
         n = self.fake.sse_event_count
         if not body.get("stream"):
             return self.send_json({"id": cid, "object": "chat.completion", "created": now(), "model": model,

@@ -1,22 +1,23 @@
 """Usage and cost, with expected dollars worked out by hand from the shipped prices.
 
-Shipped prices used here (USD per 1M tokens): gpt-4o 2.50 in / 1.25 cached / 10.00 out,
-batch 1.25 / 5.00; o3 2.00 / 0.50 / 8.00; text-embedding-3-small 0.02 in;
-gpt-image-1 5.00 text in / 10.00 image in / 40.00 out.
+Shipped prices used here (audit_app/data/openai-model-prices.json, USD per token, shown
+per 1M): gpt-4o 2.50 in / 1.25 cached / 10.00 out; o3 2.00 / 0.50 / 8.00;
+text-embedding-3-small 0.02 in; gpt-image-1 5.00 text in / 10.00 image in / 40.00 out;
+per second: whisper-1 0.0001, gpt-4o-mini-transcribe 0.00005; per character: tts-1
+0.000015, tts-1-hd 0.00003. Price changes and imports: test_usage_prices.py; rollups
+against raw calls: test_usage_rollups.py.
 """
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import datetime, timezone as dt_timezone
 from decimal import Decimal
 
 import pytest
 import requests
 from django.core.management import call_command
-from django.db.models import Sum
 from django.utils import timezone
 
 from tests.conftest import finished_call
-from audit_app.models import ApiCall, ModelPrice, Outcome, UsageDaily
-from audit_app.pricing import cost_of, price_for
-from audit_app.usage import Usage
+from audit_app.models import ApiCall, ModelPrice, UsageDaily
+from audit_app.pricing import price_for
 
 
 @pytest.fixture
@@ -118,110 +119,145 @@ def test_calls_without_usage_are_neither_priced_nor_unpriced(relay_url, relay_ke
     assert row.cost is None and not row.unpriced and row.total_tokens is None
 
 
-def test_streamed_responses_call_is_priced(post, upstream):
+# --- streams, legacy completions and audio, against the fake's fixed usage ----------------
+# The fake reports 12 input tokens (4 of them cached) and, with its default 3 deltas,
+# 3 + 2 = 5 output tokens on a stream (7 on a JSON answer), reasoning 0.
+
+STREAMED_TOKENS = (12, 4, 5, 0, 17)  # input, cached, output, reasoning, total
+JSON_TOKENS = (12, 4, 7, 0, 19)
+
+
+def tokens(row: ApiCall) -> tuple:
+    return (row.input_tokens, row.cached_input_tokens, row.output_tokens, row.reasoning_tokens,
+            row.total_tokens)
+
+
+def stream_raw(url: str, body: dict, key: str) -> tuple[requests.Response, bytes]:
+    """The response body exactly as it came off the socket (chunked framing removed, nothing decoded)."""
+    with requests.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, stream=True,
+                       timeout=30) as response:
+        data = response.raw.read(decode_content=False)
+    assert "content-encoding" not in response.headers
+    return response, data
+
+
+@pytest.mark.parametrize("end", ["completed", "incomplete", "failed"])
+def test_streamed_responses_call_is_priced_from_its_final_event(post, upstream, end):
+    upstream.responses_end = end
     response = post("/v1/responses", {"model": "gpt-4o", "input": "hi", "stream": True})
-    completed = [line for line in response.text.splitlines() if '"response.completed"' in line][-1]
-    import json
-    usage = json.loads(completed.removeprefix("data:"))["response"]["usage"]
+    assert f"event: response.{end}\n" in response.text
     row = finished_call()
-    assert row.stream and row.outcome == Outcome.OK
-    assert row.input_tokens == usage["input_tokens"] and row.output_tokens == usage["output_tokens"]
-    cached = usage.get("input_tokens_details", {}).get("cached_tokens", 0)
-    expected = (Decimal(usage["input_tokens"] - cached) * Decimal("2.5") + Decimal(cached) * Decimal("1.25")
-                + Decimal(usage["output_tokens"]) * Decimal("10")) / Decimal(1_000_000)
-    assert row.cost == expected and row.cost > 0
+    assert row.stream and tokens(row) == STREAMED_TOKENS
+    # gpt-4o: (12 - 4) x 2.50 + 4 cached x 1.25 + 5 x 10.00 = 20 + 5 + 50 = 75 per 1M.
+    assert row.cost == Decimal("0.000075")
+    assert not row.unpriced and row.price.model == "gpt-4o"
 
 
-def chat_stream(relay_or_direct: str, headers: dict, include_usage: bool | None) -> bytes:
-    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    if include_usage is not None:
-        body["stream_options"] = {"include_usage": include_usage}
-    return requests.post(f"{relay_or_direct}/chat/completions", json=body, headers=headers, timeout=30).content
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
-def normalise(stream: bytes) -> bytes:
-    """Ids and timestamps differ per call; everything else must match byte for byte."""
-    import re
-    return re.sub(rb'"(id|created|system_fingerprint)":\s*("[^"]*"|\d+)', b'"\\1":X', stream)
-
-
-@pytest.mark.parametrize("include_usage", [True, None, False])
-def test_streamed_chat_gives_the_client_exactly_what_it_asked_for(relay_url, relay_key, upstream, include_usage):
-    via_relay = chat_stream(f"{relay_url}/v1", {"Authorization": f"Bearer {relay_key}"}, include_usage)
-    direct = chat_stream(upstream.base_url, {"Authorization": "Bearer sk-direct"}, include_usage)
-    assert normalise(via_relay) == normalise(direct)
-    has_usage_chunk = b'"choices": []' in via_relay or b'"choices":[]' in via_relay
-    assert has_usage_chunk is bool(include_usage)
-    if not include_usage:
-        assert b'"usage"' not in via_relay
+def test_streamed_chat_with_include_usage_reaches_the_client_byte_for_byte(relay_url, relay_key, upstream):
+    body = {**CHAT, "stream_options": {"include_usage": True}}
+    response, via_relay = stream_raw(f"{relay_url}/v1/chat/completions", body, relay_key)
+    assert response.status_code == 200
+    assert upstream.requests[0].json() == body, "the client asked: nothing to rewrite"
+    [generated] = upstream.sse_sent
+    assert via_relay == generated
+    assert b'"choices": [], "usage": {"prompt_tokens": 12' in via_relay
     row = finished_call()
-    assert row.total_tokens and row.cost and row.cost > 0
+    assert row.stream and tokens(row) == STREAMED_TOKENS
+    # (12 - 4) x 2.50 + 4 x 1.25 + 5 x 10.00 = 75 per 1M.
+    assert row.cost == Decimal("0.000075")
 
 
-def test_price_change_part_way_through_a_month(post, upstream):
-    old = price_for("gpt-4o", timezone.now())
-    change = timezone.now() - timedelta(hours=1)
-    ModelPrice.objects.create(model="gpt-4o", effective_from=change, input_per_1m=Decimal("5"),
-                              cached_input_per_1m=Decimal("2.5"), output_per_1m=Decimal("20"))
-    usage = Usage(input_tokens=1000, cached_input_tokens=0, output_tokens=500, total_tokens=1500)
-    assert cost_of(usage, price_for("gpt-4o", change - timedelta(days=3))) == Decimal("0.0075")
-    assert price_for("gpt-4o", change - timedelta(days=3)) == old
-    answer_with(upstream, "/v1/responses", {
-        "object": "response", "model": "gpt-4o", "output": [],
-        "usage": {"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500}})
-    post("/v1/responses", {"model": "gpt-4o", "input": "hi"})
-    assert finished_call().cost == Decimal("0.015")  # the new price: 1000 x 5 + 500 x 20
-
-
-def test_reprice_applies_a_corrected_price_to_calls_and_rollups(post, upstream, capsys):
-    answer_with(upstream, "/v1/responses", {
-        "object": "response", "model": "house-model", "output": [],
-        "usage": {"input_tokens": 2000, "output_tokens": 1000, "total_tokens": 3000}})
-    post("/v1/responses", {"model": "house-model", "input": "hi"})
-    assert finished_call().unpriced
-    ModelPrice.objects.create(model="house-model", effective_from=datetime(2024, 1, 1, tzinfo=dt_timezone.utc),
-                              input_per_1m=Decimal("1"), output_per_1m=Decimal("2"))
-    assert finished_call().unpriced, "prices never change past calls silently"
-    call_command("reprice", "--since", (timezone.now() - timedelta(days=1)).strftime("%Y-%m-%d"))
-    assert "1 changed" in capsys.readouterr().out
+@pytest.mark.parametrize("stream_options", [None, {"include_usage": False}])
+def test_streamed_chat_without_include_usage_is_priced_and_unchanged_for_the_client(
+        relay_url, relay_key, upstream, stream_options):
+    upstream.chat_stream_id = "chatcmpl-fixed"  # so that two streams can be compared byte for byte
+    body = {**CHAT, **({"stream_options": stream_options} if stream_options else {})}
+    _, via_relay = stream_raw(f"{relay_url}/v1/chat/completions", body, relay_key)
     row = finished_call()
-    assert row.cost == Decimal("0.004") and not row.unpriced  # 2000 x 1 + 1000 x 2
-    daily = UsageDaily.objects.get()
-    assert daily.cost == Decimal("0.004") and daily.unpriced_calls == 0 and daily.calls == 1
+    # What OpenAI sends a client that did not ask for usage: the same request, straight to upstream.
+    _, direct = stream_raw(f"{upstream.base_url}/chat/completions", body, "sk-direct")
+    relayed_upstream, generated_direct = upstream.sse_sent
+    assert upstream.requests[0].json()["stream_options"]["include_usage"] is True  # the relay asked
+    assert b'"choices": [], "usage": {' in relayed_upstream
+    assert via_relay == direct == generated_direct
+    assert b'"usage"' not in via_relay
+    assert row.stream and tokens(row) == STREAMED_TOKENS
+    assert row.cost == Decimal("0.000075")  # as above: 20 + 5 + 50 per 1M
+    assert UsageDaily.objects.get().cost == Decimal("0.000075")
 
 
-def test_rollups_equal_the_sum_of_raw_calls(relay_url, issue_key, upstream):
-    keys = [issue_key("alice")[1], issue_key("alice")[1], issue_key("bob")[1]]
-    bodies = [
-        ("/v1/responses", {"model": "gpt-4o", "input": "a"}),
-        ("/v1/responses", {"model": "gpt-4o-mini", "input": "a", "stream": True}),
-        ("/v1/chat/completions", {"model": "gpt-4o", "messages": [], "stream": True}),
-        ("/v1/chat/completions", {"model": "o3", "messages": []}),
-        ("/v1/embeddings", {"model": "text-embedding-3-small", "input": ["a", "b"]}),
-        ("/v1/responses", {"model": "unknown-model", "input": "a"}),
-        ("/v1/models", None),
-    ]
-    for i in range(3 * len(bodies)):
-        path, body = bodies[i % len(bodies)]
-        headers = {"Authorization": f"Bearer {keys[i % 3]}"}
-        if body is None:
-            requests.get(relay_url + path, headers=headers, timeout=10)
-        else:
-            requests.post(relay_url + path, json=body, headers=headers, timeout=30)
-    requests.get(f"{relay_url}/v1/models", timeout=10)  # rejected: no key, no usage
-    calls = ApiCall.objects.filter(key__isnull=False)
-    fields = ["input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens", "cost"]
-    raw = calls.aggregate(**{f: Sum(f) for f in fields})
-    daily = UsageDaily.objects.aggregate(**{f: Sum(f) for f in fields}, calls=Sum("calls"),
-                                         unpriced=Sum("unpriced_calls"))
-    assert daily.pop("calls") == calls.count() == 3 * len(bodies)
-    assert daily.pop("unpriced") == calls.filter(unpriced=True).count() == 3
-    for f in fields:
-        assert daily[f] == (raw[f] or 0), f
-    assert raw["cost"] > 0
-    per_bucket = {(d.date, d.user_id, d.key_id, d.model, d.family) for d in UsageDaily.objects.all()}
-    assert len(per_bucket) == UsageDaily.objects.count()
+@pytest.fixture
+def instruct_price(shipped_prices) -> ModelPrice:
+    # The shipped map has no legacy completion model; OpenAI lists gpt-3.5-turbo-instruct at
+    # 1.50 in / 2.00 out per 1M, with no cached rate (so cached input is charged in full).
+    return ModelPrice.objects.create(model="gpt-3.5-turbo-instruct", input_per_1m=Decimal("1.5"),
+                                     output_per_1m=Decimal("2"),
+                                     effective_from=datetime(2024, 1, 1, tzinfo=dt_timezone.utc))
 
+
+def test_legacy_completion_model_without_a_shipped_price_is_unpriced(post, upstream):
+    post("/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "hi"})
+    row = finished_call()
+    assert tokens(row) == JSON_TOKENS
+    assert row.cost is None and row.unpriced
+
+
+@pytest.mark.parametrize("stream, include_usage, expected", [
+    (False, None, Decimal("0.000032")),  # 12 x 1.50 + 7 x 2.00 = 18 + 14 = 32 per 1M
+    (True, None, Decimal("0.000028")),   # 12 x 1.50 + 5 x 2.00 = 18 + 10 = 28 per 1M
+    (True, True, Decimal("0.000028")),
+])
+def test_legacy_completions(relay_url, relay_key, upstream, instruct_price, stream, include_usage, expected):
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "stream": stream}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    _, via_relay = stream_raw(f"{relay_url}/v1/completions", body, relay_key)
+    row = finished_call()
+    assert tokens(row) == (STREAMED_TOKENS if stream else JSON_TOKENS)
+    assert row.cost == expected and row.price == instruct_price
+    if stream:
+        # The fake's completion streams carry fixed ids: a direct call gives the very same bytes.
+        _, direct = stream_raw(f"{upstream.base_url}/completions", body, "sk-direct")
+        assert via_relay == direct == upstream.sse_sent[-1]
+        assert (b'"usage": {' in via_relay) is bool(include_usage)
+
+
+WAV = b"RIFF" + b"\0" * 60
+
+
+@pytest.mark.parametrize("path, model, expected", [
+    ("/v1/audio/transcriptions", "whisper-1", Decimal("0.0042")),  # 42 s x 0.0001
+    ("/v1/audio/translations", "whisper-1", Decimal("0.0042")),
+    ("/v1/audio/transcriptions", "gpt-4o-mini-transcribe", Decimal("0.0021")),  # 42 s x 0.00005
+    ("/v1/audio/transcriptions", "whisper-9", None),  # no price at all
+])
+def test_transcription_is_priced_by_the_second(relay_url, relay_key, upstream, path, model, expected):
+    response = requests.post(f"{relay_url}{path}", headers={"Authorization": f"Bearer {relay_key}"},
+                             files={"file": ("a.wav", WAV, "audio/wav")}, data={"model": model}, timeout=30)
+    assert response.json()["text"] == "hello"
+    row = finished_call()
+    assert row.model == model and row.audio_seconds == Decimal("42")  # the fake reports 42 s
+    assert row.input_tokens is None
+    assert row.cost == expected and row.unpriced is (expected is None)
+
+
+SPOKEN = "Grüße aus Zürich!"  # 17 characters, 19 bytes in UTF-8: billed by characters
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("tts-1", Decimal("0.000255")),     # 17 x 0.000015
+    ("tts-1-hd", Decimal("0.00051")),   # 17 x 0.00003
+    ("gpt-4o-mini-tts", None),          # priced by tokens and output seconds, never per character
+])
+def test_speech_is_priced_by_the_character(post, upstream, model, expected):
+    response = post("/v1/audio/speech", {"model": model, "input": SPOKEN, "voice": "alloy"})
+    assert response.content == b"ID3" + b"\0" * 4093
+    row = finished_call()
+    assert row.characters == 17 and row.audio_seconds is None and row.input_tokens is None
+    assert row.cost == expected and row.unpriced is (expected is None)
 
 def test_usage_report(post, upstream, capsys):
     answer_with(upstream, "/v1/responses", {
