@@ -26,6 +26,10 @@ class Migration(migrations.Migration):
             index=models.Index(fields=['upstream_request_id'], name='apicall_upstream_request_id'),
         ),
         migrations.AddIndex(
+            model_name='apicall',
+            index=models.Index(condition=models.Q(('unpriced', True)), fields=['started_at'], name='apicall_unpriced_started'),
+        ),
+        migrations.AddIndex(
             model_name='batchresult',
             index=models.Index(fields=['custom_id'], name='batchresult_custom_id'),
         ),

@@ -82,6 +82,9 @@ class ApiCall(TokenUsage):
             models.Index(fields=["model", "started_at"], name="apicall_model_started"),
             models.Index(fields=["family", "started_at"], name="apicall_family_started"),
             models.Index(fields=["upstream_request_id"], name="apicall_upstream_request_id"),
+            # Unpriced calls (a few percent), which the dashboard links to.
+            models.Index(fields=["started_at"], name="apicall_unpriced_started",
+                         condition=models.Q(unpriced=True)),
             # The sealer's work queue: finished calls not yet in the ledger.
             models.Index(fields=["id"], name="apicall_unsealed",
                          condition=models.Q(chain_seq__isnull=True)),
