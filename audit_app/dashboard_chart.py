@@ -1,7 +1,7 @@
 """Spend per day, stacked by model, as a server-rendered SVG.
 
-No JavaScript and nothing from a CDN: the page works with scripts off and under
-a strict CSP. Colours of text and lines come from the admin's CSS variables
+No JavaScript and nothing from a CDN: the chart works with scripts off, and its
+tooltips are SVG <title>s. Colours of text and lines come from the admin's CSS variables
 (audit_app/static/audit_app/dashboard.css), so the chart follows the light and
 dark themes; only the model colours are fixed.
 """
@@ -49,7 +49,7 @@ def render_spend_chart(days: list[Day], *, timezone_name: str) -> SafeString:
     ticks = nice_ticks(peak)
     top_value = ticks[-1]
     slot = plot_w / max(len(days), 1)
-    # A week's bars would be a third of the plot wide each: cap them.
+    # With only a few days each bar would span a tenth of the plot or more: cap them.
     bar_w = min(max(slot * 0.72, 1.0), 56.0)
 
     def y(value: Decimal) -> float:
