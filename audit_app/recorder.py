@@ -100,7 +100,14 @@ def record_rejected(ctx: CallContext, status: int, message: str) -> None:
 
 
 def _insert_finished(ctx: CallContext, fields: dict[str, Any]) -> None:
-    ApiCall.objects.create(**_base_fields(ctx), **_with_mac(ctx, fields))
+    """Insert a finished row and count it in the rollups, together or not at all.
+
+    The rule: every finished call made with a key is in the rollups, rejected ones
+    too, so rollup call counts equal raw call counts.
+    """
+    with transaction.atomic():
+        ApiCall.objects.create(**_base_fields(ctx), **_with_mac(ctx, fields))
+        _add_to_rollups(ctx, fields, calls=1)
 
 
 def priced_fields(usage: Usage | None, model: str, at, *, batch: bool = False) -> dict[str, Any]:
@@ -148,12 +155,30 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
         fields["model"] = response_model[:128]
     fields = _with_mac(ctx, fields)
     with transaction.atomic():
-        ApiCall.objects.filter(pk=call_id).update(**fields)
-        if ctx.key is not None:
-            rollups.add_call(ApiCall(
-                started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
-                family=ctx.family, **{k: v for k, v in fields.items() if k in _ROLLUP_FIELDS},
-            ))
+        if ApiCall.objects.filter(pk=call_id, outcome=Outcome.PENDING).update(**fields):
+            _add_to_rollups(ctx, fields, calls=1)
+            return
+        # Rare: the call outlived RELAY_PENDING_TIMEOUT and reconcile_calls marked it
+        # interrupted (and counted it in the rollups). While that row is not sealed, the
+        # real outcome replaces it; a sealed row is in the ledger for good.
+        if ApiCall.objects.filter(pk=call_id, outcome=Outcome.INTERRUPTED, chain_seq__isnull=True).update(
+                **{**fields, "error": fields.get("error", "")}):  # clear reconcile's note, as the MAC has it
+            if ctx.key is not None and ctx.user is not None:  # move the call out of its interrupted bucket
+                rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
+                            model="", family=ctx.family, calls=-1)
+            _add_to_rollups(ctx, fields, calls=1)
+            return
+    log.warning("audit: call %s finished (%s, status %s) after it was sealed as interrupted; "
+                "the sealed row is kept as it is", call_id, fields.get("outcome"), fields.get("status"))
+
+
+def _add_to_rollups(ctx: CallContext, fields: dict[str, Any], *, calls: int) -> None:
+    if ctx.key is None or ctx.user is None:
+        return  # rejected before authentication: nobody's usage
+    values = {k: v for k, v in fields.items() if k in _ROLLUP_FIELDS}
+    rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
+                model=values.pop("model", ""), family=ctx.family, calls=calls,
+                unpriced=1 if values.pop("unpriced", False) else 0, **values)
 
 
 # --- the journal of writes the database refused --------------------------------------

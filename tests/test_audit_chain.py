@@ -190,3 +190,51 @@ def test_concurrent_writers_and_sealers_make_one_valid_chain(start_gunicorn, iss
     seqs = sorted(calls.values_list("chain_seq", flat=True))
     assert seqs == list(range(1, 121))  # every call sealed exactly once, no gaps
     assert verify(record=False).ok
+
+
+def _open(key, path="/v1/files", family="files"):
+    from audit_app.recorder import CallContext, open_call
+
+    ctx = CallContext(method="POST", path=path, family=family, key=key, user=key.owner)
+    return ctx, open_call(ctx)
+
+
+def test_a_call_ending_after_it_was_sealed_as_interrupted_leaves_the_sealed_row(issue_key, shipped_prices):
+    from audit_app.recorder import close_call
+
+    key, _ = issue_key()
+    ctx, call = _open(key)  # e.g. a 512 MB upload still running past RELAY_PENDING_TIMEOUT
+    call_command("reconcile_calls", "--older-than", "0")
+    assert seal().calls == 1
+    close_call(call.pk, ctx, outcome=Outcome.OK, status=200, upstream_status=200)
+    assert ApiCall.objects.get(pk=call.pk).outcome == Outcome.INTERRUPTED
+    assert verify(record=False).ok
+    assert list(UsageDaily.objects.values_list("calls", flat=True)) == [1]
+
+
+def test_a_call_ending_after_reconcile_but_before_sealing_keeps_its_real_outcome(issue_key, shipped_prices):
+    from audit_app.recorder import close_call
+    from audit_app.usage import Usage
+
+    key, _ = issue_key()
+    ctx, call = _open(key, "/v1/responses", "responses")
+    call_command("reconcile_calls", "--older-than", "0")
+    close_call(call.pk, ctx, outcome=Outcome.OK, status=200, upstream_status=200, model="gpt-4o-mini",
+               usage=Usage(input_tokens=10, output_tokens=5, total_tokens=15))
+    assert ApiCall.objects.get(pk=call.pk).outcome == Outcome.OK
+    assert seal().calls == 1 and verify(record=False).ok
+    assert sorted(UsageDaily.objects.values_list("model", "calls", "total_tokens")) == [
+        ("", 0, 0), ("gpt-4o-mini", 1, 15)]
+
+
+def test_rejected_calls_with_a_key_are_in_the_rollups(relay_url, relay_key, upstream):
+    # A valid key refused by the relay (unknown route); one without any key is nobody's usage.
+    requests.post(f"{relay_url}/v1/responses", data=b"{not json", timeout=10,
+                  headers={"Authorization": f"Bearer {relay_key}", "Content-Type": "application/json"})
+    requests.get(f"{relay_url}/v1/models", timeout=10)
+    rows = finished_calls(2)
+    assert {r.outcome for r in rows} == {Outcome.REJECTED}
+    keyed = [r for r in rows if r.key_id is not None]
+    assert len(keyed) == 1
+    assert sum(UsageDaily.objects.values_list("calls", flat=True)) == 1
+    assert UsageDaily.objects.get().key_id == keyed[0].key_id

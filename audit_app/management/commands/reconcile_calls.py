@@ -3,8 +3,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
+from audit_app import rollups
 from audit_app.ledger import call_mac
 from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import ApiCall, Outcome
@@ -47,10 +49,14 @@ class Command(StoppableCommand):
             rows = list(stale[:BATCH])
             if not rows:
                 break
-            for row in rows:
-                row.outcome, row.finished_at = Outcome.INTERRUPTED, now
-                row.error = "interrupted: the relay stopped before the call finished"
-                row.row_mac = call_mac(row)  # the relay's own write: keep the row verifiable
-            ApiCall.objects.bulk_update(rows, ["outcome", "finished_at", "error", "row_mac"])
-            count += len(rows)
+            with transaction.atomic():
+                for row in rows:
+                    row.outcome, row.finished_at = Outcome.INTERRUPTED, now
+                    row.error = "interrupted: the relay stopped before the call finished"
+                    row.row_mac = call_mac(row)  # the relay's own write: keep the row verifiable
+                    # Only if still pending: the call may have ended since it was read.
+                    if ApiCall.objects.filter(pk=row.pk, outcome=Outcome.PENDING).update(
+                            outcome=row.outcome, finished_at=now, error=row.error, row_mac=row.row_mac):
+                        rollups.add_call(row)  # a finished call with a key is in the rollups
+                        count += 1
         self.stdout.write(f"reconciled: {count} pending calls older than {seconds}s marked interrupted.")
