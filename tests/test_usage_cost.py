@@ -7,6 +7,7 @@ per second: whisper-1 0.0001, gpt-4o-mini-transcribe 0.00005; per character: tts
 0.000015, tts-1-hd 0.00003. Price changes and imports: test_usage_prices.py; rollups
 against raw calls: test_usage_rollups.py.
 """
+import time
 from datetime import datetime, timezone as dt_timezone
 from decimal import Decimal
 
@@ -16,7 +17,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from tests.conftest import finished_call
-from audit_app.models import ApiCall, ModelPrice, UsageDaily
+from audit_app.models import ApiCall, ModelPrice, Outcome, UsageDaily
 from audit_app.pricing import price_for
 
 
@@ -125,11 +126,23 @@ def test_calls_without_usage_are_neither_priced_nor_unpriced(relay_url, relay_ke
 
 STREAMED_TOKENS = (12, 4, 5, 0, 17)  # input, cached, output, reasoning, total
 JSON_TOKENS = (12, 4, 7, 0, 19)
+# Cases are looped inside a test rather than parametrized: on PostgreSQL each test's
+# database flush and price load cost more than its calls.
 
 
 def tokens(row: ApiCall) -> tuple:
     return (row.input_tokens, row.cached_input_tokens, row.output_tokens, row.reasoning_tokens,
             row.total_tokens)
+
+
+def row_of(response: requests.Response) -> ApiCall:
+    """The response's audit row, once the server has finished it."""
+    request_id = response.headers["x-relay-request-id"]
+    deadline = time.monotonic() + 10
+    while ApiCall.objects.filter(relay_request_id=request_id, outcome=Outcome.PENDING).exists() \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return ApiCall.objects.get(relay_request_id=request_id)
 
 
 def stream_raw(url: str, body: dict, key: str) -> tuple[requests.Response, bytes]:
@@ -141,16 +154,16 @@ def stream_raw(url: str, body: dict, key: str) -> tuple[requests.Response, bytes
     return response, data
 
 
-@pytest.mark.parametrize("end", ["completed", "incomplete", "failed"])
-def test_streamed_responses_call_is_priced_from_its_final_event(post, upstream, end):
-    upstream.responses_end = end
-    response = post("/v1/responses", {"model": "gpt-4o", "input": "hi", "stream": True})
-    assert f"event: response.{end}\n" in response.text
-    row = finished_call()
-    assert row.stream and tokens(row) == STREAMED_TOKENS
-    # gpt-4o: (12 - 4) x 2.50 + 4 cached x 1.25 + 5 x 10.00 = 20 + 5 + 50 = 75 per 1M.
-    assert row.cost == Decimal("0.000075")
-    assert not row.unpriced and row.price.model == "gpt-4o"
+def test_streamed_responses_call_is_priced_from_its_final_event(post, upstream):
+    for end in ("completed", "incomplete", "failed"):
+        upstream.responses_end = end
+        response = post("/v1/responses", {"model": "gpt-4o", "input": "hi", "stream": True})
+        assert f"event: response.{end}\n" in response.text
+        row = row_of(response)
+        assert row.stream and tokens(row) == STREAMED_TOKENS, end
+        # gpt-4o: (12 - 4) x 2.50 + 4 cached x 1.25 + 5 x 10.00 = 20 + 5 + 50 = 75 per 1M.
+        assert row.cost == Decimal("0.000075"), end
+        assert not row.unpriced and row.price.model == "gpt-4o"
 
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -164,100 +177,97 @@ def test_streamed_chat_with_include_usage_reaches_the_client_byte_for_byte(relay
     [generated] = upstream.sse_sent
     assert via_relay == generated
     assert b'"choices": [], "usage": {"prompt_tokens": 12' in via_relay
-    row = finished_call()
+    row = row_of(response)
     assert row.stream and tokens(row) == STREAMED_TOKENS
     # (12 - 4) x 2.50 + 4 x 1.25 + 5 x 10.00 = 75 per 1M.
     assert row.cost == Decimal("0.000075")
 
 
-@pytest.mark.parametrize("stream_options", [None, {"include_usage": False}])
 def test_streamed_chat_without_include_usage_is_priced_and_unchanged_for_the_client(
-        relay_url, relay_key, upstream, stream_options):
+        relay_url, relay_key, upstream):
     upstream.chat_stream_id = "chatcmpl-fixed"  # so that two streams can be compared byte for byte
-    body = {**CHAT, **({"stream_options": stream_options} if stream_options else {})}
-    _, via_relay = stream_raw(f"{relay_url}/v1/chat/completions", body, relay_key)
-    row = finished_call()
-    # What OpenAI sends a client that did not ask for usage: the same request, straight to upstream.
-    _, direct = stream_raw(f"{upstream.base_url}/chat/completions", body, "sk-direct")
-    relayed_upstream, generated_direct = upstream.sse_sent
-    assert upstream.requests[0].json()["stream_options"]["include_usage"] is True  # the relay asked
-    assert b'"choices": [], "usage": {' in relayed_upstream
-    assert via_relay == direct == generated_direct
-    assert b'"usage"' not in via_relay
-    assert row.stream and tokens(row) == STREAMED_TOKENS
-    assert row.cost == Decimal("0.000075")  # as above: 20 + 5 + 50 per 1M
-    assert UsageDaily.objects.get().cost == Decimal("0.000075")
+    for stream_options in (None, {"include_usage": False}):
+        body = {**CHAT, **({"stream_options": stream_options} if stream_options else {})}
+        response, via_relay = stream_raw(f"{relay_url}/v1/chat/completions", body, relay_key)
+        row = row_of(response)
+        # What OpenAI sends a client that did not ask for usage: the same request, straight to upstream.
+        _, direct = stream_raw(f"{upstream.base_url}/chat/completions", body, "sk-direct")
+        relayed_upstream, generated_direct = upstream.sse_sent[-2], upstream.sse_sent[-1]
+        assert upstream.requests[-2].json()["stream_options"]["include_usage"] is True  # the relay asked
+        assert b'"choices": [], "usage": {' in relayed_upstream
+        assert via_relay == direct == generated_direct, stream_options
+        assert b'"usage"' not in via_relay
+        assert row.stream and tokens(row) == STREAMED_TOKENS
+        assert row.cost == Decimal("0.000075")  # as above: 20 + 5 + 50 per 1M
+    daily = UsageDaily.objects.get()
+    assert (daily.calls, daily.output_tokens, daily.cost) == (2, 10, Decimal("0.00015"))
 
 
-@pytest.fixture
-def instruct_price(shipped_prices) -> ModelPrice:
-    # The shipped map has no legacy completion model; OpenAI lists gpt-3.5-turbo-instruct at
-    # 1.50 in / 2.00 out per 1M, with no cached rate (so cached input is charged in full).
-    return ModelPrice.objects.create(model="gpt-3.5-turbo-instruct", input_per_1m=Decimal("1.5"),
-                                     output_per_1m=Decimal("2"),
-                                     effective_from=datetime(2024, 1, 1, tzinfo=dt_timezone.utc))
+def test_legacy_completions(relay_url, relay_key, upstream):
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": "hi"}
+    _, _ = stream_raw(f"{relay_url}/v1/completions", body, relay_key)
+    unpriced = finished_call()
+    assert tokens(unpriced) == JSON_TOKENS
+    assert unpriced.cost is None and unpriced.unpriced, "the shipped map has no legacy completion model"
 
-
-def test_legacy_completion_model_without_a_shipped_price_is_unpriced(post, upstream):
-    post("/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "hi"})
-    row = finished_call()
-    assert tokens(row) == JSON_TOKENS
-    assert row.cost is None and row.unpriced
-
-
-@pytest.mark.parametrize("stream, include_usage, expected", [
-    (False, None, Decimal("0.000032")),  # 12 x 1.50 + 7 x 2.00 = 18 + 14 = 32 per 1M
-    (True, None, Decimal("0.000028")),   # 12 x 1.50 + 5 x 2.00 = 18 + 10 = 28 per 1M
-    (True, True, Decimal("0.000028")),
-])
-def test_legacy_completions(relay_url, relay_key, upstream, instruct_price, stream, include_usage, expected):
-    body = {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "stream": stream}
-    if include_usage:
-        body["stream_options"] = {"include_usage": True}
-    _, via_relay = stream_raw(f"{relay_url}/v1/completions", body, relay_key)
-    row = finished_call()
-    assert tokens(row) == (STREAMED_TOKENS if stream else JSON_TOKENS)
-    assert row.cost == expected and row.price == instruct_price
-    if stream:
-        # The fake's completion streams carry fixed ids: a direct call gives the very same bytes.
-        _, direct = stream_raw(f"{upstream.base_url}/completions", body, "sk-direct")
-        assert via_relay == direct == upstream.sse_sent[-1]
-        assert (b'"usage": {' in via_relay) is bool(include_usage)
+    # OpenAI lists gpt-3.5-turbo-instruct at 1.50 in / 2.00 out per 1M, with no cached rate
+    # (so cached input is charged in full).
+    price = ModelPrice.objects.create(model="gpt-3.5-turbo-instruct", input_per_1m=Decimal("1.5"),
+                                      output_per_1m=Decimal("2"),
+                                      effective_from=datetime(2024, 1, 1, tzinfo=dt_timezone.utc))
+    for stream, include_usage, expected in [
+        (False, None, Decimal("0.000032")),  # 12 x 1.50 + 7 x 2.00 = 18 + 14 = 32 per 1M
+        (True, None, Decimal("0.000028")),   # 12 x 1.50 + 5 x 2.00 = 18 + 10 = 28 per 1M
+        (True, True, Decimal("0.000028")),
+    ]:
+        body = {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "stream": stream}
+        if include_usage:
+            body["stream_options"] = {"include_usage": True}
+        response, via_relay = stream_raw(f"{relay_url}/v1/completions", body, relay_key)
+        row = row_of(response)
+        assert tokens(row) == (STREAMED_TOKENS if stream else JSON_TOKENS)
+        assert row.cost == expected and row.price == price
+        if stream:
+            # The fake's completion streams carry fixed ids: a direct call gives the very same bytes.
+            _, direct = stream_raw(f"{upstream.base_url}/completions", body, "sk-direct")
+            assert via_relay == direct == upstream.sse_sent[-1]
+            assert (b'"usage": {' in via_relay) is bool(include_usage)
 
 
 WAV = b"RIFF" + b"\0" * 60
 
 
-@pytest.mark.parametrize("path, model, expected", [
-    ("/v1/audio/transcriptions", "whisper-1", Decimal("0.0042")),  # 42 s x 0.0001
-    ("/v1/audio/translations", "whisper-1", Decimal("0.0042")),
-    ("/v1/audio/transcriptions", "gpt-4o-mini-transcribe", Decimal("0.0021")),  # 42 s x 0.00005
-    ("/v1/audio/transcriptions", "whisper-9", None),  # no price at all
-])
-def test_transcription_is_priced_by_the_second(relay_url, relay_key, upstream, path, model, expected):
-    response = requests.post(f"{relay_url}{path}", headers={"Authorization": f"Bearer {relay_key}"},
-                             files={"file": ("a.wav", WAV, "audio/wav")}, data={"model": model}, timeout=30)
-    assert response.json()["text"] == "hello"
-    row = finished_call()
-    assert row.model == model and row.audio_seconds == Decimal("42")  # the fake reports 42 s
-    assert row.input_tokens is None
-    assert row.cost == expected and row.unpriced is (expected is None)
+def test_transcription_is_priced_by_the_second(relay_url, relay_key, upstream):
+    for path, model, expected in [
+        ("/v1/audio/transcriptions", "whisper-1", Decimal("0.0042")),  # 42 s x 0.0001
+        ("/v1/audio/translations", "whisper-1", Decimal("0.0042")),
+        ("/v1/audio/transcriptions", "gpt-4o-mini-transcribe", Decimal("0.0021")),  # 42 s x 0.00005
+        ("/v1/audio/transcriptions", "whisper-9", None),  # no price at all
+    ]:
+        response = requests.post(f"{relay_url}{path}", headers={"Authorization": f"Bearer {relay_key}"},
+                                 files={"file": ("a.wav", WAV, "audio/wav")}, data={"model": model}, timeout=30)
+        assert response.json()["text"] == "hello"
+        row = row_of(response)
+        assert row.model == model and row.audio_seconds == Decimal("42")  # the fake reports 42 s
+        assert row.input_tokens is None
+        assert row.cost == expected and row.unpriced is (expected is None), model
 
 
 SPOKEN = "Grüße aus Zürich!"  # 17 characters, 19 bytes in UTF-8: billed by characters
 
 
-@pytest.mark.parametrize("model, expected", [
-    ("tts-1", Decimal("0.000255")),     # 17 x 0.000015
-    ("tts-1-hd", Decimal("0.00051")),   # 17 x 0.00003
-    ("gpt-4o-mini-tts", None),          # priced by tokens and output seconds, never per character
-])
-def test_speech_is_priced_by_the_character(post, upstream, model, expected):
-    response = post("/v1/audio/speech", {"model": model, "input": SPOKEN, "voice": "alloy"})
-    assert response.content == b"ID3" + b"\0" * 4093
-    row = finished_call()
-    assert row.characters == 17 and row.audio_seconds is None and row.input_tokens is None
-    assert row.cost == expected and row.unpriced is (expected is None)
+def test_speech_is_priced_by_the_character(post, upstream):
+    for model, expected in [
+        ("tts-1", Decimal("0.000255")),     # 17 x 0.000015
+        ("tts-1-hd", Decimal("0.00051")),   # 17 x 0.00003
+        ("gpt-4o-mini-tts", None),          # priced by tokens and output seconds, never per character
+    ]:
+        response = post("/v1/audio/speech", {"model": model, "input": SPOKEN, "voice": "alloy"})
+        assert response.content == b"ID3" + b"\0" * 4093
+        row = row_of(response)
+        assert row.characters == 17 and row.audio_seconds is None and row.input_tokens is None
+        assert row.cost == expected and row.unpriced is (expected is None), model
+
 
 def test_usage_report(post, upstream, capsys):
     answer_with(upstream, "/v1/responses", {
