@@ -19,10 +19,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone as dt_timezone
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from django.conf import settings
 from django.db import models, transaction
@@ -32,6 +33,7 @@ from .models import (ApiCall, BatchRecord, ChainState, FileRecord, LedgerEntry, 
                      PruneRun)
 
 GENESIS = "0" * 64
+_CALL_KINDS = (LedgerKind.CALL, LedgerKind.AMEND)
 SEAL_BATCH = 1000
 _CALL_FIELDS = tuple(
     f.attname for f in ApiCall._meta.concrete_fields if f.attname not in ("row_mac", "chain_seq")
@@ -150,6 +152,25 @@ def _locked_state() -> ChainState:
     return ChainState.objects.select_for_update().get(pk=1)
 
 
+@contextmanager
+def amending() -> Iterator[Callable[[ApiCall], int]]:
+    """Let the relay change sealed calls (re-pricing), each change sealed as an amendment.
+
+    Inside, the chain head is locked: read the rows to change inside too, so no
+    sealer seals one between the read and the write. `amend(row)` appends an entry
+    for the row's new content and returns the sequence to store in its chain_seq.
+    """
+    with transaction.atomic():
+        appender = _Appender(_locked_state())
+
+        def amend(row: ApiCall) -> int:
+            return appender.add(LedgerKind.AMEND, str(row.pk), call_content_hash(row))
+
+        yield amend
+        if appender.entries:
+            appender.save()
+
+
 def seal(limit: int | None = None) -> SealResult:
     """Append every finished, unsealed call and every changed file/batch record.
 
@@ -227,24 +248,29 @@ def verify(since: datetime | None = None, *, record: bool = True) -> Verificatio
         else:
             entries = entries.none()
     pruned = list(PruneRun.objects.filter(dry_run=False, deleted_calls__gt=0))
-    missing_per_run: dict[int, int] = {run.pk: 0 for run in pruned}
+    missing_per_run: dict[int, set[str]] = {run.pk: set() for run in pruned}
     latest_records: dict[tuple[str, str], LedgerEntry] = {}
     chunk: list[LedgerEntry] = []
 
     def check_calls(batch: list[LedgerEntry]) -> str:
-        ids = [int(e.object_id) for e in batch if e.kind == LedgerKind.CALL]
-        rows = ApiCall.objects.in_bulk(ids)
+        batch = [e for e in batch if e.kind in _CALL_KINDS]
+        rows = ApiCall.objects.in_bulk([int(e.object_id) for e in batch])
+        # A row amended later points at its latest entry; that entry must be its own.
+        later = {row.chain_seq for row in rows.values() if row.chain_seq is not None}
+        later = dict(LedgerEntry.objects.filter(seq__in=later - {e.seq for e in batch}, kind__in=_CALL_KINDS)
+                     .values_list("seq", "object_id"))
+        later.update({e.seq: e.object_id for e in batch})
         for e in batch:
-            if e.kind != LedgerKind.CALL:
-                continue
             row = rows.get(int(e.object_id))
             if row is None:
                 run = next((p for p in pruned if p.first_call_id <= int(e.object_id) <= p.last_call_id), None)
                 if run is None:
                     return f"call {e.object_id} (ledger #{e.seq}) was deleted"
-                missing_per_run[run.pk] += 1
-            elif row.chain_seq != e.seq:
+                missing_per_run[run.pk].add(e.object_id)
+            elif row.chain_seq is None or row.chain_seq < e.seq or later.get(row.chain_seq) != e.object_id:
                 return f"call {e.object_id} (ledger #{e.seq}) carries sequence {row.chain_seq}: rows were reordered"
+            elif row.chain_seq > e.seq:
+                continue  # amended since: checked against its latest entry
             elif call_content_hash(row) != e.content_hash or row.row_mac != call_mac(row):
                 return f"call {e.object_id} (ledger #{e.seq}) was edited after it was sealed"
         return ""
@@ -273,8 +299,8 @@ def verify(since: datetime | None = None, *, record: bool = True) -> Verificatio
         out.problem = _check_head(expected - 1, prev_hash, since is None)
     if not out.problem and since is None:
         for run in pruned:
-            if missing_per_run[run.pk] != run.deleted_calls:
-                out.problem = (f"{missing_per_run[run.pk]} calls are missing in the range of prune run "
+            if len(missing_per_run[run.pk]) != run.deleted_calls:
+                out.problem = (f"{len(missing_per_run[run.pk])} calls are missing in the range of prune run "
                                f"{run.pk}, which removed {run.deleted_calls}: calls were deleted")
                 break
     if not out.problem:

@@ -238,3 +238,30 @@ def test_rejected_calls_with_a_key_are_in_the_rollups(relay_url, relay_key, upst
     assert len(keyed) == 1
     assert sum(UsageDaily.objects.values_list("calls", flat=True)) == 1
     assert UsageDaily.objects.get().key_id == keyed[0].key_id
+
+
+def test_reprice_of_sealed_calls_is_sealed_as_amendments(sealed):
+    from datetime import datetime, timezone as tz
+    from decimal import Decimal
+
+    from audit_app.models import LedgerKind, ModelPrice
+
+    ModelPrice.objects.create(model="gpt-4o-mini", effective_from=datetime(2024, 1, 2, tzinfo=tz.utc),
+                              input_per_1m=Decimal("9"), output_per_1m=Decimal("9"))
+    call_command("reprice", "--since", (timezone.now() - timedelta(days=1)).strftime("%Y-%m-%d"))
+    priced = [c for c in sealed if c.cost is not None]
+    amended = LedgerEntry.objects.filter(kind=LedgerKind.AMEND)
+    assert sorted(amended.values_list("object_id", flat=True)) == sorted(str(c.pk) for c in priced)
+    status, message = verify_command()
+    assert status == 0, message
+    # The amendment is what the row is checked against: an edit by SQL is still caught,
+    first = ApiCall.objects.get(pk=priced[0].pk)
+    assert first.chain_seq > 6
+    sql(f"UPDATE {ApiCall._meta.db_table} SET cost = 0 WHERE id = %s", first.pk)
+    assert f"call {first.pk}" in verify(record=False).problem
+    sql(f"UPDATE {ApiCall._meta.db_table} SET cost = %s WHERE id = %s", first.cost, first.pk)
+    assert verify(record=False).ok
+    # and so is a row put back on its first entry with its original content.
+    sql(f"UPDATE {ApiCall._meta.db_table} SET cost = %s, chain_seq = %s WHERE id = %s",
+        priced[1].cost, priced[1].chain_seq, priced[1].pk)
+    assert f"call {priced[1].pk}" in verify(record=False).problem

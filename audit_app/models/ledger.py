@@ -14,6 +14,9 @@ from django.utils import timezone
 
 class LedgerKind(models.TextChoices):
     CALL = "call", "API call"
+    # A sealed call changed by the relay itself (reprice): the row's chain_seq moves to
+    # its latest entry, and verification checks the row against that one.
+    AMEND = "amend", "API call amended"
     FILE = "file", "File record"
     BATCH = "batch", "Batch record"
     PRUNE = "prune", "Prune run"

@@ -1,27 +1,30 @@
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import datetime, time
 from datetime import timezone as dt_timezone
+from typing import Callable
 
 from django.core.management.base import CommandError
 from django.db import transaction
 from django.utils import timezone
 
 from audit_app import rollups
-from audit_app.ledger import call_mac
+from audit_app.ledger import amending, call_mac
 from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import ApiCall
 from audit_app.recorder import priced_fields
 from audit_app.usage import Usage
 
-BATCH = 1000
+BATCH = 500  # rows per chain-head lock: sealers wait at most one batch
 
 
 class Command(StoppableCommand):
     help = (
         "Re-cost calls made since DATE with the prices in effect when each call was made "
         "(after a price was corrected or added). Changed costs are also applied to the "
-        "daily rollups. Nothing is ever re-priced silently: this is the only way."
+        "daily rollups. Nothing is ever re-priced silently: this is the only way, and each "
+        "changed call already sealed gets an amendment entry in the audit ledger."
     )
 
     def add_arguments(self, parser) -> None:
@@ -41,30 +44,35 @@ class Command(StoppableCommand):
         checked = changed = 0
         last_id = 0
         while not self.stopping:
-            batch = list(calls.filter(pk__gt=last_id).order_by("pk")[:BATCH])
+            # A sealed call whose cost changes gets an amendment entry in the ledger; the
+            # rows are read under the chain-head lock so no sealer seals one meanwhile.
+            with amending() if not dry_run else nullcontext(None) as amend:
+                batch = list(calls.filter(pk__gt=last_id).order_by("pk")[:BATCH])
+                with transaction.atomic():
+                    for call in batch:
+                        checked += 1
+                        changed += self._reprice(call, amend)
             if not batch:
                 break
-            with transaction.atomic():
-                for call in batch:
-                    checked += 1
-                    changed += self._reprice(call, dry_run)
             last_id = batch[-1].pk
             self.progress(f"  checked {checked} calls, {changed} changed")
         verb = "would change" if dry_run else "changed"
         stopped = " (stopped early)" if self.stopping else ""
         self.stdout.write(f"repriced since {day}: {checked} calls checked, {changed} {verb}{stopped}")
 
-    def _reprice(self, call: ApiCall, dry_run: bool) -> int:
+    def _reprice(self, call: ApiCall, amend: Callable[[ApiCall], int] | None) -> int:
         usage = Usage(**{f: getattr(call, f) for f in Usage.STORED})
         new = priced_fields(usage, call.model, call.started_at)
         cost, unpriced = new.get("cost"), new.get("unpriced", False)
         if cost == call.cost and unpriced == call.unpriced:
             return 0
-        if not dry_run:
+        if amend is not None:
             old_cost, old_unpriced = call.cost, call.unpriced
             call.cost, call.unpriced, call.price = cost, unpriced, new.get("price")
             call.row_mac = call_mac(call)
-            call.save(update_fields=["cost", "unpriced", "price", "row_mac"])
+            if call.chain_seq is not None:
+                call.chain_seq = amend(call)
+            call.save(update_fields=["cost", "unpriced", "price", "row_mac", "chain_seq"])
             if call.key_id is not None and call.user_id is not None:
                 rollups.add(
                     started_at=call.started_at, user_id=call.user_id, key_id=call.key_id,
