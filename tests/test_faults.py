@@ -82,6 +82,11 @@ def test_client_disconnecting_mid_stream_closes_the_row_and_upstream(
     # Twenty events at 0.5 s would take ten seconds: upstream was let go early.
     assert row.duration_ms < 5000
     assert row.bytes_out > 0
+    # And upstream saw its connection closed (its next write failed), not read to the end.
+    deadline = time.monotonic() + 3
+    while upstream.streams_cut_short < 1:
+        assert time.monotonic() < deadline, "upstream's stream was never cut short"
+        time.sleep(0.05)
 
 
 def test_database_unavailable_is_503_and_nothing_is_forwarded(relay_url, relay_key, upstream):
