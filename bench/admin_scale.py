@@ -67,8 +67,12 @@ def seed(vendor: str, calls: int) -> float:
 def measure(vendor: str, runs: int) -> dict[str, float | None]:
     # As served: with the PostgreSQL connection pool the production settings use.
     env = {**os.environ, "DATABASE_URL": database_url(vendor), "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    out = subprocess.run([sys.executable, __file__, "--measure", "--runs", str(runs)], env=env, check=True,
+    manage(vendor, "migrate", "-v", "0")  # a reused database may predate the code's latest migrations
+    out = subprocess.run([sys.executable, __file__, "--measure", "--runs", str(runs)], env=env,
                          cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        sys.stderr.write(out.stderr[-4000:])
+        raise SystemExit(f"{vendor}: measuring failed")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -163,6 +167,7 @@ def main() -> None:
             took = seed(vendor, args.calls)
             print(f"{vendor}: seeded in {took:.0f}s", flush=True)
         table[vendor] = measure(vendor, args.runs)
+        print(f"{vendor}: {json.dumps(table[vendor])}", flush=True)
     names = list(next(iter(table.values())).keys())
     labels = {"sqlite": "SQLite ms", "postgresql": "PostgreSQL ms"}
     header = f"{'page':34} " + " ".join(f"{labels.get(v, v):>14}" for v in vendors) + f" {'target ms':>10}"
