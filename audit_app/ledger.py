@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone as dt_timezone
-from decimal import Decimal
-from typing import Any, Callable, Iterable, Iterator
+from datetime import datetime
+from typing import Any, Callable, Iterator
 
-from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
+from .macs import canonical, mac, record_content_hash, record_mac_ok
 from .models import (ApiCall, BatchRecord, ChainState, FileRecord, LedgerEntry, LedgerKind, Outcome,
                      PruneRun)
 
@@ -41,34 +39,7 @@ _CALL_FIELDS = tuple(
 # The row MAC is computed before an insert knows its id; the ledger entry binds the id.
 _MAC_FIELDS = tuple(name for name in _CALL_FIELDS if name != "id")
 
-
-def _key() -> bytes:
-    secret = getattr(settings, "AUDIT_CHAIN_KEY", "") or settings.SECRET_KEY
-    return hashlib.sha256(b"team-relay audit chain\0" + secret.encode()).digest()
-
-
-def _norm(value: Any) -> Any:
-    """One text form per value, whatever the database gave back."""
-    if isinstance(value, Decimal):
-        return format(value.normalize(), "f")
-    if isinstance(value, datetime):
-        return value.astimezone(dt_timezone.utc).isoformat(timespec="microseconds")
-    if isinstance(value, float):
-        return repr(round(value, 3))
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True, default=str)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
-
-
-def _canonical(values: dict[str, Any], names: Iterable[str]) -> bytes:
-    return json.dumps([[n, _norm(values.get(n))] for n in names], separators=(",", ":"),
-                      default=str).encode()
-
-
-def _mac(data: bytes) -> str:
-    return hmac.new(_key(), data, hashlib.sha256).hexdigest()
+_canonical, _mac = canonical, mac
 
 
 # --- calls --------------------------------------------------------------------
@@ -93,20 +64,11 @@ def call_content_hash(row: ApiCall) -> str:
 # --- files and batches ------------------------------------------------------------
 
 
-def _record_fields(model: type[models.Model]) -> tuple[str, ...]:
-    return tuple(f.attname for f in model._meta.concrete_fields if f.attname not in ("updated_at",))
-
-
 _RECORDS: dict[str, tuple[type[models.Model], str]] = {
     LedgerKind.FILE: (FileRecord, "file_id"),
     LedgerKind.BATCH: (BatchRecord, "batch_id"),
     LedgerKind.PRUNE: (PruneRun, "id"),
 }
-
-
-def record_content_hash(obj: models.Model) -> str:
-    names = _record_fields(type(obj))
-    return hashlib.sha256(_canonical({n: getattr(obj, n) for n in names}, names)).hexdigest()
 
 
 def entry_hash(seq: int, kind: str, object_id: str, content_hash: str, prev_hash: str) -> str:
@@ -209,7 +171,11 @@ def seal(limit: int | None = None) -> SealResult:
             for obj in model.objects.order_by("pk").iterator(chunk_size=2000):
                 object_id = str(getattr(obj, id_field))
                 digest = record_content_hash(obj)
-                if hashes.get(object_id) != digest:
+                if hashes.get(object_id) == digest:
+                    continue
+                if not record_mac_ok(obj):  # changed, but not by the app: never blessed
+                    result.rejected.append(f"{kind} {object_id}")
+                else:
                     appender.add(kind, object_id, digest)
                     result.records += 1
         appender.save()
@@ -217,7 +183,7 @@ def seal(limit: int | None = None) -> SealResult:
 
 
 def _rejected_ids(result: SealResult) -> list[int]:
-    return [int(r.split()[1]) for r in result.rejected]
+    return [int(r.split()[1]) for r in result.rejected if r.startswith("call ")]
 
 
 # --- verification ----------------------------------------------------------------------
@@ -247,7 +213,8 @@ def verify(since: datetime | None = None, *, record: bool = True) -> Verificatio
             entries = entries.filter(seq__gte=first.seq)
         else:
             entries = entries.none()
-    pruned = list(PruneRun.objects.filter(dry_run=False, deleted_calls__gt=0))
+    # Only runs the app wrote account for missing calls; a forged one is reported below.
+    pruned = [run for run in PruneRun.objects.filter(dry_run=False, deleted_calls__gt=0) if record_mac_ok(run)]
     missing_per_run: dict[int, set[str]] = {run.pk: set() for run in pruned}
     latest_records: dict[tuple[str, str], LedgerEntry] = {}
     chunk: list[LedgerEntry] = []
@@ -326,21 +293,29 @@ def _check_head(last_seq: int, last_hash: str, from_start: bool) -> str:
 
 
 def _check_records(latest: dict[tuple[str, str], LedgerEntry]) -> str:
+    """Every sealed record still exists; every record carries the app's MAC.
+
+    A record whose content moved on since its latest entry is fine while its MAC
+    matches: the app changed it and the next seal pass appends the entry.
+    """
     for kind, (model, id_field) in _RECORDS.items():
-        ids = [object_id for (k, object_id) in latest if k == kind]
-        current = {str(getattr(o, id_field)): o for o in model.objects.filter(**{f"{id_field}__in": ids})}
-        for object_id in ids:
-            obj = current.get(object_id)
-            if obj is None:
-                return f"{kind} {object_id} was deleted"
-            if record_content_hash(obj) != latest[(kind, object_id)].content_hash:
-                return f"{kind} {object_id} was changed without being sealed"
+        ids = {object_id for (k, object_id) in latest if k == kind}
+        for obj in model.objects.order_by("pk").iterator(chunk_size=2000):
+            object_id = str(getattr(obj, id_field))
+            ids.discard(object_id)
+            if not record_mac_ok(obj):
+                entry = latest.get((kind, object_id))
+                if entry is not None and record_content_hash(obj) == entry.content_hash:
+                    continue  # sealed as it is (before record MACs existed)
+                return f"{kind} {object_id} was changed or inserted outside the relay (its MAC does not match)"
+        if ids:
+            return f"{kind} {min(ids)} was deleted"
     return ""
 
 
 def _check_unsealed_calls() -> str:
-    """Finished rows not yet sealed must still carry a valid MAC."""
-    for row in ApiCall.objects.filter(chain_seq__isnull=True).exclude(outcome=Outcome.PENDING).iterator(2000):
+    """Rows not yet sealed, pending or finished, must still carry a valid MAC."""
+    for row in ApiCall.objects.filter(chain_seq__isnull=True).order_by("pk").iterator(2000):
         if not hmac.compare_digest(row.row_mac, call_mac(row)):
             return f"call {row.pk} was not written by the relay (forged or edited before sealing)"
     return ""

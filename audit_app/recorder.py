@@ -69,8 +69,12 @@ def _finish_fields(ctx: CallContext) -> dict[str, Any]:
 
 
 def open_call(ctx: CallContext) -> ApiCall:
-    """Insert the pending row. A DatabaseError here must stop the call (503)."""
-    return ApiCall.objects.create(**_base_fields(ctx), outcome=Outcome.PENDING)
+    """Insert the pending row. A DatabaseError here must stop the call (503).
+
+    The pending row carries its MAC too: reconcile_calls only finishes rows the relay
+    opened, and verify_audit reports a pending row forged by SQL.
+    """
+    return ApiCall.objects.create(**_base_fields(ctx), **_with_mac(ctx, {"outcome": Outcome.PENDING}))
 
 
 def _with_mac(ctx: CallContext, fields: dict[str, Any]) -> dict[str, Any]:

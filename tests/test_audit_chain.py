@@ -265,3 +265,50 @@ def test_reprice_of_sealed_calls_is_sealed_as_amendments(sealed):
     sql(f"UPDATE {ApiCall._meta.db_table} SET cost = %s, chain_seq = %s WHERE id = %s",
         priced[1].cost, priced[1].chain_seq, priced[1].pk)
     assert f"call {priced[1].pk}" in verify(record=False).problem
+
+
+def test_records_changed_by_sql_are_never_sealed(sealed, issue_key):
+    from audit_app.models import BatchRecord, FileRecord
+
+    key, _ = issue_key("bob")
+    file = FileRecord.objects.create(file_id="file-1", filename="a.jsonl", origin="files_api",
+                                     created_by=key.owner, created_by_key=key)
+    batch = BatchRecord.objects.create(batch_id="batch-1", status="in_progress", created_by=key.owner)
+    BatchRecord.objects.filter(pk=batch.pk).update(last_polled_at=timezone.now())  # poll bookkeeping
+    assert seal().records == 2 and verify(record=False).ok
+    file.bytes = 10
+    file.save()  # the app's own change: sealed
+    sql(f"UPDATE {BatchRecord._meta.db_table} SET cost = 0 WHERE id = %s", batch.pk)
+    result = seal()
+    assert (result.records, result.rejected) == (1, ["batch batch-1"])
+    assert "batch batch-1" in verify(record=False).problem
+
+
+def test_a_forged_prune_run_does_not_cover_a_deleted_call(sealed):
+    victim = sealed[2]
+    sql(f"DELETE FROM {ApiCall._meta.db_table} WHERE id = %s", victim.pk)
+    table = PruneRun._meta.db_table
+    sql(f"INSERT INTO {table} (started_at, updated_at, run_by, older_than_days, cutoff, first_call_id, last_call_id, "
+        f"deleted_calls, dry_run, row_mac) VALUES (%s, %s, 'nobody', 1, %s, %s, %s, 1, %s, '')",
+        timezone.now(), timezone.now(), timezone.now(), victim.pk, victim.pk, False)
+    assert seal().rejected == [f"prune {PruneRun.objects.get().pk}"]
+    assert f"call {victim.pk}" in verify(record=False).problem
+
+
+def test_reconcile_finishes_only_pending_rows_the_relay_opened(sealed, capsys):
+    from audit_app.ledger import call_mac
+
+    table = ApiCall._meta.db_table
+    columns = [f.column for f in ApiCall._meta.concrete_fields if f.column not in ("id", "chain_seq", "row_mac",
+                                                                                   "outcome")]
+    sql(f"INSERT INTO {table} ({', '.join(columns)}, row_mac, outcome) SELECT {', '.join(columns)}, '', 'pending' "
+        f"FROM {table} WHERE id = %s", sealed[0].pk)
+    forged = ApiCall.objects.order_by("-pk").first()
+    assert f"call {forged.pk}" in verify(record=False).problem  # pending rows are checked too
+    call_command("reconcile_calls", "--older-than", "0")
+    assert f"pending call {forged.pk} does not match its MAC" in capsys.readouterr().err
+    assert ApiCall.objects.get(pk=forged.pk).outcome == Outcome.PENDING
+    assert seal().calls == 0
+    # A row the relay opened carries its MAC while pending.
+    ctx, opened = _open(sealed[0].key)
+    assert opened.row_mac == call_mac(ApiCall.objects.get(pk=opened.pk))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
+from .ledger import Maced
 from .tokens import Owned, TokenUsage
 
 
@@ -35,7 +36,7 @@ def _file_link(related_name: str) -> models.ForeignKey:
     )
 
 
-class BatchRecord(Owned, TokenUsage):
+class BatchRecord(Owned, TokenUsage, Maced):
     """Token and cost totals are the sums of the batch's results."""
 
     batch_id = models.CharField("batch id", max_length=128, unique=True)
@@ -76,6 +77,7 @@ class BatchRecord(Owned, TokenUsage):
         indexes = [
             models.Index(fields=["status"], name="batchrecord_status"),
             models.Index(fields=["created_by", "-first_seen_at"], name="batchrecord_user_seen"),
+            models.Index(fields=["updated_at"], name="batchrecord_updated"),  # the sealer's pass
         ]
 
     def __str__(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
+from .ledger import Maced
 from .tokens import Owned
 
 
@@ -15,7 +16,7 @@ class FileOrigin(models.TextChoices):
     UPSTREAM_ONLY = "upstream_only", "Seen upstream only"
 
 
-class FileRecord(Owned):
+class FileRecord(Owned, Maced):
     file_id = models.CharField("file id", max_length=128, unique=True)
     filename = models.CharField(max_length=512, blank=True)
     purpose = models.CharField(max_length=64, blank=True)
@@ -41,6 +42,7 @@ class FileRecord(Owned):
         indexes = [
             models.Index(fields=["created_by", "-first_seen_at"], name="filerecord_user_seen"),
             models.Index(fields=["purpose"], name="filerecord_purpose"),
+            models.Index(fields=["updated_at"], name="filerecord_updated"),  # the sealer's pass
         ]
 
     def __str__(self) -> str:

@@ -8,8 +8,41 @@ hashes, and `verify_audit` says where.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
 from django.utils import timezone
+
+from ..macs import record_mac
+
+
+class MacedQuerySet(models.QuerySet):
+    def bulk_create(self, objs, *args: Any, **kwargs: Any):
+        objs = list(objs)
+        for obj in objs:
+            obj.row_mac = record_mac(obj)
+        return super().bulk_create(objs, *args, **kwargs)
+
+
+class Maced(models.Model):
+    """A record the app MACs each time it saves it (FileRecord, BatchRecord, PruneRun).
+
+    The sealer only seals a record whose MAC matches, and verify_audit reports one
+    that does not: a change made by SQL is never blessed by the next seal pass. Writes
+    that bypass save() must only touch fields left out of the MAC (macs.UNSEALED_FIELDS).
+    """
+
+    row_mac = models.CharField(max_length=64, blank=True, editable=False)
+    objects = MacedQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.row_mac = record_mac(self)
+        if kwargs.get("update_fields") is not None:
+            kwargs["update_fields"] = {*kwargs["update_fields"], "row_mac"}
+        super().save(*args, **kwargs)
 
 
 class LedgerKind(models.TextChoices):
@@ -49,6 +82,9 @@ class ChainState(models.Model):
     head_seq = models.BigIntegerField(default=0)
     head_hash = models.CharField(max_length=64, default="0" * 64)
     last_sealed_at = models.DateTimeField(null=True, blank=True)
+    # When the last seal pass over file, batch and prune records began: the next pass
+    # only reads records updated since then (less a margin).
+    records_pass_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_verified_at = models.DateTimeField(null=True, blank=True)
     last_verified_ok = models.BooleanField(null=True, blank=True)
     last_verification = models.CharField(max_length=1024, blank=True)
@@ -66,7 +102,7 @@ class ChainState(models.Model):
         return state
 
 
-class PruneRun(models.Model):
+class PruneRun(Maced):
     """A retention run: who pruned what. Its ledger entry keeps verification whole
     over the calls it removed."""
 
@@ -81,9 +117,11 @@ class PruneRun(models.Model):
     newest_started_at = models.DateTimeField(null=True, blank=True)
     deleted_calls = models.BigIntegerField(default=0)
     dry_run = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-started_at"]
+        indexes = [models.Index(fields=["updated_at"], name="prunerun_updated")]
 
     def __str__(self) -> str:
         return f"prune of {self.deleted_calls} calls before {self.cutoff:%Y-%m-%d}"

@@ -10,7 +10,7 @@ from django.utils import timezone
 from audit_app import admin_log
 from audit_app.ledger import seal
 from audit_app.management.stoppable import StoppableCommand
-from audit_app.models import ApiCall, Outcome, PruneRun
+from audit_app.models import ApiCall, FileRecord, Outcome, PruneRun
 
 
 class Command(StoppableCommand):
@@ -53,6 +53,11 @@ class Command(StoppableCommand):
                 break
             ids = [pk for pk, _ in batch]
             with transaction.atomic():
+                # Unlink file records through save(), which re-MACs them; the delete's own
+                # SET NULL would be an UPDATE the sealer rejects as an edit.
+                for record in FileRecord.objects.filter(call_id__in=ids):
+                    record.call = None
+                    record.save(update_fields=["call", "updated_at"])
                 deleted = ApiCall.objects.filter(pk__in=ids).delete()[1].get("audit_app.ApiCall", 0)
             run.deleted_calls += deleted
             run.first_call_id = min(run.first_call_id or ids[0], ids[0])

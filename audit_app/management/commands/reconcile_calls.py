@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hmac
 from datetime import timedelta
 
 from django.conf import settings
@@ -19,7 +20,8 @@ class Command(StoppableCommand):
     help = (
         "Replay audit writes the database refused (journaled in RELAY_AUDIT_SPOOL), then mark "
         "calls still left pending (a worker killed mid-request) as interrupted once they are "
-        "older than the pending timeout. Run it from cron."
+        "older than the pending timeout. Run it from cron. A pending row that does not carry "
+        "the relay's MAC (inserted by SQL) is left as it is and reported."
     )
 
     def add_arguments(self, parser) -> None:
@@ -45,12 +47,20 @@ class Command(StoppableCommand):
             self.stdout.write(f"{stale.count()} pending calls older than {seconds}s would be interrupted.")
             return
         count = 0
+        forged: list[int] = []
+        last_id = 0
         while not self.stopping:
-            rows = list(stale[:BATCH])
+            rows = list(stale.filter(pk__gt=last_id)[:BATCH])
             if not rows:
                 break
+            last_id = rows[-1].pk
             with transaction.atomic():
                 for row in rows:
+                    # Only a row the relay opened: finishing a row forged by SQL would give
+                    # it a valid MAC and the sealer would seal it.
+                    if not hmac.compare_digest(row.row_mac, call_mac(row)):
+                        forged.append(row.pk)
+                        continue
                     row.outcome, row.finished_at = Outcome.INTERRUPTED, now
                     row.error = "interrupted: the relay stopped before the call finished"
                     row.row_mac = call_mac(row)  # the relay's own write: keep the row verifiable
@@ -59,4 +69,10 @@ class Command(StoppableCommand):
                             outcome=row.outcome, finished_at=now, error=row.error, row_mac=row.row_mac):
                         rollups.add_call(row)  # a finished call with a key is in the rollups
                         count += 1
-        self.stdout.write(f"reconciled: {count} pending calls older than {seconds}s marked interrupted.")
+            self.progress(f"  {count} interrupted so far")
+        for pk in forged:
+            self.stderr.write(f"NOT reconciled: pending call {pk} does not match its MAC "
+                              f"(not opened by the relay; run verify_audit)")
+        stopped = " (stopped early)" if self.stopping else ""
+        self.stdout.write(f"reconciled: {count} pending calls older than {seconds}s marked interrupted, "
+                          f"{len(forged)} left as they do not match their MAC{stopped}.")
