@@ -153,6 +153,16 @@ def relay_env(db: str, upstream: Process, workers: int, **extra: str) -> dict[st
     }
 
 
+def postgres_reachable() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
 def prepare_database(db: str, env: dict[str, str]) -> str:
     """A fresh, migrated database with one relay key; returns the key."""
     RESULTS.mkdir(parents=True, exist_ok=True)

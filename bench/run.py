@@ -310,6 +310,10 @@ def main() -> None:
     sizes = Sizes.quick() if args.quick else Sizes()
     workers = args.workers or procs.default_workers()
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    skipped_note = ""
+    if args.db == "both" and not procs.postgres_reachable():
+        dbs.remove("postgres")
+        skipped_note = f"PostgreSQL not reachable at {procs.PG_ADMIN_URL}: its rows were skipped"
 
     def too_long(*_):
         raise TimeoutError(f"benchmark exceeded --max-minutes {args.max_minutes}")
@@ -321,6 +325,8 @@ def main() -> None:
     print(f"relay: gunicorn, {workers} gevent workers, relay_project.settings (DEBUG off); "
           f"parts: {', '.join(parts)}; {'quick sizes' if args.quick else 'full sizes'}", flush=True)
     report = Report()
+    if skipped_note:
+        report.notes.append(skipped_note)
     litellm_figures: dict = {}
     litellm_state = "not installed (pip install 'litellm[proxy]' into bench/.venv-litellm to compare)"
     if args.no_litellm:
