@@ -8,6 +8,7 @@ becomes a new row effective from the import date.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -71,19 +72,25 @@ def price_fields(entry: dict[str, Any]) -> dict[str, Decimal | None]:
     return out
 
 
+def priced_models(entries: dict[str, dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """(model, price fields) for each entry; fields are None for entries that are not a price."""
+    for name, entry in sorted(entries.items()):
+        # Size/quality variants ("low/1024-x-1024/gpt-image-1") and fine-tune
+        # templates are not model names a request carries.
+        if "/" in name or name.startswith("ft:") or len(name) > 128:
+            yield name, None
+            continue
+        fields = price_fields(entry)
+        yield name, None if all(v is None for v in fields.values()) else fields
+
+
 def import_map(
     price_model, entries: dict[str, dict[str, Any]], effective_from: datetime, source: str
 ) -> ImportResult:
     """Create a price row for every model whose prices differ from the ones in effect."""
     result = ImportResult()
-    for name, entry in sorted(entries.items()):
-        # Size/quality variants ("low/1024-x-1024/gpt-image-1") and fine-tune
-        # templates are not model names a request carries.
-        if "/" in name or name.startswith("ft:") or len(name) > 128:
-            result.skipped += 1
-            continue
-        fields = price_fields(entry)
-        if all(v is None for v in fields.values()):
+    for name, fields in priced_models(entries):
+        if fields is None:
             result.skipped += 1
             continue
         current = (
