@@ -312,3 +312,13 @@ def test_reconcile_finishes_only_pending_rows_the_relay_opened(sealed, capsys):
     # A row the relay opened carries its MAC while pending.
     ctx, opened = _open(sealed[0].key)
     assert opened.row_mac == call_mac(ApiCall.objects.get(pk=opened.pk))
+
+
+def test_verify_since_a_day_with_nothing_sealed_passes(sealed):
+    out = verify(timezone.now() + timedelta(days=1), record=False)
+    assert out.ok, out.problem
+    sql(f"UPDATE {ApiCall._meta.db_table} SET user_agent = 'x' WHERE id = %s", sealed[0].pk)
+    assert verify(timezone.now() - timedelta(days=1), record=False).problem
+    sql(f"UPDATE {ApiCall._meta.db_table} SET user_agent = %s WHERE id = %s", sealed[0].user_agent, sealed[0].pk)
+    sql(f"DELETE FROM {LedgerEntry._meta.db_table} WHERE seq = 6")
+    assert "head" in verify(timezone.now() + timedelta(days=1), record=False).problem
