@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -218,7 +219,10 @@ def verify(since: datetime | None = None, *, record: bool = True) -> Verificatio
             prev_hash = head.prev_hash if head is not None else state.head_hash
             entries = entries.filter(seq=state.head_seq)
     # Only runs the app wrote account for missing calls; a forged one is reported below.
-    pruned = [run for run in PruneRun.objects.filter(dry_run=False, deleted_calls__gt=0) if record_mac_ok(run)]
+    # Each run owns its id range outright (prune_audit deletes after the previous run's last id).
+    pruned = sorted((run for run in PruneRun.objects.filter(dry_run=False, deleted_calls__gt=0) if record_mac_ok(run)),
+                    key=lambda run: run.first_call_id)
+    run_starts = [run.first_call_id for run in pruned]
     missing_per_run: dict[int, set[str]] = {run.pk: set() for run in pruned}
     latest_records: dict[tuple[str, str], LedgerEntry] = {}
     chunk: list[LedgerEntry] = []
@@ -234,7 +238,8 @@ def verify(since: datetime | None = None, *, record: bool = True) -> Verificatio
         for e in batch:
             row = rows.get(int(e.object_id))
             if row is None:
-                run = next((p for p in pruned if p.first_call_id <= int(e.object_id) <= p.last_call_id), None)
+                i = bisect_right(run_starts, int(e.object_id)) - 1
+                run = pruned[i] if i >= 0 and int(e.object_id) <= pruned[i].last_call_id else None
                 if run is None:
                     return f"call {e.object_id} (ledger #{e.seq}) was deleted"
                 missing_per_run[run.pk].add(e.object_id)

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from django.core.management.base import CommandError
 from django.db import transaction
-from django.db.models import Max, Min
+from django.db.models import Max, Min, Q, QuerySet
 from django.utils import timezone
 
 from audit_app import admin_log
@@ -13,12 +13,35 @@ from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import ApiCall, FileRecord, Outcome, PruneRun
 
 
+def _doomed(cutoff) -> QuerySet[ApiCall]:
+    """The calls this run deletes: one contiguous run of ids, after every earlier run's.
+
+    Ids and start times do not agree exactly (concurrent workers), so "started before
+    the cutoff" is not an id range, and two runs' ranges would overlap: verification
+    could not tell which run removed a missing call. Instead a run deletes the sealed
+    calls after the last id any earlier run deleted, up to (not including) the first
+    call it must keep (started at or after the cutoff, or not sealed yet). Each run then
+    owns the ids first_call_id..last_call_id outright, and verify_audit checks that
+    exactly deleted_calls of them are gone. A call started before the cutoff but after
+    that first kept id waits for a later run.
+    """
+    after = PruneRun.objects.filter(dry_run=False).aggregate(last=Max("last_call_id"))["last"] or 0
+    calls = ApiCall.objects.filter(pk__gt=after)
+    keep = calls.filter(Q(started_at__gte=cutoff) | Q(chain_seq__isnull=True) | Q(outcome=Outcome.PENDING))
+    first_kept = keep.aggregate(first=Min("pk"))["first"]
+    if first_kept is not None:
+        calls = calls.filter(pk__lt=first_kept)
+    # Re-checked per row: a call can commit after first_kept was read with a smaller id.
+    return calls.filter(started_at__lt=cutoff, chain_seq__isnull=False).exclude(outcome=Outcome.PENDING)
+
+
 class Command(StoppableCommand):
     help = (
         "Delete raw call rows older than the retention period, in small batches (short "
         "locks, bounded memory). Daily rollups, files and batches are kept, and the ledger "
         "keeps verifying: each run is recorded (who, when, what range, how many) and sealed. "
-        "Only sealed calls are deleted: seal_audit runs first."
+        "Only sealed calls are deleted (seal_audit runs first), as one contiguous id range after "
+        "the previous run's, so that each run's accounting is exact. Run one at a time."
     )
 
     def add_arguments(self, parser) -> None:
@@ -37,8 +60,7 @@ class Command(StoppableCommand):
         if not dry_run:
             sealed = seal()
             self.progress(f"sealed {sealed.calls} calls before pruning")
-        doomed = ApiCall.objects.filter(started_at__lt=cutoff, chain_seq__isnull=False).exclude(
-            outcome=Outcome.PENDING)
+        doomed = _doomed(cutoff)
         run = PruneRun(run_by=(run_by or admin_log.current_actor())[:150], older_than_days=older_than, cutoff=cutoff,
                        dry_run=dry_run)
         if dry_run:
