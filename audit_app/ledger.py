@@ -21,8 +21,8 @@ import hmac
 from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterable, Iterator
 
 from django.db import models, transaction
 from django.utils import timezone
@@ -163,14 +163,36 @@ def seal(limit: int | None = None) -> SealResult:
             break
     with transaction.atomic():
         appender = _Appender(_locked_state())
-        for kind, (model, id_field) in _RECORDS.items():
-            latest = dict(
-                LedgerEntry.objects.filter(kind=kind).values("object_id")
-                .annotate(seq=models.Max("seq")).values_list("object_id", "seq")
-            )
-            hashes = dict(LedgerEntry.objects.filter(seq__in=latest.values()).values_list("object_id", "content_hash"))
-            for obj in model.objects.order_by("pk").iterator(chunk_size=2000):
-                object_id = str(getattr(obj, id_field))
+        _seal_records(appender, result)
+        appender.save()
+    return result
+
+
+# A record saved (updated_at stamped) just before a pass began may commit after the
+# pass read: every pass re-reads records updated within this margin of the previous one.
+RECORDS_MARGIN = timedelta(minutes=5)
+
+
+def _seal_records(appender: _Appender, result: SealResult) -> None:
+    """Append an entry for each file, batch and prune record changed since the last pass.
+
+    Only records updated since the previous pass (less RECORDS_MARGIN) are read, so a
+    pass costs what changed, not the size of the tables, while it holds the chain head.
+    """
+    state = appender.state
+    pass_started = timezone.now()
+    since = state.records_pass_at - RECORDS_MARGIN if state.records_pass_at else None
+    for kind, (model, id_field) in _RECORDS.items():
+        changed = model.objects.order_by("pk")
+        if since is not None:
+            changed = changed.filter(updated_at__gte=since)
+        for chunk in _chunks(changed.iterator(chunk_size=500), 500):
+            ids = [str(getattr(obj, id_field)) for obj in chunk]
+            hashes: dict[str, str] = {}
+            for object_id, content_hash in (LedgerEntry.objects.filter(kind=kind, object_id__in=ids)
+                                            .order_by("object_id", "-seq").values_list("object_id", "content_hash")):
+                hashes.setdefault(object_id, content_hash)  # the latest entry of each record
+            for object_id, obj in zip(ids, chunk):
                 digest = record_content_hash(obj)
                 if hashes.get(object_id) == digest:
                     continue
@@ -179,8 +201,18 @@ def seal(limit: int | None = None) -> SealResult:
                 else:
                     appender.add(kind, object_id, digest)
                     result.records += 1
-        appender.save()
-    return result
+    state.records_pass_at = pass_started
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _rejected_ids(result: SealResult) -> list[int]:

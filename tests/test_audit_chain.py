@@ -349,3 +349,19 @@ def test_two_prunes_with_ids_out_of_time_order_account_exactly(sealed):
     assert ranges == [(sealed[0].pk, sealed[1].pk, 2), (sealed[2].pk, sealed[5].pk, 4)]
     out = verify(record=False)
     assert out.ok, out.problem
+
+
+def test_a_seal_pass_reads_only_records_changed_since_the_previous_pass(sealed):
+    from audit_app.models import FileRecord
+
+    files = [FileRecord.objects.create(file_id=f"file-{i}", origin="files_api") for i in range(3)]
+    assert seal().records == 3
+    hour_ago = timezone.now() - timedelta(hours=1)
+    FileRecord.objects.update(updated_at=hour_ago)  # as if saved long ago (updated_at is not MAC'd)
+    ChainState.objects.update(records_pass_at=hour_ago + timedelta(minutes=30))
+    sql(f"UPDATE {FileRecord._meta.db_table} SET bytes = 1 WHERE file_id = 'file-0'")  # updated_at untouched
+    files[1].status = "processed"
+    files[1].save()
+    result = seal()
+    assert (result.records, result.rejected) == (1, [])  # file-0 was not even read
+    assert "file file-0" in verify(record=False).problem  # verification reads everything
