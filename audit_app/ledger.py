@@ -226,15 +226,23 @@ def _rejected_ids(result: SealResult) -> list[int]:
 class Verification:
     checked: int = 0
     problem: str = ""
+    stopped: bool = False  # asked to stop before the end: no problem found so far, but not a pass
 
     @property
     def ok(self) -> bool:
-        return not self.problem
+        return not self.problem and not self.stopped
 
 
-def verify(since: datetime | None = None, *, record: bool = True) -> Verification:
-    """Walk the chain and report the first entry or row that does not hold."""
+def verify(since: datetime | None = None, *, record: bool = True,
+           progress: Callable[[str], None] | None = None, progress_every: int = 100_000,
+           stop: Callable[[], bool] = lambda: False) -> Verification:
+    """Walk the chain and report the first entry or row that does not hold.
+
+    `progress` gets a line every `progress_every` entries and at each later phase;
+    `stop()` is polled between chunks, and a stopped walk is recorded nowhere.
+    """
     out = Verification()
+    say = progress or (lambda message: None)
     entries = LedgerEntry.objects.order_by("seq")
     prev_hash, expected = GENESIS, 1
     if since is not None:
@@ -299,8 +307,13 @@ def verify(since: datetime | None = None, *, record: bool = True) -> Verificatio
             if out.problem:
                 break
             chunk = []
+            if stop():
+                out.stopped = True
+                return out
         prev_hash, expected = entry.entry_hash, expected + 1
         out.checked += 1
+        if out.checked % progress_every == 0:
+            say(f"  {out.checked} ledger entries verified")
     if not out.problem and chunk:
         out.problem = check_calls(chunk)
     if not out.problem:
@@ -311,10 +324,15 @@ def verify(since: datetime | None = None, *, record: bool = True) -> Verificatio
                 out.problem = (f"{len(missing_per_run[run.pk])} calls are missing in the range of prune run "
                                f"{run.pk}, which removed {run.deleted_calls}: calls were deleted")
                 break
-    if not out.problem:
-        out.problem = _check_records(latest_records)
-    if not out.problem:
-        out.problem = _check_unsealed_calls()
+    for phase, check in (("file, batch and prune records", lambda: _check_records(latest_records)),
+                         ("calls not sealed yet", _check_unsealed_calls)):
+        if out.problem:
+            break
+        if stop():
+            out.stopped = True
+            return out
+        say(f"  {out.checked} ledger entries verified; checking {phase}")
+        out.problem = check()
     if record:
         ChainState.load()
         ChainState.objects.filter(pk=1).update(

@@ -365,3 +365,33 @@ def test_a_seal_pass_reads_only_records_changed_since_the_previous_pass(sealed):
     result = seal()
     assert (result.records, result.rejected) == (1, [])  # file-0 was not even read
     assert "file file-0" in verify(record=False).problem  # verification reads everything
+
+
+def test_verify_audit_prints_progress_and_stops_cleanly_on_sigterm(sealed):
+    import io
+    import os
+    import signal
+
+    out = io.StringIO()
+    call_command("verify_audit", "--progress-every", "2", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert [line.strip() for line in lines[:3]] == [f"{n} ledger entries verified" for n in (2, 4, 6)]
+    assert lines[-1] == "verify_audit: OK, 6 ledger entries verified"
+
+    class SigtermOnFirstLine(io.StringIO):
+        def write(self, text):
+            if not self.getvalue():
+                os.kill(os.getpid(), signal.SIGTERM)  # a real signal, handled by the command
+            return super().write(text)
+
+    ChainState.objects.update(last_verified_at=None)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    err = io.StringIO()
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            call_command("verify_audit", "--progress-every", "1", stdout=SigtermOnFirstLine(), stderr=err)
+    finally:
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+    assert exit_.value.code == 2 and "STOPPED after 6 entries" in err.getvalue()
+    assert ChainState.load().last_verified_at is None  # a stopped walk is not a verification
