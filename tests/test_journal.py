@@ -17,10 +17,13 @@ def journal(settings, tmp_path):
 
 
 class table_away:
-    """The audit table is unreachable while inside (a real failure, not a mock)."""
+    """The audit table (or another) is unreachable while inside (a real failure, not a mock)."""
+
+    def __init__(self, model=ApiCall):
+        self.model = model
 
     def __enter__(self):
-        self.table = ApiCall._meta.db_table
+        self.table = self.model._meta.db_table
         with connection.cursor() as cursor:
             cursor.execute(f"ALTER TABLE {self.table} RENAME TO {self.table}_away")
 
@@ -56,4 +59,19 @@ def test_requests_during_an_outage_are_refused_and_still_audited(relay_url, rela
     row = ApiCall.objects.get()
     assert (row.status, row.outcome, row.path) == (503, Outcome.REJECTED, "/v1/models")
     assert row.relay_request_id == response.headers["x-relay-request-id"]
+    assert row.key_id is not None and UsageDaily.objects.get().calls == 1  # replayed into the rollups too
+    assert seal().calls == 1 and verify(record=False).ok
+
+
+def test_a_rejected_row_and_its_rollup_are_written_together_or_journaled(relay_url, relay_key, upstream, journal):
+    with table_away(UsageDaily):
+        response = requests.post(f"{relay_url}/v1/responses", data=b"{not json", timeout=10,
+                                 headers={"Authorization": f"Bearer {relay_key}", "Content-Type": "application/json"})
+    assert response.status_code == 400 and upstream.requests == []
+    assert not ApiCall.objects.exists()  # the row went back with its rollup, into the journal
+    assert journal.read_text().count("\n") == 1
+    call_command("reconcile_calls")
+    row = ApiCall.objects.get()
+    assert (row.status, row.outcome) == (400, Outcome.REJECTED)
+    assert UsageDaily.objects.get().calls == 1
     assert seal().calls == 1 and verify(record=False).ok
