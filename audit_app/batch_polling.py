@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -164,27 +163,36 @@ def poll(pks: list[int], concurrency: int, progress: Callable[[str], None] | Non
     """Poll each batch once, `concurrency` at a time; batches not started when a stop
     is asked for are left to the next run."""
     summary = PollSummary()
+    queue = iter(pks)
     done = 0
 
-    def work(pk: int) -> None:
+    def next_pk() -> int | None:
         nonlocal done
-        if should_stop():
-            return
+        with summary._lock:
+            if should_stop():
+                return None
+            pk = next(queue, None)
+            if progress and done and done % 100 == 0:
+                progress(f"  {done}/{len(pks)} batches")
+            done += 1
+            return pk
+
+    def worker() -> None:
+        # One database connection per worker for the whole pass: opening one per
+        # batch cost more than polling it on PostgreSQL.
         try:
-            poll_one(pk, summary)
+            while (pk := next_pk()) is not None:
+                poll_one(pk, summary)
         finally:
             if concurrency > 1:
-                connection.close()  # each thread has its own connection: give it back
-        with summary._lock:
-            done += 1
-            step = done
-        if progress and step % 100 == 0:
-            progress(f"  {step}/{len(pks)} batches")
+                connection.close()
 
     if concurrency <= 1:
-        for pk in pks:
-            work(pk)
+        worker()
     else:
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            list(pool.map(work, pks))
+        threads = [threading.Thread(target=worker, name=f"poll-{n}") for n in range(min(concurrency, len(pks)))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     return summary
