@@ -59,7 +59,8 @@ def mac(data: bytes) -> str:
 
 def record_fields(model: type[models.Model]) -> tuple[models.Field, ...]:
     skip = _NEVER | UNSEALED_FIELDS.get(model._meta.label, frozenset())
-    return tuple(f for f in model._meta.concrete_fields if f.attname not in skip)
+    # By name: field order differs between a model and its migration-state twin.
+    return tuple(sorted((f for f in model._meta.concrete_fields if f.attname not in skip), key=lambda f: f.attname))
 
 
 def _record_canonical(obj: models.Model) -> bytes:
