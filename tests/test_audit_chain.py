@@ -395,3 +395,17 @@ def test_verify_audit_prints_progress_and_stops_cleanly_on_sigterm(sealed):
         signal.signal(signal.SIGINT, handlers[1])
     assert exit_.value.code == 2 and "STOPPED after 6 entries" in err.getvalue()
     assert ChainState.load().last_verified_at is None  # a stopped walk is not a verification
+
+
+def test_a_partial_save_keeps_the_record_mac_whole_when_another_writer_got_there_first(transactional_db):
+    from audit_app.macs import record_mac_ok
+    from audit_app.models import FileRecord
+
+    FileRecord.objects.create(file_id="file-1", origin="files_api", status="uploaded")
+    mine, theirs = FileRecord.objects.get(), FileRecord.objects.get()
+    theirs.bytes = 42
+    theirs.save()
+    mine.status = "deleted"
+    mine.save(update_fields=["status", "updated_at"])
+    row = FileRecord.objects.get()
+    assert (row.bytes, row.status) == (42, "deleted") and record_mac_ok(row)

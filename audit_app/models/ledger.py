@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
-from ..macs import record_mac
+from ..macs import record_fields, record_mac
 
 
 class MacedQuerySet(models.QuerySet):
@@ -39,10 +39,23 @@ class Maced(models.Model):
         abstract = True
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        self.row_mac = record_mac(self)
-        if kwargs.get("update_fields") is not None:
-            kwargs["update_fields"] = {*kwargs["update_fields"], "row_mac"}
-        super().save(*args, **kwargs)
+        update_fields = kwargs.get("update_fields")
+        if update_fields is None or self._state.adding:
+            self.row_mac = record_mac(self)
+            super().save(*args, **kwargs)
+            return
+        # A partial save writes some fields; the MAC covers all of them, so take the
+        # others as they are now (another writer may have changed them since this
+        # object was read), under a row lock.
+        with transaction.atomic(using=kwargs.get("using") or self._state.db):
+            current = type(self)._base_manager.select_for_update().get(pk=self.pk)
+            written = {self._meta.get_field(name).attname for name in update_fields}
+            for f in record_fields(type(self)):
+                if f.attname not in written:
+                    setattr(self, f.attname, getattr(current, f.attname))
+            self.row_mac = record_mac(self)
+            kwargs["update_fields"] = {*update_fields, "row_mac"}
+            super().save(*args, **kwargs)
 
 
 class LedgerKind(models.TextChoices):
