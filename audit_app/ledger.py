@@ -1,14 +1,17 @@
 """Sealing and verifying the tamper-evident ledger.
 
-Design: every finished ApiCall row carries `row_mac`, an HMAC of its content
-computed by the relay as it writes the row (cheap, on the hot path, no shared
-lock). A single writer, `seal_audit`, then appends ledger entries in order:
+Design: every ApiCall row, pending or finished, carries `row_mac`, an HMAC of
+its content computed by the relay as it writes the row (cheap, on the hot path,
+no shared lock). A single writer, `seal_audit`, then appends ledger entries in order:
 it locks the one ChainState row, checks each new row's MAC, and chains
 entry N to entry N-1 with an HMAC. Why not chain on the hot path: every call
 of every worker on every host would queue on one row lock; sealing in a
 single writer keeps the request path lock-free, and the row MAC protects a
-row in the seconds before it is sealed. File and batch records change over
-their life; the sealer appends an entry whenever one's content changes.
+row in the seconds before it is sealed. File, batch and prune records change
+over their life; the app MACs them as it saves them (audit_app.macs), and the
+sealer appends an entry whenever one's content changes and its MAC matches.
+A sealed call changes only through `amending()` (reprice), which appends an
+amendment entry; verification checks each call against its latest entry.
 
 The HMAC key comes from AUDIT_CHAIN_KEY (or SECRET_KEY): someone with only
 database access can edit, delete or insert rows, but cannot make the hashes

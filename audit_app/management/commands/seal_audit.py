@@ -6,8 +6,9 @@ from audit_app.management.stoppable import StoppableCommand
 
 class Command(StoppableCommand):
     help = (
-        "Seal finished calls and changed file and batch records into the tamper-evident "
-        "ledger. Safe to run on several hosts at once (they take turns on the chain head). "
+        "Seal finished calls and changed file, batch and prune records into the tamper-evident "
+        "ledger. A row or record whose MAC does not match (changed by SQL) is reported, never "
+        "sealed. Safe to run on several hosts at once (they take turns on the chain head). "
         "Run it with --loop under systemd, or from cron."
     )
 
