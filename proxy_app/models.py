@@ -7,7 +7,10 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
+from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
+
+from . import key_cache
 
 KEY_PREFIX = "tr-"
 # Characters of the key kept in clear to recognise it by (prefix included).
@@ -80,11 +83,18 @@ class RelayKey(models.Model):
 
     @classmethod
     def lookup(cls, plaintext: str) -> "RelayKey | None":
-        # The owner's limits ride along: budget checks need them on every call.
-        return (
-            cls.objects.select_related("owner", "owner__relay_limit")
-            .filter(key_hash=hash_key(plaintext)).first()
-        )
+        """The key (with its owner and the owner's limits), from `key_cache` when seen lately."""
+        key_hash = hash_key(plaintext)
+        key = key_cache.get(key_hash)
+        if key is None:
+            # The owner's limits ride along: budget checks need them on every call.
+            key = (
+                cls.objects.select_related("owner", "owner__relay_limit")
+                .filter(key_hash=key_hash).first()
+            )
+            if key is not None:
+                key_cache.put(key_hash, key)
+        return key
 
     @property
     def is_revoked(self) -> bool:
@@ -117,3 +127,13 @@ class UserLimit(models.Model):
 
     def __str__(self) -> str:
         return f"limits for {self.user}"
+
+
+# A key, its owner or the owner's limits saved in this process take effect here
+# at once; other processes see the change within RELAY_KEY_CACHE_SECONDS.
+post_save.connect(key_cache.forget_key, sender=RelayKey, dispatch_uid="relay-key-cache-key-saved")
+post_delete.connect(key_cache.forget_key, sender=RelayKey, dispatch_uid="relay-key-cache-key-deleted")
+post_save.connect(key_cache.clear, sender=UserLimit, dispatch_uid="relay-key-cache-limit-saved")
+post_delete.connect(key_cache.clear, sender=UserLimit, dispatch_uid="relay-key-cache-limit-deleted")
+post_save.connect(key_cache.clear, sender=settings.AUTH_USER_MODEL, dispatch_uid="relay-key-cache-user-saved")
+post_delete.connect(key_cache.clear, sender=settings.AUTH_USER_MODEL, dispatch_uid="relay-key-cache-user-deleted")

@@ -65,6 +65,10 @@ RELAY_AUDIT_SPOOL = env.str("RELAY_AUDIT_SPOOL", default=str(BASE_DIR / "var" / 
 RELAY_SCAN_RESPONSES = env.bool("RELAY_SCAN_RESPONSES", default=True)
 # Rows left pending this long are considered orphaned by `reconcile_calls`.
 RELAY_PENDING_TIMEOUT_SECONDS = env.int("RELAY_PENDING_TIMEOUT_SECONDS", default=3600)
+# Each worker remembers an authenticated key this long instead of querying it on
+# every call (proxy_app/key_cache.py). A key revoked, or an owner disabled, from
+# another process is refused within this many seconds; 0 turns the cache off.
+RELAY_KEY_CACHE_SECONDS = env.float("RELAY_KEY_CACHE_SECONDS", default=5.0)
 
 # --- Django ------------------------------------------------------------------
 INSTALLED_APPS = [
