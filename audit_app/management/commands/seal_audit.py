@@ -13,22 +13,20 @@ class Command(StoppableCommand):
     )
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--loop", action="store_true", help="keep sealing until SIGTERM/SIGINT")
-        parser.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
-                            help="pause between passes with --loop (default 5)")
+        self.add_loop_arguments(parser, default_interval=5.0)
 
     def handle(self, *args, loop: bool, interval: float, **options) -> None:
         self.install_stop_handlers()
-        passes = total = 0
-        while True:
+        total = 0
+
+        def one_pass() -> None:
+            nonlocal total
             result = seal()
-            passes += 1
             total += result.sealed
             if result.sealed or not loop:
                 self.progress(f"sealed {result.calls} calls and {result.records} record changes")
             for row in result.rejected:
                 self.stderr.write(f"NOT sealed: {row} does not match its MAC (run verify_audit)")
-            if not loop or self.stopping:
-                break
-            self.sleep(interval)
+
+        passes = self.repeat(one_pass, loop=loop, interval=interval)
         self.stdout.write(f"seal_audit: {passes} pass(es), {total} entries sealed")
