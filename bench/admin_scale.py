@@ -22,31 +22,20 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.scratch_db import ScratchDatabase  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-SQLITE_FILE = RESULTS / "admin_scale.sqlite3"
-PG_SERVER = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-PG_DB = "relay_admin_bench"  # not bench/procs.py's relay_bench: benchmarks may run side by side
+DB = ScratchDatabase("relay_admin_bench")  # not bench/procs.py's relay_bench: benchmarks may run side by side
 TARGET_MS = 500
 
 
 def database_url(vendor: str) -> str:
-    if vendor == "sqlite":
-        return f"sqlite:///{SQLITE_FILE}"
-    return PG_SERVER.rsplit("/", 1)[0] + f"/{PG_DB}"
+    return DB.url(vendor)
 
 
 def fresh_database(vendor: str) -> None:
-    if vendor == "sqlite":
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{SQLITE_FILE}{suffix}").unlink(missing_ok=True)
-        return
-    import psycopg
-
-    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {PG_DB}")
+    DB.fresh(vendor)
 
 
 def manage(vendor: str, *args: str) -> None:
@@ -184,8 +173,8 @@ def main() -> None:
         print(f"{name:34} " + " ".join(cells) + f" {TARGET_MS:>10}")
     verdict = "all pages under target" if worst < TARGET_MS else "SOME PAGES OVER TARGET"
     print(f"slowest page: {worst:.1f} ms — {verdict}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "admin_scale.json").write_text(json.dumps({"calls": args.calls, "ms": table}, indent=2))
+    DB.sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+    (DB.sqlite_file.parent / "admin_scale.json").write_text(json.dumps({"calls": args.calls, "ms": table}, indent=2))
 
 
 if __name__ == "__main__":

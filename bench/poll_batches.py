@@ -27,31 +27,20 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.scratch_db import ScratchDatabase  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-SQLITE_FILE = RESULTS / "poll_batches.sqlite3"
-PG_SERVER = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-PG_DB = "relay_poll_bench"
+DB = ScratchDatabase("relay_poll_bench")
 TARGET_S = 30.0
 
 
 def database_url(vendor: str) -> str:
-    if vendor == "sqlite":
-        return f"sqlite:///{SQLITE_FILE}"
-    return PG_SERVER.rsplit("/", 1)[0] + f"/{PG_DB}"
+    return DB.url(vendor)
 
 
 def fresh_database(vendor: str) -> None:
-    if vendor == "sqlite":
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{SQLITE_FILE}{suffix}").unlink(missing_ok=True)
-        return
-    import psycopg
-
-    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {PG_DB}")
+    DB.fresh(vendor)
 
 
 def serve_fake(conn, latency: float) -> None:
