@@ -150,6 +150,9 @@ TEMPLATES = [
 def _database() -> dict:
     db = env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
     if db["ENGINE"] == "django.db.backends.sqlite3":
+        # Django's backend, with each process reusing its connections instead of
+        # opening one per request (relay_project/pooled_sqlite3/base.py).
+        db["ENGINE"] = "relay_project.pooled_sqlite3"
         db["OPTIONS"] = {
             # WAL lets readers (the admin) run while workers write audit rows;
             # IMMEDIATE takes the write lock up front so that concurrent
