@@ -1,19 +1,22 @@
 """One pass of `poll_batches`: refresh open batches from upstream, count finished ones' results.
 
-Safe on several hosts at once: on PostgreSQL each batch is claimed with
-SELECT ... FOR UPDATE SKIP LOCKED for the time of its refresh, so two pollers
-never work on the same batch. SQLite has no row locks; there one poller is
-assumed (the operator's cron or systemd unit), and results are still counted
-once because each result is unique per (batch, custom_id) and the totals are
-added in the transaction that marks the batch counted.
+Safe on several hosts at once. A poller takes a batch by writing a lease on it
+(`claimed_until`) in a short transaction, on PostgreSQL after
+SELECT ... FOR UPDATE SKIP LOCKED, so two pollers never work on the same
+batch; the network I/O then runs with no row lock or transaction held, so
+that the relay's own updates of the batch (a client polling its status)
+never wait on a download. A poller that dies leaves a lease that expires.
+Results are counted once whatever happens: each is unique per (batch,
+custom_id), and the totals are added in the transaction that marks the
+batch counted, which only one writer can do.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import requests
 from django.db import DatabaseError, connection, transaction
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 _ERROR_MAX = BatchRecord._meta.get_field("last_poll_error").max_length
 # Never-polled batches first: a NULL sorts first ascending on SQLite but last on PostgreSQL.
 _LEAST_RECENTLY_POLLED = F("last_polled_at").asc(nulls_first=True)
+# Long enough for a large result file; a poller that dies holds its batches this long.
+CLAIM_LEASE = timedelta(minutes=15)
 
 
 class PollError(Exception):
@@ -70,17 +75,25 @@ def due(batch_id: str | None = None, limit: int | None = None) -> list[int]:
             ~Q(status__in=FINAL_STATUSES)
             | Q(results_counted_at__isnull=True) & (Q(output_file__isnull=False) | Q(error_file__isnull=False))
         )
+        rows = rows.filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=timezone.now()))
     rows = rows.order_by(_LEAST_RECENTLY_POLLED, "pk").values_list("pk", flat=True)
     return list(rows[:limit] if limit else rows)
 
 
-@contextmanager
-def claimed(pk: int) -> Iterator[BatchRecord | None]:
-    if connection.features.has_select_for_update_skip_locked:
-        with transaction.atomic():
-            yield BatchRecord.objects.select_for_update(skip_locked=True).filter(pk=pk).first()
-    else:
-        yield BatchRecord.objects.filter(pk=pk).first()
+def claim(pk: int, *, force: bool = False) -> BatchRecord | None:
+    """The batch, leased to this poller, or None if another poller holds it."""
+    now = timezone.now()
+    rows = BatchRecord.objects.filter(pk=pk)
+    if not force:
+        rows = rows.filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+    with transaction.atomic():
+        locked = rows.select_for_update(skip_locked=True) \
+            if connection.features.has_select_for_update_skip_locked else rows
+        batch = locked.first()
+        # The conditional write is also what claims it on SQLite (one writer at a time).
+        if batch is None or not rows.update(claimed_until=now + CLAIM_LEASE):
+            return None
+    return batch
 
 
 def _get(path: str, *, stream: bool = False) -> requests.Response:
@@ -124,44 +137,49 @@ def _state(batch: BatchRecord) -> tuple:
             batch.output_file_id, batch.error_file_id)
 
 
-def poll_one(pk: int, summary: PollSummary) -> None:
+def poll_one(pk: int, summary: PollSummary, *, force: bool = False) -> None:
+    batch = None
     try:
-        with claimed(pk) as batch:
-            if batch is None or (batch.is_final and not needs_results(batch)):
-                summary.add("skipped")  # another poller has it, or finished it meanwhile
-                return
-            summary.add("checked")
-            before, was_final = _state(batch), batch.is_final
-            error, counted = "", False
-            try:
-                batch = record_batch(fetch_batch(batch.batch_id)) or batch
-                if needs_results(batch):
-                    for file_id, is_error in ((batch.output_file_id, False), (batch.error_file_id, True)):
-                        if file_id:
-                            summary.add("results", amount=store_results(
-                                batch, file_lines(file_id), from_error_file=is_error))
-                    count_results(batch)
-                    batch.refresh_from_db()
-                    counted = True
-            except (PollError, requests.RequestException) as exc:
-                error = str(exc) if isinstance(exc, PollError) else f"{type(exc).__name__}: {exc}"
-                summary.add("errors", f"{batch.batch_id}: {error}")
-            BatchRecord.objects.filter(pk=batch.pk).update(
-                last_polled_at=timezone.now(), last_poll_error=error[:_ERROR_MAX])
-            if _state(batch) != before:
-                summary.add("changed")
-            # Finished in this pass: it reached its final state, or its results were counted.
-            if batch.is_final and (counted or not was_final):
-                summary.add("completed" if batch.status == "completed" else "failed")
+        batch = claim(pk, force=force)
+        if batch is None or (batch.is_final and not needs_results(batch)):
+            summary.add("skipped")  # another poller has it, or finished it meanwhile
+            return
+        summary.add("checked")
+        before, was_final = _state(batch), batch.is_final
+        error, counted = "", False
+        try:
+            batch = record_batch(fetch_batch(batch.batch_id)) or batch
+            if needs_results(batch):
+                for file_id, is_error in ((batch.output_file_id, False), (batch.error_file_id, True)):
+                    if file_id:
+                        summary.add("results", amount=store_results(
+                            batch, file_lines(file_id), from_error_file=is_error))
+                counted = count_results(batch)
+                batch.refresh_from_db()
+        except (PollError, requests.RequestException) as exc:
+            error = str(exc) if isinstance(exc, PollError) else f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a malformed answer must not stop the pass, nor recur silently
+            log.exception("poll_batches: batch %s", batch.batch_id)
+            error = f"{type(exc).__name__}: {exc}"
+        if error:
+            summary.add("errors", f"{batch.batch_id}: {error}")
+        if _state(batch) != before:
+            summary.add("changed")
+        # Finished in this pass: it reached its final state, or its results were counted.
+        if batch.is_final and (counted or not was_final):
+            summary.add("completed" if batch.status == "completed" else "failed")
+        BatchRecord.objects.filter(pk=batch.pk).update(
+            last_polled_at=timezone.now(), last_poll_error=error[:_ERROR_MAX], claimed_until=None)
     except DatabaseError as exc:
         summary.add("errors", f"batch #{pk}: {type(exc).__name__}: {exc}")
         log.warning("poll_batches: batch #%s: %s", pk, exc)
 
 
 def poll(pks: list[int], concurrency: int, progress: Callable[[str], None] | None = None,
-         should_stop: Callable[[], bool] = lambda: False) -> PollSummary:
+         should_stop: Callable[[], bool] = lambda: False, force: bool = False) -> PollSummary:
     """Poll each batch once, `concurrency` at a time; batches not started when a stop
-    is asked for are left to the next run."""
+    is asked for are left to the next run. `force` takes batches whatever their lease
+    (an operator's `--batch ID`)."""
     summary = PollSummary()
     queue = iter(pks)
     done = 0
@@ -182,7 +200,7 @@ def poll(pks: list[int], concurrency: int, progress: Callable[[str], None] | Non
         # batch cost more than polling it on PostgreSQL.
         try:
             while (pk := next_pk()) is not None:
-                poll_one(pk, summary)
+                poll_one(pk, summary, force=force)
         finally:
             if concurrency > 1:
                 connection.close()

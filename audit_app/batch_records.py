@@ -52,7 +52,9 @@ def record_batch(obj: dict[str, Any], *, user=None, key=None) -> BatchRecord | N
             if name in fields:
                 setattr(record, name, fields[name])
         if changed:
-            record.save()
+            # Only the fields upstream's object changed: a full save of what was read would
+            # undo what a poller committed meanwhile (its counted results, above all).
+            record.save(update_fields=[*changed, "updated_at"])
     return record
 
 
@@ -113,12 +115,13 @@ def store_results(batch: BatchRecord, lines: Iterable[bytes], *, from_error_file
 
 
 @transaction.atomic
-def count_results(batch: BatchRecord) -> None:
+def count_results(batch: BatchRecord) -> bool:
     """Totals from the stored results, the files registered, the rollups fed: all
-    in the one transaction that marks the batch counted, so it happens once."""
+    in the one transaction that marks the batch counted, so it happens once.
+    False if it had been counted already."""
     batch = BatchRecord.objects.select_for_update().get(pk=batch.pk)
     if batch.results_counted_at is not None:
-        return
+        return False
     results = BatchResult.objects.filter(batch=batch)
     totals = results.aggregate(**{name: Sum(name) for name in (*_TOKENS, "cost")},
                                unpriced=Count("id", filter=Q(unpriced=True)))
@@ -128,7 +131,8 @@ def count_results(batch: BatchRecord) -> None:
     batch.cost = None if totals["unpriced"] else totals["cost"]
     batch.unpriced_results = totals["unpriced"]
     batch.results_counted_at = timezone.now()
-    batch.save()
+    # Only what counting decides: a refresh from the request path may have moved the rest.
+    batch.save(update_fields=[*_TOKENS, "cost", "unpriced_results", "results_counted_at", "updated_at"])
     for file_id, origin in ((batch.output_file_id, FileOrigin.BATCH_OUTPUT), (batch.error_file_id, FileOrigin.BATCH_ERROR)):
         if file_id:
             record_file({"id": file_id, "purpose": "batch_output"}, origin=origin, user=batch.created_by,
@@ -146,3 +150,4 @@ def count_results(batch: BatchRecord) -> None:
                         family="batches", calls=row["n"], unpriced=row["unpriced_n"],
                         **{name: row[f"s_{name}"] or 0 for name in _TOKENS},
                         cost=row["s_cost"] or Decimal(0))
+    return True

@@ -15,7 +15,10 @@ log = logging.getLogger(__name__)
 
 def from_epoch(value: Any) -> datetime | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return datetime.fromtimestamp(value, tz=dt_timezone.utc)
+        try:
+            return datetime.fromtimestamp(value, tz=dt_timezone.utc)
+        except (OverflowError, OSError, ValueError):  # not a time a record can hold
+            return None
     return None
 
 
@@ -50,10 +53,13 @@ def record_file(obj: dict[str, Any], *, origin: str, user=None, key=None, call_i
             changes.update(created_by=user, created_by_key=key, origin=origin, call_id=call_id)
         if batch is not None and record.batch_id is None:
             changes["batch"] = batch
+        changes = {name: value for name, value in changes.items() if getattr(record, name) != value}
         for name, value in changes.items():
             setattr(record, name, value)
         if changes:
-            record.save()
+            # Only what changed: a full save of what was read would undo a concurrent write
+            # (a deletion marked, a batch's claim on its output file).
+            record.save(update_fields=[*changes, "updated_at"])
     return record
 
 

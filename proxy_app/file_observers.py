@@ -12,7 +12,6 @@ import logging
 import re
 from typing import Any
 
-from django.db import DatabaseError
 
 from audit_app import batch_records, file_records
 from audit_app.models import FileOrigin, FileRecord
@@ -55,7 +54,7 @@ class JsonObjectObserver(Observer):
             obj = json.loads(self.body)
             if isinstance(obj, dict):
                 self.record(obj, call_id)
-        except (ValueError, DatabaseError):
+        except Exception:  # a malformed object, a refused write: the call row must still close
             log.exception("could not record %s %s", self.ctx.method, self.ctx.path)
 
     def record(self, obj: dict[str, Any], call_id: int) -> None:

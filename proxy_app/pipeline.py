@@ -157,7 +157,10 @@ class RelayedBody:
         fields = collect_fields(self.observers)
         if self.finished:
             for observer in self.observers:
-                observer.on_complete(self.call_id)
+                try:
+                    observer.on_complete(self.call_id)
+                except Exception:  # an observer's bug must never cost the call its audit row
+                    log.exception("observer %s failed on call %s", type(observer).__name__, self.call_id)
         upstream_request_id = self.resp.headers.get("x-request-id", "")[:128]
         bytes_in = self.body.bytes_read if self.body else 0
         close_call(

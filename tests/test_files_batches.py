@@ -16,8 +16,10 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
-from audit_app.batch_polling import due
+from audit_app.batch_polling import CLAIM_LEASE, due
+from audit_app.batch_records import record_batch
 from audit_app.models import BatchRecord, BatchResult, FileOrigin, FileRecord, UploadRecord, UsageDaily
 from tests.conftest import ROOT, UPSTREAM_KEY, database_url_for_subprocess, finished_calls, settle
 
@@ -315,20 +317,20 @@ def test_a_poller_killed_half_way_through_an_output_file_counts_each_result_once
     poller = poller_process(upstream)
     try:
         wait_for(lambda: upstream.stalled_downloads == 1)
-        if connection.vendor == "sqlite":
-            # Results are written in chunks as the file is read: some are in when it dies.
-            wait_for(lambda: BatchResult.objects.exists())
-        else:
-            time.sleep(0.5)  # on PostgreSQL they are in the poller's open transaction
+        # Results are committed in chunks as the file is read: some are in when it dies.
+        wait_for(lambda: BatchResult.objects.exists())
         poller.send_signal(signal.SIGKILL)
         poller.wait(10)
     finally:
         if poller.poll() is None:
             poller.kill()
-    partial = BatchResult.objects.count()
-    assert partial < 2000
-    assert BatchRecord.objects.get(batch_id=batch_id).results_counted_at is None
+    assert 0 < BatchResult.objects.count() < 2000
+    record = BatchRecord.objects.get(batch_id=batch_id)
+    assert record.results_counted_at is None and record.claimed_until is not None
 
+    # The dead poller's lease keeps other pollers off the batch until it expires.
+    assert "polling 0 batch(es)" in poll()
+    BatchRecord.objects.filter(pk=record.pk).update(claimed_until=record.claimed_until - CLAIM_LEASE)
     assert "completed 1" in poll()
     record = BatchRecord.objects.get(batch_id=batch_id)
     assert record.results.count() == 2000
@@ -346,9 +348,15 @@ def test_two_pollers_at_once_on_postgresql_process_each_batch_once(sdk, upstream
     for batch_id in batch_ids:
         upstream.advance_batch(batch_id, "completed", completed=2, output_lines=output_lines(upstream, 2))
     settle()
-    upstream.latency = 0.15  # long enough for the two runs to overlap throughout
-    first, second = poller_process(upstream, "--concurrency", "3"), poller_process(upstream, "--concurrency", "3")
-    outputs = [p.communicate(timeout=60)[0] for p in (first, second)]
+    upstream.latency = 0.3  # long enough for the two runs to overlap throughout
+    pollers = [poller_process(upstream, "--concurrency", "3") for _ in range(2)]
+    try:
+        outputs = [p.communicate(timeout=90)[0] for p in pollers]
+    finally:
+        for p in pollers:
+            if p.poll() is None:
+                p.kill()
+    first, second = pollers
     assert all(p.returncode == 0 for p in (first, second)), outputs
 
     def count(name: str, output: str) -> int:
@@ -378,3 +386,35 @@ def test_a_looping_poller_stops_cleanly_on_sigterm(sdk, upstream):
     assert poller.returncode == 0, output
     assert "SIGTERM: finishing the current step, then stopping" in output
     assert output.rstrip().splitlines()[-1].startswith("poll_batches: checked ")
+
+
+def test_a_status_refresh_writes_only_what_upstream_changed(sdk, upstream):
+    """A client retrieving its batch through the relay while poll_batches counts its results
+    must not write back the totals it read before the count: they would be NULL again, and
+    the next pass would count the results twice."""
+    batch_id = create_batch(sdk, lines=1)
+    upstream.advance_batch(batch_id, "completed", completed=1, output_lines=output_lines(upstream, 1))
+    poll()
+    upstream.batches[batch_id]["metadata"] = {"project": "renamed"}
+    with CaptureQueriesContext(connection) as queries:
+        record_batch(upstream.batches[batch_id])
+    updates = [q["sql"] for q in queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 1 and "metadata" in updates[0]
+    assert not any(column in updates[0] for column in ("results_counted_at", '"cost"', "input_tokens"))
+    record = BatchRecord.objects.get(batch_id=batch_id)
+    assert record.results_counted_at is not None and record.cost == RESULT_COST
+    assert due() == [] and "results read 0" in poll()
+    assert UsageDaily.objects.get(family="batches", model=BATCH_MODEL).calls == 1
+
+
+def test_malformed_upstream_objects_never_cost_a_call_its_row(sdk, upstream):
+    batch_id = create_batch(sdk)
+    settle()
+    upstream.batches[batch_id].update(in_progress_at=1e20, request_counts={"total": [1], "completed": 0})
+    sdk.batches.retrieve(batch_id)
+    rows = finished_calls(4)
+    assert [r.outcome for r in rows][-1] == "ok" and rows[-1].status == 200
+    # The poller records the problem on the batch and carries on.
+    output = poll()
+    assert "errors 1" in output
+    assert BatchRecord.objects.get(batch_id=batch_id).last_poll_error

@@ -66,6 +66,8 @@ class BatchRecord(Owned, TokenUsage, Maced):
 
     last_polled_at = models.DateTimeField(null=True, blank=True)
     last_poll_error = models.CharField(max_length=1024, blank=True)
+    # A poller's lease: it works on the batch (network I/O, no lock held) until then.
+    claimed_until = models.DateTimeField(null=True, blank=True, editable=False)
     # Set, with the totals, in the transaction that finishes counting results.
     results_counted_at = models.DateTimeField(null=True, blank=True)
     unpriced_results = models.PositiveIntegerField(default=0)
