@@ -38,18 +38,21 @@ def _int(value: str) -> int:
 
 def _bound(value: str, field: models.Field) -> date | datetime:
     """A YYYY-MM-DD date (midnight, local time) or an ISO datetime."""
-    is_datetime = isinstance(field, models.DateTimeField)
+    try:
+        return _parse_bound(value, isinstance(field, models.DateTimeField))
+    except (ValueError, OverflowError):  # well-formed but impossible: 2025-02-30, year 0
+        raise IncorrectLookupParameters(f"not a date: {value!r}") from None
+
+
+def _parse_bound(value: str, is_datetime: bool) -> date | datetime:
     parsed_date = parse_date(value) if len(value) == 10 else None
     if parsed_date is not None:
         if not is_datetime:
             return parsed_date
         return timezone.make_aware(datetime.combine(parsed_date, time.min))
-    try:
-        parsed = parse_datetime(value)
-    except ValueError:
-        parsed = None
+    parsed = parse_datetime(value)
     if parsed is None:
-        raise IncorrectLookupParameters(f"not a date: {value!r}")
+        raise ValueError(value)
     if timezone.is_naive(parsed):
         parsed = timezone.make_aware(parsed)
     return parsed if is_datetime else timezone.localtime(parsed).date()

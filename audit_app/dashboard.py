@@ -98,7 +98,11 @@ def _parse_date(value: str, which: str) -> date:
     try:
         if len(value) != 10:
             raise ValueError(value)
-        return date.fromisoformat(value)
+        parsed = date.fromisoformat(value)
+        # A period's end is followed by a day boundary: 9999-12-31 has none.
+        if not date(1970, 1, 1) <= parsed < date(9999, 12, 31):
+            raise ValueError(value)
+        return parsed
     except ValueError:
         raise PeriodError(f"The {which} date {value[:20]!r} is not a date like 2025-01-31.") from None
 

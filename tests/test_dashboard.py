@@ -52,6 +52,8 @@ def test_periods(params, today, expected):
     ({"period": "custom", "from": "20260101", "to": "2026-01-02"}, "is not a date"),
     ({"period": "custom", "from": "2026-02-01", "to": "2026-01-01"}, "is after the end date"),
     ({"period": "custom", "from": "2024-01-01", "to": "2026-01-01"}, f"at most {MAX_DAYS} days"),
+    ({"period": "custom", "from": "9999-12-31", "to": "9999-12-31"}, "start date '9999-12-31' is not a date"),
+    ({"period": "custom", "from": "0001-01-01", "to": "0001-01-02"}, "start date '0001-01-01' is not a date"),
 ])
 def test_bad_periods_are_explained(params, message):
     with pytest.raises(PeriodError, match=re.escape(message)):
