@@ -12,13 +12,15 @@ import logging
 import re
 from typing import Any
 
+import requests
+
 
 from audit_app import batch_records, file_records
 from audit_app.models import FileOrigin, FileRecord
 from audit_app.recorder import CallContext
 
 from . import upstream
-from .errors import PolicyDenied
+from .errors import PolicyDenied, UpstreamUnreachable
 from .headers import upstream_credentials
 from .observers import FAMILY_OBSERVERS, Observer
 from .paths import ApiPath
@@ -122,25 +124,36 @@ _CONTENT = re.compile(rf"^/v1/files/{_ID}/content$")
 
 
 def purpose_of(file_id: str) -> str | None:
-    """From the relay's record, or for a file it never saw, from upstream's metadata."""
+    """From the relay's record, or for a file it never saw, from upstream's metadata.
+
+    None when upstream does not know the file (its content request will 404 too).
+    When upstream cannot be asked, the relay refuses rather than guess: the rule
+    protects personal files, so it fails closed.
+    """
     known = FileRecord.objects.filter(file_id=file_id).values_list("purpose", flat=True).first()
     if known:
         return known
     try:
         resp = upstream.session().get(upstream.url_for(f"/files/{file_id}", ""),
                                       headers=upstream_credentials(), timeout=upstream.timeouts())
-    except OSError:
-        return None
-    if resp.status_code != 200:
+    except requests.RequestException:
+        raise PurposeUnknown() from None
+    if resp.status_code in (400, 404):
         return None
     try:
-        obj = resp.json()
+        obj = resp.json() if resp.status_code == 200 else None
     except ValueError:
-        return None
-    if isinstance(obj, dict):
-        file_records.record_file(obj, origin=FileOrigin.UPSTREAM_ONLY)
-        return obj.get("purpose") if isinstance(obj.get("purpose"), str) else None
-    return None
+        obj = None
+    if not isinstance(obj, dict) or not isinstance(obj.get("purpose"), str):
+        raise PurposeUnknown()
+    file_records.record_file(obj, origin=FileOrigin.UPSTREAM_ONLY)
+    return obj["purpose"]
+
+
+class PurposeUnknown(UpstreamUnreachable):
+    default_code = "file_purpose_unknown"
+    default_detail = ("The relay could not look up this file's purpose upstream, so it cannot tell "
+                      "whether its content may be downloaded. Try again later.")
 
 
 def refuse_user_data_content(api_path: ApiPath, method: str, ctx: CallContext) -> None:

@@ -4,9 +4,10 @@ Django closes its SQLite connection at the end of every request (and under
 gevent every request has its own). When the last connection to a WAL database
 closes, SQLite checkpoints the WAL into the database file, syncs it and deletes
 the WAL: at concurrency 1 that happened on every request and was a fifth of the
-relay's time. An idle connection that has read the database keeps a shared lock
-on it, so no request's connection is ever the last; checkpoints then happen as
-usual, every 1000 pages, in whichever write crosses the mark.
+relay's time. An idle connection that has opened the database (and holds no
+transaction, so it blocks no checkpoint) means no request's connection is ever
+the last to close; checkpoints then happen as usual, every 1000 pages, in
+whichever write crosses the mark.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import openai
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -124,6 +124,14 @@ def test_user_data_content_is_refused_and_nothing_is_forwarded(sdk, upstream):
     assert [r.path for r in upstream.requests if r.method == "GET"] == [f"/v1/files/{unseen['id']}"]
     looked_up = FileRecord.objects.get(file_id=unseen["id"])
     assert (looked_up.purpose, looked_up.origin, looked_up.created_by) == ("user_data", FileOrigin.UPSTREAM_ONLY, None)
+    # When upstream cannot say what a file is, the relay refuses rather than guess.
+    mystery = upstream.add_file(filename="mystery.pdf", purpose="user_data", content=b"%PDF secret")
+    upstream.inject(f"/v1/files/{mystery['id']}", method="GET", status=500, body={"error": {
+        "message": "boom", "type": "server_error", "param": None, "code": None}})
+    with pytest.raises(openai.InternalServerError) as unknown:
+        sdk.with_options(max_retries=0).files.content(mystery["id"])
+    assert unknown.value.status_code == 502 and unknown.value.body["code"] == "file_purpose_unknown"
+    assert not [r for r in upstream.requests if r.path.endswith("/content")]
     # Other purposes download as usual.
     ordinary = upstream.add_file(filename="ok.jsonl", purpose="batch", content=b"{}\n")
     assert sdk.files.content(ordinary["id"]).read() == b"{}\n"
@@ -147,6 +155,15 @@ def test_sync_files_adds_outside_files_and_marks_deleted_and_expired(sdk, upstre
     added = FileRecord.objects.get(file_id=outside["id"])
     assert (added.origin, added.created_by, added.purpose) == (FileOrigin.UPSTREAM_ONLY, None, "fine-tune")
     assert FileRecord.objects.get(file_id=stale["id"]).status == "expired"
+
+
+def test_sync_files_marks_nothing_when_upstream_fails(relay_url, upstream):
+    FileRecord.objects.create(file_id="file-kept", origin=FileOrigin.FILES_API, purpose="batch")
+    upstream.inject("/v1/files", method="GET", status=503, body={"error": {
+        "message": "down", "type": "server_error", "param": None, "code": None}})
+    with pytest.raises(CommandError, match="upstream answered 503 listing files; nothing marked"):
+        call_command("sync_files", stdout=io.StringIO())
+    assert FileRecord.objects.get(file_id="file-kept").deleted_at is None
 
 
 # --- batches --------------------------------------------------------------------------

@@ -11,8 +11,15 @@ def mac_existing_records(apps, schema_editor):
 
     for name in ("FileRecord", "BatchRecord", "PruneRun"):
         model = apps.get_model("audit_app", name)
+        pending = []
         for obj in model.objects.order_by("pk").iterator(chunk_size=2000):
-            model.objects.filter(pk=obj.pk).update(row_mac=record_mac(obj))
+            obj.row_mac = record_mac(obj)
+            pending.append(obj)
+            if len(pending) == 2000:  # one statement per 2,000 rows, not one per row
+                model.objects.bulk_update(pending, ["row_mac"])
+                pending = []
+        if pending:
+            model.objects.bulk_update(pending, ["row_mac"])
 
 
 class Migration(migrations.Migration):

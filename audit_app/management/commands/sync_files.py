@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+from urllib.parse import quote
+
+import requests
+from django.core.management.base import CommandError
 from django.utils import timezone
 
 from audit_app.file_records import mark_deleted, record_file
@@ -20,29 +24,29 @@ class Command(StoppableCommand):
 
     def handle(self, *args, **options) -> None:
         self.install_stop_handlers()
+        # Files first seen after this moment may be missing from pages read before they were
+        # uploaded: they are never taken for deleted.
+        started = timezone.now()
         seen: set[str] = set()
         added = 0
         after = None
         while not self.stopping:
-            query = f"limit={PAGE}" + (f"&after={after}" if after else "")
-            resp = upstream.session().get(upstream.url_for("/files", query), headers=upstream_credentials(),
-                                          timeout=upstream.timeouts())
-            resp.raise_for_status()
-            page = resp.json()
-            for obj in page.get("data", []):
-                if not FileRecord.objects.filter(file_id=obj.get("id")).exists():
+            page = self.list_page(after)
+            items = [obj for obj in page.get("data") or [] if isinstance(obj, dict) and isinstance(obj.get("id"), str)]
+            for obj in items:
+                if not FileRecord.objects.filter(file_id=obj["id"]).exists():
                     added += 1
                 record_file(obj, origin=FileOrigin.UPSTREAM_ONLY)
-                seen.add(obj.get("id"))
+                seen.add(obj["id"])
             self.progress(f"  {len(seen)} upstream files read")
-            if not page.get("has_more") or not page.get("data"):
+            if not page.get("has_more") or not items:
                 break
-            after = page["data"][-1]["id"]
+            after = items[-1]["id"]
         if self.stopping:
             self.stdout.write("sync_files: stopped before the list was read; nothing marked")
             return
-        gone = [f for f in FileRecord.objects.filter(deleted_at__isnull=True).values_list("file_id", flat=True)
-                if f not in seen]
+        known = FileRecord.objects.filter(deleted_at__isnull=True, first_seen_at__lt=started)
+        gone = [f for f in known.values_list("file_id", flat=True) if f not in seen]
         for file_id in gone:
             mark_deleted(file_id)
         expired = 0
@@ -53,3 +57,19 @@ class Command(StoppableCommand):
             expired += 1
         self.stdout.write(f"sync_files: {len(seen)} upstream files, {added} added unowned, "
                           f"{len(gone)} marked deleted, {expired} marked expired")
+
+    def list_page(self, after: str | None) -> dict:
+        query = f"limit={PAGE}" + (f"&after={quote(after)}" if after else "")
+        try:
+            resp = upstream.session().get(upstream.url_for("/files", query), headers=upstream_credentials(),
+                                          timeout=upstream.timeouts())
+            if resp.status_code != 200:
+                raise CommandError(f"sync_files: upstream answered {resp.status_code} listing files; nothing marked")
+            page = resp.json()
+        except requests.RequestException as exc:
+            raise CommandError(f"sync_files: upstream unreachable ({type(exc).__name__}); nothing marked") from None
+        except ValueError:
+            raise CommandError("sync_files: upstream's file list is not JSON; nothing marked") from None
+        if not isinstance(page, dict):
+            raise CommandError("sync_files: upstream's file list is not an object; nothing marked")
+        return page
