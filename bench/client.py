@@ -139,6 +139,17 @@ class Connection:
                     return False
             return True
 
+        async def take_exactly(remaining: int) -> bool:
+            """Feed `remaining` body bytes to take(); False once it wants no more."""
+            while remaining:
+                data = await reader.read(min(remaining, READ))
+                if not data:
+                    raise asyncio.IncompleteReadError(b"", remaining)
+                remaining -= len(data)
+                if not take(data):
+                    return False
+            return True
+
         going = True
         if chunked:
             while going:
@@ -147,23 +158,11 @@ class Connection:
                 if size == 0:
                     await reader.readuntil(b"\r\n")
                     break
-                remaining = size
-                while remaining and going:
-                    data = await reader.read(min(remaining, READ))
-                    if not data:
-                        raise asyncio.IncompleteReadError(b"", remaining)
-                    remaining -= len(data)
-                    going = take(data)
+                going = await take_exactly(size)
                 if going:
                     await reader.readexactly(2)
         elif length is not None:
-            remaining = length
-            while remaining and going:
-                data = await reader.read(min(remaining, READ))
-                if not data:
-                    raise asyncio.IncompleteReadError(b"", remaining)
-                remaining -= len(data)
-                going = take(data)
+            going = await take_exactly(length)
         else:
             close = True
             while going and (data := await reader.read(READ)):
