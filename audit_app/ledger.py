@@ -147,8 +147,10 @@ def seal(limit: int | None = None) -> SealResult:
     while limit is None or result.calls < limit:
         with transaction.atomic():
             appender = _Appender(_locked_state())
+            # Locked as read: a late completion of an interrupted call (recorder._complete)
+            # waits, then finds the row sealed and leaves it, instead of changing it under us.
             rows = list(
-                ApiCall.objects.filter(chain_seq__isnull=True).exclude(outcome=Outcome.PENDING)
+                ApiCall.objects.select_for_update().filter(chain_seq__isnull=True).exclude(outcome=Outcome.PENDING)
                 .exclude(pk__in=_rejected_ids(result)).order_by("pk")[:SEAL_BATCH]
             )
             sealed: list[ApiCall] = []
