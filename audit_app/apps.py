@@ -6,12 +6,7 @@ class AuditAppConfig(AppConfig):
     verbose_name = "Audit trail"
 
     def ready(self) -> None:
-        from django.db.backends.signals import connection_created
         from django.db.models.signals import post_delete, post_save
-
-        from relay_project.sqlite_wal import keep_open
-
-        connection_created.connect(keep_open, dispatch_uid="sqlite-wal-keep-open")
 
         from .models import ModelPrice
         from .pricing import clear_cache

@@ -43,6 +43,6 @@ def test_closing_a_request_connection_keeps_the_wal(tmp_path):
     assert run(DJANGO_WRITE, tmp_path / "relay.sqlite3") == "True"
 
 
-def test_without_the_process_anchor_the_last_close_deletes_the_wal(tmp_path):
+def test_without_a_connection_kept_open_the_last_close_deletes_the_wal(tmp_path):
     # The control: what every request paid before (checkpoint, sync, delete).
     assert run(PLAIN_WRITE, tmp_path / "plain.sqlite3") == "False"

@@ -5,7 +5,10 @@ Django opens a SQLite connection for every request and closes it at the end
 reads and parses the whole schema on the first statement, and Django registers
 its ~40 SQL functions and runs the init PRAGMAs. That was an eighth of the
 relay's CPU per call. Here a closed connection goes back to an idle list of its
-process and the next request takes it from there, already set up.
+process and the next request takes it from there, already set up. Keeping them
+open also means a request's close is never the last close of a WAL database,
+which would checkpoint, sync and delete the WAL every time
+(tests/test_sqlite_wal.py).
 
 A connection is only kept when it is idle: any open transaction is rolled back
 first, and one that cannot be, or that Django closes inside an atomic block,
