@@ -24,7 +24,6 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from proxy_app import upstream
-from proxy_app.headers import upstream_credentials
 
 from .batch_records import count_results, needs_results, record_batch, store_results
 from .models import BatchRecord
@@ -96,14 +95,9 @@ def claim(pk: int, *, force: bool = False) -> BatchRecord | None:
     return batch
 
 
-def _get(path: str, *, stream: bool = False) -> requests.Response:
-    return upstream.session().get(upstream.url_for(path, ""), headers=upstream_credentials(),
-                                  timeout=upstream.timeouts(), stream=stream)
-
-
 def fetch_batch(batch_id: str) -> dict:
     try:
-        resp = _get(f"/batches/{batch_id}")
+        resp = upstream.get(f"/batches/{batch_id}")
     except requests.RequestException as exc:
         raise PollError(f"upstream unreachable: {type(exc).__name__}") from None
     if resp.status_code != 200:
@@ -119,7 +113,7 @@ def fetch_batch(batch_id: str) -> dict:
 
 def file_lines(file_id: str) -> Iterator[bytes]:
     """A result file, line by line, never whole in memory."""
-    with _get(f"/files/{file_id}/content", stream=True) as resp:
+    with upstream.get(f"/files/{file_id}/content", stream=True) as resp:
         if resp.status_code != 200:
             raise PollError(f"upstream answered {resp.status_code} for file {file_id}")
         yield from resp.iter_lines(chunk_size=64 * 1024)

@@ -21,7 +21,6 @@ from audit_app.models import UsageDaily
 from audit_app.recorder import CallContext
 
 from . import upstream
-from .headers import upstream_credentials
 from .errors import PolicyDenied, RelayError
 from .paths import ApiPath, family_hint
 from .policy import REQUEST_RULES
@@ -92,10 +91,8 @@ def _check_batch_input(ctx: CallContext, values: dict) -> None:
     file_id = values.get("input_file_id")
     if not isinstance(file_id, str) or not file_id or "/" in file_id:
         return  # upstream will refuse the batch itself
-    url = upstream.url_for(f"/files/{file_id}/content", "")
     try:
-        with upstream.session().get(url, headers=upstream_credentials(), stream=True,
-                                    timeout=upstream.timeouts()) as resp:
+        with upstream.get(f"/files/{file_id}/content", stream=True) as resp:
             if resp.status_code != 200:
                 raise PolicyDenied(
                     f"The relay could not read batch input file {file_id} to check its models "

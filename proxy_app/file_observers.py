@@ -21,7 +21,6 @@ from audit_app.recorder import CallContext
 
 from . import upstream
 from .errors import PolicyDenied, UpstreamUnreachable
-from .headers import upstream_credentials
 from .observers import FAMILY_OBSERVERS, Observer
 from .paths import ApiPath
 from .policy import REQUEST_RULES, media_type
@@ -134,8 +133,7 @@ def purpose_of(file_id: str) -> str | None:
     if known:
         return known
     try:
-        resp = upstream.session().get(upstream.url_for(f"/files/{file_id}", ""),
-                                      headers=upstream_credentials(), timeout=upstream.timeouts())
+        resp = upstream.get(f"/files/{file_id}")
     except requests.RequestException:
         raise PurposeUnknown() from None
     if resp.status_code in (400, 404):

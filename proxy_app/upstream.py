@@ -53,3 +53,12 @@ def url_for(suffix: str, query_string: str) -> str:
 
 def timeouts() -> tuple[float, float]:
     return settings.UPSTREAM_CONNECT_TIMEOUT, settings.UPSTREAM_READ_TIMEOUT
+
+
+def get(suffix: str, query_string: str = "", *, stream: bool = False) -> requests.Response:
+    """The relay's own GET to upstream (a file's purpose, a batch's state, the file list),
+    with the team's credentials and nothing of any client's request."""
+    from .headers import upstream_credentials
+
+    return session().get(url_for(suffix, query_string), headers=upstream_credentials(),
+                         timeout=timeouts(), stream=stream)

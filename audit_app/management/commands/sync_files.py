@@ -10,7 +10,6 @@ from audit_app.file_records import mark_deleted, record_file
 from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import FileOrigin, FileRecord
 from proxy_app import upstream
-from proxy_app.headers import upstream_credentials
 
 PAGE = 10000
 
@@ -61,8 +60,7 @@ class Command(StoppableCommand):
     def list_page(self, after: str | None) -> dict:
         query = f"limit={PAGE}" + (f"&after={quote(after)}" if after else "")
         try:
-            resp = upstream.session().get(upstream.url_for("/files", query), headers=upstream_credentials(),
-                                          timeout=upstream.timeouts())
+            resp = upstream.get("/files", query)
             if resp.status_code != 200:
                 raise CommandError(f"sync_files: upstream answered {resp.status_code} listing files; nothing marked")
             page = resp.json()
