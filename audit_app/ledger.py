@@ -43,8 +43,6 @@ _CALL_FIELDS = tuple(
 # The row MAC is computed before an insert knows its id; the ledger entry binds the id.
 _MAC_FIELDS = tuple(name for name in _CALL_FIELDS if name != "id")
 
-_canonical, _mac = canonical, mac
-
 
 # --- calls --------------------------------------------------------------------
 
@@ -58,11 +56,11 @@ def call_values(row: ApiCall | dict[str, Any]) -> dict[str, Any]:
 
 def call_mac(row: ApiCall | dict[str, Any]) -> str:
     """The row MAC of a finished call, from the row or from the values being written."""
-    return _mac(b"call\0" + _canonical(call_values(row), _MAC_FIELDS))
+    return mac(b"call\0" + canonical(call_values(row), _MAC_FIELDS))
 
 
 def call_content_hash(row: ApiCall) -> str:
-    return hashlib.sha256(_canonical(call_values(row), _CALL_FIELDS)).hexdigest()
+    return hashlib.sha256(canonical(call_values(row), _CALL_FIELDS)).hexdigest()
 
 
 # --- files and batches ------------------------------------------------------------
@@ -76,7 +74,7 @@ _RECORDS: dict[str, tuple[type[models.Model], str]] = {
 
 
 def entry_hash(seq: int, kind: str, object_id: str, content_hash: str, prev_hash: str) -> str:
-    return _mac(f"{seq}|{kind}|{object_id}|{content_hash}|{prev_hash}".encode())
+    return mac(f"{seq}|{kind}|{object_id}|{content_hash}|{prev_hash}".encode())
 
 
 # --- sealing -----------------------------------------------------------------------
