@@ -375,8 +375,9 @@ class Command(StoppableCommand):
         for name in ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens"):
             setattr(batch, name, sum(getattr(r, name) or 0 for r in ok))
         costs = [r.cost for r in ok if r.cost is not None]
-        batch.cost = sum(costs, Decimal(0)) if costs else None
         batch.unpriced_results = sum(1 for r in ok if r.unpriced)
+        # As batch_records.count_results: any unpriced result makes the batch's cost unknown.
+        batch.cost = sum(costs, Decimal(0)) if costs and not batch.unpriced_results else None
         batch.results_counted_at = finished if results else None
         batch.in_progress_at = created + timedelta(minutes=1)
         if status == BatchStatus.COMPLETED:
