@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from decimal import Decimal
 from typing import Any
 
@@ -25,7 +24,7 @@ from audit_app.admin_base import change_url, changelist_url, link
 from audit_app.admin_filters import user_filter
 from audit_app.models import ApiCall, UsageDaily
 
-from .models import KEY_PREFIX, VISIBLE_CHARS, RelayKey, UserLimit, hash_key
+from .models import RelayKey, UserLimit
 
 def month_spend(**owner: int) -> Decimal:
     """USD spent this calendar month by a key (key_id=) or a user (user_id=), from the
@@ -162,11 +161,9 @@ class RelayKeyAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj: RelayKey, form, change: bool) -> None:
         if not change:
-            # As RelayKey.issue does, but in the one insert that also stores the
-            # scope and limits, so the action log shows one "created" entry.
-            plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
-            obj.prefix, obj.key_hash = plaintext[:VISIBLE_CHARS], hash_key(plaintext)
-            request._relay_new_key = plaintext
+            # In the one insert that also stores the scope and limits, so the action
+            # log shows one "created" entry.
+            request._relay_new_key = obj.new_secret()
         super().save_model(request, obj, form, change)
 
     def response_add(self, request, obj: RelayKey, post_url_continue=None):

@@ -71,15 +71,17 @@ class RelayKey(models.Model):
         cls, owner, *, name: str = "", expires_at: datetime | None = None
     ) -> tuple["RelayKey", str]:
         """Create a key and return it with its plaintext, which is never stored."""
-        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
-        key = cls.objects.create(
-            owner=owner,
-            name=name,
-            prefix=plaintext[:VISIBLE_CHARS],
-            key_hash=hash_key(plaintext),
-            expires_at=expires_at,
-        )
+        key = cls(owner=owner, name=name, expires_at=expires_at)
+        plaintext = key.new_secret()
+        key.save()
         return key, plaintext
+
+    def new_secret(self) -> str:
+        """Give this (unsaved) key a fresh random secret; returns the plaintext, kept only
+        as its visible prefix and its hash."""
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        self.prefix, self.key_hash = plaintext[:VISIBLE_CHARS], hash_key(plaintext)
+        return plaintext
 
     @classmethod
     def lookup(cls, plaintext: str) -> "RelayKey | None":
