@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 from django.db import models, transaction
 from django.utils import timezone
 
+from . import call_rows
 from .macs import canonical, mac, record_content_hash, record_mac_ok
 from .models import (ApiCall, BatchRecord, ChainState, FileRecord, LedgerEntry, LedgerKind, Outcome,
                      PruneRun)
@@ -50,7 +51,7 @@ _MAC_FIELDS = tuple(name for name in _CALL_FIELDS if name != "id")
 def call_values(row: ApiCall | dict[str, Any]) -> dict[str, Any]:
     if isinstance(row, ApiCall):
         return {name: getattr(row, name) for name in _CALL_FIELDS}
-    defaults = {f.attname: f.get_default() for f in ApiCall._meta.concrete_fields}
+    defaults = call_rows.defaults()
     return {name: row.get(name, defaults.get(name)) for name in _CALL_FIELDS}
 
 

@@ -16,7 +16,7 @@ from django.db import DatabaseError, close_old_connections, connection, transact
 from django.dispatch import Signal
 from django.utils import timezone
 
-from . import ledger, pricing, rollups, spool
+from . import call_rows, ledger, pricing, rollups, spool
 from .models import ApiCall, Outcome
 from .usage import Usage
 
@@ -68,13 +68,13 @@ def _finish_fields(ctx: CallContext) -> dict[str, Any]:
     )
 
 
-def open_call(ctx: CallContext) -> ApiCall:
-    """Insert the pending row. A DatabaseError here must stop the call (503).
+def open_call(ctx: CallContext) -> int:
+    """Insert the pending row and return its id. A DatabaseError here must stop the call (503).
 
     The pending row carries its MAC too: reconcile_calls only finishes rows the relay
     opened, and verify_audit reports a pending row forged by SQL.
     """
-    return ApiCall.objects.create(**_base_fields(ctx), **_with_mac(ctx, {"outcome": Outcome.PENDING}))
+    return call_rows.insert({**_base_fields(ctx), **_with_mac(ctx, {"outcome": Outcome.PENDING})})
 
 
 def _with_mac(ctx: CallContext, fields: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def _insert_finished(ctx: CallContext, fields: dict[str, Any]) -> None:
     too, so rollup call counts equal raw call counts.
     """
     with transaction.atomic():
-        ApiCall.objects.create(**_base_fields(ctx), **_with_mac(ctx, fields))
+        call_rows.insert({**_base_fields(ctx), **_with_mac(ctx, fields)})
         _add_to_rollups(ctx, fields, calls=1)
 
 
@@ -159,14 +159,14 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
         fields["model"] = response_model[:128]
     fields = _with_mac(ctx, fields)
     with transaction.atomic():
-        if ApiCall.objects.filter(pk=call_id, outcome=Outcome.PENDING).update(**fields):
+        if call_rows.update(call_id, fields, outcome=Outcome.PENDING):
             _add_to_rollups(ctx, fields, calls=1)
             return
         # Rare: the call outlived RELAY_PENDING_TIMEOUT and reconcile_calls marked it
         # interrupted (and counted it in the rollups). While that row is not sealed, the
         # real outcome replaces it; a sealed row is in the ledger for good.
-        if ApiCall.objects.filter(pk=call_id, outcome=Outcome.INTERRUPTED, chain_seq__isnull=True).update(
-                **{**fields, "error": fields.get("error", "")}):  # clear reconcile's note, as the MAC has it
+        if call_rows.update(call_id, {**fields, "error": fields.get("error", "")},  # clear reconcile's note, as the MAC has it
+                            outcome=Outcome.INTERRUPTED, unsealed=True):
             if ctx.key is not None and ctx.user is not None:  # move the call out of its interrupted bucket
                 rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
                             model="", family=ctx.family, calls=-1)

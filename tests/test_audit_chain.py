@@ -196,7 +196,7 @@ def _open(key, path="/v1/files", family="files"):
     from audit_app.recorder import CallContext, open_call
 
     ctx = CallContext(method="POST", path=path, family=family, key=key, user=key.owner)
-    return ctx, open_call(ctx)
+    return ctx, ApiCall.objects.get(pk=open_call(ctx))
 
 
 def test_a_call_ending_after_it_was_sealed_as_interrupted_leaves_the_sealed_row(issue_key, shipped_prices):

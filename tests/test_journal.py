@@ -35,9 +35,9 @@ class table_away:
 def test_a_refused_completion_is_journaled_and_replayed(transactional_db, issue_key, journal, shipped_prices):
     key, _ = issue_key()
     ctx = CallContext(method="POST", path="/v1/responses", family="responses", key=key, user=key.owner)
-    call = open_call(ctx)
+    call_id = open_call(ctx)
     with table_away():
-        close_call(call.pk, ctx, outcome=Outcome.OK, status=200, upstream_status=200, model="gpt-4o",
+        close_call(call_id, ctx, outcome=Outcome.OK, status=200, upstream_status=200, model="gpt-4o",
                    usage=Usage(input_tokens=1000, output_tokens=500, total_tokens=1500))
     assert journal.read_text().count("\n") == 1
     assert ApiCall.objects.get().outcome == Outcome.PENDING

@@ -1,0 +1,88 @@
+"""The relay's two writes of an ApiCall row, as prepared SQL instead of the ORM.
+
+Every relayed call inserts its row before going upstream and updates it once
+the response is sent. Through the ORM (model init, SQL compilation, field
+preparation for ~40 columns) these two writes cost about a millisecond of CPU
+per call on SQLite, against a tenth of that for the statements themselves.
+Here the SQL is built once per column set and only the values that need it
+go through their field's adaptation (dates, decimals).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from django.db import connection, models
+
+from .models import ApiCall
+
+_TABLE = ApiCall._meta.db_table
+_FIELDS: dict[str, models.Field] = {f.attname: f for f in ApiCall._meta.concrete_fields if f.attname != "id"}
+# Only these need their field's own preparation; the rest go to the driver as they are.
+_ADAPTED = frozenset(name for name, f in _FIELDS.items()
+                     if isinstance(f, (models.DateTimeField, models.DecimalField, models.GenericIPAddressField)))
+
+
+@lru_cache(maxsize=None)
+def defaults() -> dict[str, Any]:
+    """Each column's model default (None where the default is computed per row)."""
+    return {name: (None if f.has_default() and callable(f.default) else f.get_default())
+            for name, f in _FIELDS.items()}
+
+
+def _prepared(name: str, value: Any) -> Any:
+    if value is None or name not in _ADAPTED:
+        return value
+    return _FIELDS[name].get_db_prep_save(value, connection)
+
+
+def _attname(name: str) -> str:
+    """`key` -> `key_id`: callers may pass model instances for foreign keys."""
+    return name if name in _FIELDS else f"{name}_id"
+
+
+def _db_values(values: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, value in values.items():
+        if isinstance(value, models.Model):
+            value = value.pk
+        attname = _attname(name)
+        out[attname] = _prepared(attname, value)
+    return out
+
+
+@lru_cache(maxsize=8)
+def _insert_sql(vendor: str, returning: bool) -> str:
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in _FIELDS.values())
+    marks = ", ".join(["%s"] * len(_FIELDS))
+    sql = f"INSERT INTO {quote(_TABLE)} ({columns}) VALUES ({marks})"
+    return sql + f" RETURNING {quote('id')}" if returning else sql
+
+
+def insert(values: dict[str, Any]) -> int:
+    """Insert one row (unnamed columns take their defaults) and return its id."""
+    row = {**defaults(), **_db_values(values)}
+    returning = connection.features.can_return_columns_from_insert
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql(connection.vendor, returning), [row[name] for name in _FIELDS])
+        return cursor.fetchone()[0] if returning else cursor.lastrowid
+
+
+@lru_cache(maxsize=256)
+def _update_sql(vendor: str, columns: tuple[str, ...], unsealed: bool) -> str:
+    quote = connection.ops.quote_name
+    sets = ", ".join(f"{quote(_FIELDS[c].column)} = %s" for c in columns)
+    sql = f"UPDATE {quote(_TABLE)} SET {sets} WHERE {quote('id')} = %s AND {quote('outcome')} = %s"
+    return sql + f" AND {quote('chain_seq')} IS NULL" if unsealed else sql
+
+
+def update(call_id: int, values: dict[str, Any], *, outcome: str, unsealed: bool = False) -> int:
+    """Set `values` on the call if its outcome is still `outcome`; returns the rows changed.
+
+    `unsealed` also requires that the sealer has not taken the row into the ledger.
+    """
+    row = _db_values(values)
+    with connection.cursor() as cursor:
+        cursor.execute(_update_sql(connection.vendor, tuple(row), unsealed), [*row.values(), call_id, outcome])
+        return cursor.rowcount
