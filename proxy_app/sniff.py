@@ -14,6 +14,7 @@ _MAX_SCALAR = 512  # a model name is ~40 bytes
 _MAX_CONTAINER = 64 * 1024  # a usage object is ~300 bytes
 _STRUCTURAL = re.compile(rb'["{}\[\]]')
 _STRING_END = re.compile(rb'["\\]')
+_SMALL_BODY = 64 * 1024  # held whole and parsed at once; see JsonFieldSniffer
 
 
 class JsonFieldSniffer:
@@ -26,15 +27,24 @@ class JsonFieldSniffer:
     A small state machine: depth, whether we are inside a string, and at depth
     1 the last key seen and the bytes between tokens (`: true,`), which is
     where top-level scalars live.
+
+    Most bodies are small (a chat request, a completion with its usage), and for
+    them the state machine, a Python step per quote or bracket, cost more than
+    the rest of the relay's handling of the body. So the first `small` bytes are
+    only kept, and parsed once with `json.loads` when the values are read; a
+    body that grows past `small` (or does not parse) goes through the state
+    machine from its first byte, and nothing more is kept.
     """
 
     def __init__(self, wanted: frozenset[str], containers: frozenset[str] = frozenset(),
-                 limits: dict[str, int] | None = None) -> None:
+                 limits: dict[str, int] | None = None, small: int = _SMALL_BODY) -> None:
         self.wanted = wanted
         self.containers = containers
         self.limits = limits or {}
-        self.values: dict[str, object] = {}
-        self.is_object: bool | None = None
+        self._values: dict[str, object] = {}
+        self._small: bytearray | None = bytearray() if small > 0 else None
+        self._small_limit = small
+        self._is_object: bool | None = None
         self._depth = 0
         self._in_string = False
         self._escape = False
@@ -48,13 +58,53 @@ class JsonFieldSniffer:
         self._cap_from: int | None = None  # where the capture starts in this chunk
         self._cap_overflow = False
 
+    @property
+    def is_object(self) -> bool | None:
+        """Whether the body is a JSON object (None until its first non-blank byte)."""
+        self.values  # noqa: B018  (settles a held small body)
+        return self._is_object
+
+    @property
+    def values(self) -> dict[str, object]:
+        if self._small is not None:
+            held, self._small = bytes(self._small), None
+            if not self._pick(held):
+                self._scan(held)
+        return self._values
+
     def feed(self, data: bytes) -> None:
-        if self.is_object is None:
+        if self._small is not None:
+            self._small += data
+            if len(self._small) <= self._small_limit:
+                return
+            data, self._small = bytes(self._small), None
+        self._scan(data)
+
+    def _pick(self, held: bytes) -> bool:
+        """The wanted values of a whole small body, as the state machine would find them."""
+        try:
+            doc = json.loads(held)
+        except ValueError:  # cut short, or not JSON: the state machine decides what is usable
+            return False
+        self._is_object = isinstance(doc, dict)
+        if not self._is_object:
+            return True
+        for key, value in doc.items():
+            if isinstance(value, (dict, list)):
+                if key in self.containers and _encoded_len(value) <= self.limits.get(key, _MAX_CONTAINER):
+                    self._values[key] = value
+            elif key in self.wanted:
+                if not isinstance(value, str) or len(value.encode()) + 1 <= self.limits.get(key, _MAX_SCALAR):
+                    self._values[key] = value
+        return True
+
+    def _scan(self, data: bytes) -> None:
+        if self._is_object is None:
             stripped = data.lstrip()
             if not stripped:
                 return
-            self.is_object = stripped[:1] == b"{"
-        if not self.is_object:
+            self._is_object = stripped[:1] == b"{"
+        if not self._is_object:
             return
         i, n = 0, len(data)
         self._cap_from = 0 if self._cap_key is not None else None
@@ -127,7 +177,7 @@ class JsonFieldSniffer:
             self._cap_from = None
             if not self._cap_overflow:
                 try:
-                    self.values[self._cap_key] = json.loads(self._cap)
+                    self._values[self._cap_key] = json.loads(self._cap)
                 except ValueError:
                     pass
             self._cap_key = None
@@ -150,7 +200,7 @@ class JsonFieldSniffer:
             self._buf_is_key = False
         elif self._key is not None:
             if self._buf is not None:
-                self.values[self._key] = self._decode(bytes(self._buf) + b'"')
+                self._values[self._key] = self._decode(bytes(self._buf) + b'"')
             self._key = None
         self._buf = None
         self._between.clear()
@@ -164,7 +214,7 @@ class JsonFieldSniffer:
         literal = between.split(b":", 1)[1].split(b",", 1)[0].strip()
         if literal:
             if self._key in self.wanted:
-                self.values[self._key] = self._decode(literal)
+                self._values[self._key] = self._decode(literal)
             self._key = None
 
     @staticmethod
@@ -173,6 +223,10 @@ class JsonFieldSniffer:
             return json.loads(raw)
         except ValueError:
             return None
+
+
+def _encoded_len(value: object) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 class MultipartFieldSniffer:

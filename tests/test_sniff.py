@@ -25,24 +25,39 @@ def feed_in(sniffer, raw: bytes, size: int):
     return sniffer
 
 
+# 0: every byte through the state machine; the default: small bodies parsed whole.
+SMALL = pytest.mark.parametrize("small", [0, 64 * 1024], ids=["scanned", "parsed-whole"])
+
+
+@SMALL
 @pytest.mark.parametrize("doc", DOCS)
 @pytest.mark.parametrize("size", [1, 2, 7, 64, 1 << 20])
 @pytest.mark.parametrize("indent", [None, 2])
-def test_json_sniffer_finds_top_level_fields(doc, size, indent):
+def test_json_sniffer_finds_top_level_fields(doc, size, indent, small):
     raw = json.dumps(doc, indent=indent).encode()
-    sniffer = feed_in(JsonFieldSniffer(WANTED, CONTAINERS, {"input": 10_000}), raw, size)
+    sniffer = feed_in(JsonFieldSniffer(WANTED, CONTAINERS, {"input": 10_000}, small=small), raw, size)
     assert sniffer.values == {k: v for k, v in doc.items() if k in WANTED | CONTAINERS}
 
 
-def test_json_sniffer_drops_values_over_their_limit():
+@SMALL
+def test_json_sniffer_drops_values_over_their_limit(small):
     raw = json.dumps({"input": "y" * 2000, "model": "m", "usage": {"k": "z" * 3000}}).encode()
-    sniffer = feed_in(JsonFieldSniffer(WANTED, CONTAINERS, {"usage": 1000}), raw, 100)
+    sniffer = feed_in(JsonFieldSniffer(WANTED, CONTAINERS, {"usage": 1000}, small=small), raw, 100)
     assert sniffer.values == {"model": "m"}
 
 
-def test_json_sniffer_ignores_non_objects():
-    sniffer = feed_in(JsonFieldSniffer(WANTED), b'["model", "gpt-4o"]', 3)
+@SMALL
+def test_json_sniffer_ignores_non_objects(small):
+    sniffer = feed_in(JsonFieldSniffer(WANTED, small=small), b'["model", "gpt-4o"]', 3)
     assert sniffer.is_object is False and sniffer.values == {}
+
+
+@pytest.mark.parametrize("small", [16, 1000])
+def test_json_sniffer_scans_a_body_that_outgrows_or_fails_the_whole_parse(small):
+    # Past `small` bytes, or cut off before its end, a body is scanned from its first byte.
+    raw = json.dumps({"model": "gpt-4o", "input": "x" * 100, "usage": {"total_tokens": 3}}).encode()
+    sniffer = feed_in(JsonFieldSniffer(WANTED, CONTAINERS, small=small), raw[:-20], 7)
+    assert sniffer.values == {"model": "gpt-4o", "input": "x" * 100}
 
 
 @pytest.mark.parametrize("size", [1, 5, 100, 4096])
