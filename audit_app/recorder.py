@@ -158,6 +158,10 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
     if not fields.get("model") and response_model:
         fields["model"] = response_model[:128]
     fields = _with_mac(ctx, fields)
+    bucket = _bucket(ctx, fields, calls=1)
+    if bucket is not None and connection.vendor == "postgresql" \
+            and call_rows.complete_with_rollup(call_id, fields, bucket):
+        return
     with transaction.atomic():
         if call_rows.update(call_id, fields, outcome=Outcome.PENDING):
             _add_to_rollups(ctx, fields, calls=1)
@@ -176,13 +180,20 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
                 "the sealed row is kept as it is", call_id, fields.get("outcome"), fields.get("status"))
 
 
-def _add_to_rollups(ctx: CallContext, fields: dict[str, Any], *, calls: int) -> None:
+def _bucket(ctx: CallContext, fields: dict[str, Any], *, calls: int) -> list[Any] | None:
+    """The call's values for its rollup bucket; None when it has none."""
     if ctx.key is None or ctx.user is None:
-        return  # rejected before authentication: nobody's usage
+        return None  # rejected before authentication: nobody's usage
     values = {k: v for k, v in fields.items() if k in _ROLLUP_FIELDS}
-    rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
-                model=values.pop("model", ""), family=ctx.family, calls=calls,
-                unpriced=1 if values.pop("unpriced", False) else 0, **values)
+    return rollups.bucket_values(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
+                                 model=values.pop("model", ""), family=ctx.family, calls=calls,
+                                 unpriced=1 if values.pop("unpriced", False) else 0, **values)
+
+
+def _add_to_rollups(ctx: CallContext, fields: dict[str, Any], *, calls: int) -> None:
+    if (bucket := _bucket(ctx, fields, calls=calls)) is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(rollups.UPSERT, bucket)
 
 
 # --- the journal of writes the database refused --------------------------------------
