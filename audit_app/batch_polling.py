@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import requests
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -80,19 +80,27 @@ def due(batch_id: str | None = None, limit: int | None = None) -> list[int]:
 
 
 def claim(pk: int, *, force: bool = False) -> BatchRecord | None:
-    """The batch, leased to this poller, or None if another poller holds it."""
+    """The batch, leased to this poller, or None if another poller holds it.
+
+    One statement: it writes the lease only where none is held, and returns the
+    row it leased. On PostgreSQL the row is picked with FOR UPDATE SKIP LOCKED, so
+    a poller never queues behind another's claim; on SQLite the conditional write
+    alone decides (one writer at a time).
+    """
     now = timezone.now()
-    rows = BatchRecord.objects.filter(pk=pk)
-    if not force:
-        rows = rows.filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
-    with transaction.atomic():
-        locked = rows.select_for_update(skip_locked=True) \
-            if connection.features.has_select_for_update_skip_locked else rows
-        batch = locked.first()
-        # The conditional write is also what claims it on SQLite (one writer at a time).
-        if batch is None or not rows.update(claimed_until=now + CLAIM_LEASE):
-            return None
-    return batch
+    quote = connection.ops.quote_name
+    table, claimed = quote(BatchRecord._meta.db_table), quote("claimed_until")
+    free = "" if force else f" AND ({claimed} IS NULL OR {claimed} < %s)"
+    pick = f"SELECT {quote('id')} FROM {table} WHERE {quote('id')} = %s{free}"
+    if connection.features.has_select_for_update_skip_locked:
+        pick += " FOR UPDATE SKIP LOCKED"
+    columns = ", ".join(quote(f.column) for f in BatchRecord._meta.concrete_fields)
+    sql = f"UPDATE {table} SET {claimed} = %s WHERE {quote('id')} IN ({pick}) RETURNING {columns}"
+    field = BatchRecord._meta.get_field("claimed_until")
+    lease, now_db = (field.get_db_prep_save(v, connection) for v in (now + CLAIM_LEASE, now))
+    params = [lease, pk] + ([] if force else [now_db])
+    leased = list(BatchRecord.objects.raw(sql, params))  # read to the end: SQLite commits then
+    return leased[0] if leased else None
 
 
 def fetch_batch(batch_id: str) -> dict:
@@ -142,14 +150,13 @@ def poll_one(pk: int, summary: PollSummary, *, force: bool = False) -> None:
         before, was_final = _state(batch), batch.is_final
         error, counted = "", False
         try:
-            batch = record_batch(fetch_batch(batch.batch_id)) or batch
+            batch = record_batch(fetch_batch(batch.batch_id), known=batch) or batch
             if needs_results(batch):
                 for file_id, is_error in ((batch.output_file_id, False), (batch.error_file_id, True)):
                     if file_id:
                         summary.add("results", amount=store_results(
                             batch, file_lines(file_id), from_error_file=is_error))
-                counted = count_results(batch)
-                batch.refresh_from_db()
+                batch, counted = count_results(batch)
         except (PollError, requests.RequestException) as exc:
             error = str(exc) if isinstance(exc, PollError) else f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a malformed answer must not stop the pass, nor recur silently

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -23,8 +22,13 @@ RESULT_CHUNK = 500
 _TOKENS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
 
 
-def record_batch(obj: dict[str, Any], *, user=None, key=None) -> BatchRecord | None:
-    """Create or refresh a batch from an upstream batch object; the creator stays."""
+def record_batch(obj: dict[str, Any], *, user=None, key=None, known: BatchRecord | None = None
+                 ) -> BatchRecord | None:
+    """Create or refresh a batch from an upstream batch object; the creator stays.
+
+    `known`: the batch's record as the caller just read it (a poller's claim), which
+    saves looking it up again; only the fields upstream changed are written either way.
+    """
     batch_id = obj.get("id")
     if not isinstance(batch_id, str) or not batch_id or obj.get("object", "batch") != "batch":
         return None
@@ -41,8 +45,11 @@ def record_batch(obj: dict[str, Any], *, user=None, key=None) -> BatchRecord | N
         "metadata": obj.get("metadata"), "errors": obj.get("errors"),
         **{name: from_epoch(obj.get(name)) for name in LIFECYCLE_FIELDS},
     }
-    record, created = BatchRecord.objects.get_or_create(
-        batch_id=batch_id[:128], defaults={**fields, "created_by": user, "created_by_key": key})
+    if known is not None and known.batch_id == batch_id:
+        record, created = known, False
+    else:
+        record, created = BatchRecord.objects.get_or_create(
+            batch_id=batch_id[:128], defaults={**fields, "created_by": user, "created_by_key": key})
     if not created:
         changed = [name for name, value in fields.items() if getattr(record, name) != value]
         if record.created_by_id is None and user is not None:
@@ -115,39 +122,42 @@ def store_results(batch: BatchRecord, lines: Iterable[bytes], *, from_error_file
 
 
 @transaction.atomic
-def count_results(batch: BatchRecord) -> bool:
+def count_results(batch: BatchRecord) -> tuple[BatchRecord, bool]:
     """Totals from the stored results, the files registered, the rollups fed: all
     in the one transaction that marks the batch counted, so it happens once.
-    False if it had been counted already."""
-    batch = BatchRecord.objects.select_for_update().get(pk=batch.pk)
+    Returns the batch as it now is, and False if it had been counted already."""
+    batch = (BatchRecord.objects.select_related("created_by", "created_by_key")
+             .select_for_update(of=("self",)).get(pk=batch.pk))
     if batch.results_counted_at is not None:
-        return False
-    results = BatchResult.objects.filter(batch=batch)
-    totals = results.aggregate(**{name: Sum(name) for name in (*_TOKENS, "cost")},
-                               unpriced=Count("id", filter=Q(unpriced=True)))
+        return batch, False
+    # Per model for the rollups; the batch's totals are their sums (one query for both).
+    rows = list(BatchResult.objects.filter(batch=batch).values("model").annotate(
+        n=Count("id"), unpriced_n=Count("id", filter=Q(unpriced=True)),
+        **{f"s_{name}": Sum(name) for name in (*_TOKENS, "cost")}))
+
+    def total(name: str) -> Any:
+        values = [row[f"s_{name}"] for row in rows if row[f"s_{name}"] is not None]
+        return sum(values) if values else None  # NULL when no result reported it, as SUM gives
+
     for name in _TOKENS:
-        setattr(batch, name, totals[name])
+        setattr(batch, name, total(name))
     # Any result without a price makes the batch's cost unknown, not smaller.
-    batch.cost = None if totals["unpriced"] else totals["cost"]
-    batch.unpriced_results = totals["unpriced"]
+    batch.unpriced_results = sum(row["unpriced_n"] for row in rows)
+    batch.cost = None if batch.unpriced_results else total("cost")
     batch.results_counted_at = timezone.now()
     # Only what counting decides: a refresh from the request path may have moved the rest.
-    batch.save(update_fields=[*_TOKENS, "cost", "unpriced_results", "results_counted_at", "updated_at"])
+    batch.save(update_fields=[*_TOKENS, "cost", "unpriced_results", "results_counted_at", "updated_at"],
+               locked=True)
     for file_id, origin in ((batch.output_file_id, FileOrigin.BATCH_OUTPUT), (batch.error_file_id, FileOrigin.BATCH_ERROR)):
         if file_id:
             record_file({"id": file_id, "purpose": "batch_output"}, origin=origin, user=batch.created_by,
                         key=batch.created_by_key, batch=batch)
     if batch.created_by_id is not None and batch.created_by_key_id is not None:
-        per_model: dict[str, dict[str, Any]] = defaultdict(lambda: defaultdict(int))
-        for row in results.values("model").annotate(
-                n=Count("id"), unpriced_n=Count("id", filter=Q(unpriced=True)),
-                **{f"s_{name}": Sum(name) for name in (*_TOKENS, "cost")}):
-            per_model[row["model"]] = row
-        for model, row in per_model.items():
+        for row in rows:
             rollups.add(started_at=batch.completed_at or batch.failed_at or batch.expired_at
                         or batch.cancelled_at or timezone.now(),
-                        user_id=batch.created_by_id, key_id=batch.created_by_key_id, model=model,
+                        user_id=batch.created_by_id, key_id=batch.created_by_key_id, model=row["model"],
                         family="batches", calls=row["n"], unpriced=row["unpriced_n"],
                         **{name: row[f"s_{name}"] or 0 for name in _TOKENS},
                         cost=row["s_cost"] or Decimal(0))
-    return True
+    return batch, True

@@ -38,10 +38,14 @@ class Maced(models.Model):
     class Meta:
         abstract = True
 
-    def save(self, *args: Any, **kwargs: Any) -> None:
+    def save(self, *args: Any, locked: bool = False, **kwargs: Any) -> None:
+        """`locked`: the caller read this object with SELECT ... FOR UPDATE in the
+        transaction it is still in, so every field is current and needs no re-read."""
         update_fields = kwargs.get("update_fields")
-        if update_fields is None or self._state.adding:
+        if update_fields is None or self._state.adding or locked:
             self.row_mac = record_mac(self)
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "row_mac"}
             super().save(*args, **kwargs)
             return
         # A partial save writes some fields; the MAC covers all of them, so take the
