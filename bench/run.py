@@ -215,7 +215,7 @@ async def _hold_streams(base: str, key: str, count: int, events: int, gap_ms: fl
     peak = procs.rss_kib(pids)
 
     async def one() -> bool:
-        nonlocal open_now, most_open
+        nonlocal open_now
         conn = Connection.for_url(base, timeout=120)
         open_now += 1
         try:

@@ -12,7 +12,6 @@ import time
 from datetime import date
 from decimal import Decimal
 
-from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Sum
 from django.utils import timezone

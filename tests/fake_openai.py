@@ -16,7 +16,6 @@ import argparse
 import base64
 import hashlib
 import json
-import os
 import secrets
 import socket
 import struct
@@ -393,7 +392,6 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = do_HEAD = do_OPTIONS = handle_any
 
     def route(self, req: RecordedRequest, path: str, upload: "_MultipartFile | None", drop: int | None) -> None:
-        fake = self.fake
         query = parse_qs(urlsplit(self.path).query)
         body = req.json() if req.content_type.startswith("application/json") and req.body else {}
         parts = path.strip("/").split("/")[1:]  # after "v1"

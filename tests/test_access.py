@@ -1,5 +1,4 @@
 """Scopes, budgets and rate limits: refused before anything is forwarded."""
-import io
 import json
 from datetime import timedelta
 from decimal import Decimal
@@ -11,7 +10,7 @@ from django.utils import timezone
 
 from audit_app.models import Outcome, UsageDaily
 from proxy_app.models import UserLimit
-from tests.conftest import finished_call, finished_calls
+from tests.conftest import finished_calls
 
 
 @pytest.fixture(autouse=True)

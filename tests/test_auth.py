@@ -7,7 +7,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from tests.conftest import finished_call
-from audit_app.models import ApiCall, Outcome
+from audit_app.models import Outcome
 from proxy_app.models import RelayKey, hash_key
 
 

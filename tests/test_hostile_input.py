@@ -7,7 +7,6 @@ import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
-import pytest
 from django.utils import timezone
 
 from tests.conftest import settle

@@ -5,7 +5,6 @@ import time
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from audit_app.models import ApiCall
 from tests.conftest import UPSTREAM_KEY, finished_calls
 
 

@@ -3,7 +3,7 @@ import pytest
 import requests
 
 from tests.conftest import finished_call
-from audit_app.models import ApiCall, Outcome
+from audit_app.models import Outcome
 
 
 @pytest.fixture

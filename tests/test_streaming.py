@@ -1,7 +1,6 @@
 """Streams pass through as they arrive, under the production server too."""
 import time
 
-import pytest
 import requests
 
 from tests.conftest import finished_call

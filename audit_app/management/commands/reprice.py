@@ -7,7 +7,6 @@ from typing import Callable
 
 from django.core.management.base import CommandError
 from django.db import transaction
-from django.utils import timezone
 
 from audit_app import rollups
 from audit_app.ledger import amending, call_mac
