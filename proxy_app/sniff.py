@@ -14,7 +14,7 @@ _MAX_SCALAR = 512  # a model name is ~40 bytes
 _MAX_CONTAINER = 64 * 1024  # a usage object is ~300 bytes
 _STRUCTURAL = re.compile(rb'["{}\[\]]')
 _STRING_END = re.compile(rb'["\\]')
-_SMALL_BODY = 64 * 1024  # held whole and parsed at once; see JsonFieldSniffer
+_SMALL_BODY = 16 * 1024  # held whole and parsed at once; see JsonFieldSniffer
 
 
 class JsonFieldSniffer:
@@ -74,28 +74,43 @@ class JsonFieldSniffer:
 
     def feed(self, data: bytes) -> None:
         if self._small is not None:
-            self._small += data
-            if len(self._small) <= self._small_limit:
+            if len(self._small) + len(data) <= self._small_limit:
+                self._small += data
                 return
-            data, self._small = bytes(self._small), None
+            held, self._small = bytes(self._small), None  # too big to hold: scan from the start
+            self._scan(held)
         self._scan(data)
 
     def _pick(self, held: bytes) -> bool:
-        """The wanted values of a whole small body, as the state machine would find them."""
+        """The wanted values of a whole small body, exactly as the state machine would
+        find them; False (nothing taken) where only the state machine can tell: a body
+        cut short or not JSON, a duplicated key, a value near its limit."""
         try:
-            doc = json.loads(held)
-        except ValueError:  # cut short, or not JSON: the state machine decides what is usable
+            doc = json.loads(held, object_pairs_hook=_no_duplicates)
+        except (ValueError, RecursionError):  # RecursionError: nesting the scanner takes in its stride
             return False
-        self._is_object = isinstance(doc, dict)
-        if not self._is_object:
+        if not isinstance(doc, dict):
+            self._is_object = False
             return True
+        picked: dict[str, object] = {}
         for key, value in doc.items():
             if isinstance(value, (dict, list)):
-                if key in self.containers and _encoded_len(value) <= self.limits.get(key, _MAX_CONTAINER):
-                    self._values[key] = value
+                if key in self.containers:
+                    # The scanner measures a container's raw bytes, which no longer
+                    # exist; the whole body's length bounds them.
+                    if len(held) > self.limits.get(key, _MAX_CONTAINER):
+                        return False
+                    picked[key] = value
             elif key in self.wanted:
-                if not isinstance(value, str) or len(value.encode()) + 1 <= self.limits.get(key, _MAX_SCALAR):
-                    self._values[key] = value
+                if isinstance(value, str):
+                    fits = _raw_string_fits(value, self.limits.get(key, _MAX_SCALAR))
+                    if fits is None:
+                        return False
+                    if not fits:
+                        continue
+                picked[key] = value
+        self._is_object = True
+        self._values.update(picked)
         return True
 
     def _scan(self, data: bytes) -> None:
@@ -225,8 +240,26 @@ class JsonFieldSniffer:
             return None
 
 
-def _encoded_len(value: object) -> int:
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # json.loads keeps the last of duplicated keys, the scanner any that fits its limit.
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        raise _DuplicateKey
+    return doc
+
+
+def _raw_string_fits(value: str, limit: int) -> bool | None:
+    """Whether the scanner keeps a string (opening quote plus its raw bytes <= limit),
+    from the decoded value: True, False, or None when its escapes decide."""
+    if 12 * len(value) + 1 <= limit:  # the longest escape: a surrogate pair, 12 bytes
+        return True
+    if len(value.encode("utf-8", "surrogatepass")) + 1 > limit:  # escapes only lengthen
+        return False
+    return None
 
 
 class MultipartFieldSniffer:

@@ -116,3 +116,19 @@ def test_stripper_gives_the_client_the_stream_it_asked_for(size):
     out += stripper.flush()
     assert out == chat_stream(include_usage=False)
     assert stripper.usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+
+@SMALL
+@pytest.mark.parametrize("raw, expected", [
+    # The first duplicate fits, the second is too long: the scanner keeps the first.
+    (b'{"model": "forbidden", "model": "' + b"x" * 600 + b'"}', {"model": "forbidden"}),
+    # Escapes count as written: 100 characters in 600 raw bytes are over a 512-byte limit.
+    (b'{"model": "' + b"\\u0041" * 100 + b'", "stream": true}', {"stream": True}),
+    # A lone surrogate and nesting deeper than json.loads recurses.
+    (b'{"model": "\\ud800", "n": 1}', {"model": "\ud800"}),
+    (b'{"deep": ' + b"[" * 5000 + b"]" * 5000 + b', "model": "gpt-4o"}', {"model": "gpt-4o"}),
+], ids=["duplicate-key", "escaped-length", "lone-surrogate", "deep-nesting"])
+def test_json_sniffer_agrees_with_the_scanner_on_awkward_bodies(raw, expected, small):
+    sniffer = feed_in(JsonFieldSniffer(WANTED, CONTAINERS, small=small), raw, 1000)
+    assert sniffer.values == expected
+    assert sniffer.values == expected  # reading twice gives the same
