@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import requests
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -94,12 +94,16 @@ def claim(pk: int, *, force: bool = False) -> BatchRecord | None:
     pick = f"SELECT {quote('id')} FROM {table} WHERE {quote('id')} = %s{free}"
     if connection.features.has_select_for_update_skip_locked:
         pick += " FOR UPDATE SKIP LOCKED"
-    columns = ", ".join(quote(f.column) for f in BatchRecord._meta.concrete_fields)
-    sql = f"UPDATE {table} SET {claimed} = %s WHERE {quote('id')} IN ({pick}) RETURNING {columns}"
+    update = f"UPDATE {table} SET {claimed} = %s WHERE {quote('id')} IN ({pick})"
     field = BatchRecord._meta.get_field("claimed_until")
     lease, now_db = (field.get_db_prep_save(v, connection) for v in (now + CLAIM_LEASE, now))
     params = [lease, pk] + ([] if force else [now_db])
-    leased = list(BatchRecord.objects.raw(sql, params))  # read to the end: SQLite commits then
+    if not connection.features.can_return_columns_from_insert:  # SQLite before 3.35
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(update, params)
+            return BatchRecord.objects.get(pk=pk) if cursor.rowcount else None
+    columns = ", ".join(quote(f.column) for f in BatchRecord._meta.concrete_fields)
+    leased = list(BatchRecord.objects.raw(f"{update} RETURNING {columns}", params))  # read to the end: SQLite commits then
     return leased[0] if leased else None
 
 

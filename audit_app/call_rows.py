@@ -19,27 +19,29 @@ from .models import ApiCall, Outcome
 
 _TABLE = ApiCall._meta.db_table
 _FIELDS: dict[str, models.Field] = {f.attname: f for f in ApiCall._meta.concrete_fields if f.attname != "id"}
-# Only these need their field's own preparation; the rest go to the driver as they are.
-_ADAPTED = frozenset(name for name, f in _FIELDS.items()
-                     if isinstance(f, (models.DateTimeField, models.DecimalField, models.GenericIPAddressField)))
+# Values of these types go to the driver as they are; any other is prepared by its
+# field, as the ORM would (dates, decimals, addresses, a 1 for a boolean).
+_AS_IS = {models.CharField: str, models.BigIntegerField: int, models.PositiveSmallIntegerField: int,
+          models.PositiveIntegerField: int, models.FloatField: float, models.BooleanField: bool,
+          models.ForeignKey: int}
+_PASS = {name: _AS_IS.get(type(f), type(None)) for name, f in _FIELDS.items()}
+# Defaults computed per row (started_at's timezone.now).
+_PER_ROW = {name: f.default for name, f in _FIELDS.items() if f.has_default() and callable(f.default)}
 
 
 @lru_cache(maxsize=None)
 def defaults() -> dict[str, Any]:
     """Each column's model default (None where the default is computed per row)."""
-    return {name: (None if f.has_default() and callable(f.default) else f.get_default())
-            for name, f in _FIELDS.items()}
-
-
-def _prepared(name: str, value: Any) -> Any:
-    if value is None or name not in _ADAPTED:
-        return value
-    return _FIELDS[name].get_db_prep_save(value, connection)
+    return {name: (None if name in _PER_ROW else f.get_default()) for name, f in _FIELDS.items()}
 
 
 def _attname(name: str) -> str:
     """`key` -> `key_id`: callers may pass model instances for foreign keys."""
-    return name if name in _FIELDS else f"{name}_id"
+    if name in _FIELDS:
+        return name
+    if f"{name}_id" in _FIELDS:
+        return f"{name}_id"
+    raise ValueError(f"ApiCall has no column {name!r}")
 
 
 def _db_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +50,9 @@ def _db_values(values: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, models.Model):
             value = value.pk
         attname = _attname(name)
-        out[attname] = _prepared(attname, value)
+        if value is not None and not isinstance(value, _PASS[attname]):
+            value = _FIELDS[attname].get_db_prep_save(value, connection)
+        out[attname] = value
     return out
 
 
@@ -63,7 +67,8 @@ def _insert_sql(vendor: str, returning: bool) -> str:
 
 def insert(values: dict[str, Any]) -> int:
     """Insert one row (unnamed columns take their defaults) and return its id."""
-    row = {**defaults(), **_db_values(values)}
+    row = {**defaults(), **_db_values({**{n: make() for n, make in _PER_ROW.items() if n not in values},
+                                        **values})}
     returning = connection.features.can_return_columns_from_insert
     with connection.cursor() as cursor:
         cursor.execute(_insert_sql(connection.vendor, returning), [row[name] for name in _FIELDS])

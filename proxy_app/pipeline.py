@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 # Bytes per read of a response. Every chunk costs two syscalls and a pass through
 # the observers; at 64 KiB a 512 MiB transfer ran at a third of the speed.
 CHUNK = 256 * 1024
-# Request bodies are read in larger steps: gunicorn's reader receives up to 1 MiB at
-# once and copies whatever it holds beyond each read back into its buffer, so
-# 256 KiB reads from a 1 MiB buffer copied each byte several times (two thirds of
-# the relay's CPU during an upload).
+# Request bodies of known length are read in larger steps: gunicorn's reader
+# receives up to 1 MiB at once and copies whatever it holds beyond each read back
+# into its buffer, so 256 KiB reads from a 1 MiB buffer copied each byte several
+# times (two thirds of the relay's CPU during an upload). A chunked body keeps
+# CHUNK: each read waits until it is full, and such a body may trickle in.
 REQUEST_CHUNK = 1024 * 1024
 # Responses at most this large (with a known length) keep their DB connection;
 # anything longer or open-ended gives it back while it streams.
@@ -61,6 +62,7 @@ class RequestBody:
         self.observers = observers
         self.bytes_read = 0
         self.error: RelayError | None = None
+        self.read_size = REQUEST_CHUNK if length else CHUNK
 
     def __len__(self) -> int:
         return self.length or 0
@@ -72,7 +74,7 @@ class RequestBody:
         limit = settings.RELAY_MAX_BODY_BYTES
         while True:
             try:
-                chunk = self.source.read(REQUEST_CHUNK)
+                chunk = self.source.read(self.read_size)
             except Exception as exc:  # the server's own parse errors, a client gone mid-body
                 self.error = RelayError(f"The request body could not be read: {exc}", code="invalid_body")
                 raise self.error from None

@@ -292,6 +292,19 @@ def test_a_result_without_a_price_leaves_the_batch_cost_unknown(sdk, upstream):
     assert record.results.get(custom_id="req-1").unpriced
 
 
+def test_pollers_claim_batches_without_returning_too(sdk, upstream, monkeypatch):
+    # SQLite before 3.35 has no UPDATE ... RETURNING: the claim writes, then reads.
+    if connection.vendor != "sqlite":
+        pytest.skip("every PostgreSQL the relay supports has RETURNING")
+    monkeypatch.setattr(connection.features, "can_return_columns_from_insert", False)
+    batch_id = create_batch(sdk, lines=2)
+    upstream.advance_batch(batch_id, "completed", output_lines=output_lines(upstream, 2))
+    assert "completed 1" in poll()
+    record = BatchRecord.objects.get(batch_id=batch_id)
+    assert record.cost == 2 * RESULT_COST and record.claimed_until is None
+    assert "polling 0 batch(es)" in poll()
+
+
 def test_an_upstream_error_is_recorded_on_the_batch_and_retried(sdk, upstream):
     batch_id = create_batch(sdk)
     upstream.inject(f"/v1/batches/{batch_id}", method="GET", status=500,
