@@ -157,7 +157,14 @@ def _database() -> dict:
             # WAL lets readers (the admin) run while workers write audit rows;
             # IMMEDIATE takes the write lock up front so that concurrent
             # writers wait on busy_timeout instead of failing with "locked".
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            # Checkpoints (copying the WAL back into the database, with its fsyncs)
+            # run inside whichever commit crosses the threshold: at SQLite's default
+            # of 1,000 pages that was one call in 45, each ~5 ms slower. Every
+            # 10,000 pages makes them ten times rarer; the WAL file is cut back to
+            # 64 MiB after each.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+                            f"PRAGMA wal_autocheckpoint={env.int('SQLITE_WAL_AUTOCHECKPOINT', default=10000)}; "
+                            "PRAGMA journal_size_limit=67108864;",
             "transaction_mode": "IMMEDIATE",
             "timeout": env.float("SQLITE_TIMEOUT", default=30.0),
         }

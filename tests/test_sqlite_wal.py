@@ -46,3 +46,21 @@ def test_closing_a_request_connection_keeps_the_wal(tmp_path):
 def test_without_a_connection_kept_open_the_last_close_deletes_the_wal(tmp_path):
     # The control: what every request paid before (checkpoint, sync, delete).
     assert run(PLAIN_WRITE, tmp_path / "plain.sqlite3") == "False"
+
+
+CHECKPOINT_SETTING = """
+import django
+django.setup()
+from django.db import connection
+with connection.cursor() as cursor:
+    print(cursor.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+          cursor.execute("PRAGMA journal_size_limit").fetchone()[0])
+"""
+
+
+def test_checkpoints_come_every_10000_pages_or_as_configured(tmp_path, monkeypatch):
+    # At SQLite's default of 1,000 pages one call in 45 paid for a checkpoint.
+    monkeypatch.delenv("SQLITE_WAL_AUTOCHECKPOINT", raising=False)
+    assert run(CHECKPOINT_SETTING, tmp_path / "a.sqlite3") == "10000 67108864"
+    monkeypatch.setenv("SQLITE_WAL_AUTOCHECKPOINT", "500")
+    assert run(CHECKPOINT_SETTING, tmp_path / "b.sqlite3") == "500 67108864"
