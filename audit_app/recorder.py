@@ -111,7 +111,8 @@ def _insert_finished(ctx: CallContext, fields: dict[str, Any]) -> None:
     """
     with transaction.atomic():
         call_rows.insert({**_base_fields(ctx), **_with_mac(ctx, fields)})
-        _add_to_rollups(ctx, fields, calls=1)
+        if (bucket := _bucket(ctx, fields)) is not None:
+            rollups.upsert(bucket)
 
 
 def priced_fields(usage: Usage | None, model: str, at, *, batch: bool = False) -> dict[str, Any]:
@@ -158,42 +159,37 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
     if not fields.get("model") and response_model:
         fields["model"] = response_model[:128]
     fields = _with_mac(ctx, fields)
-    bucket = _bucket(ctx, fields, calls=1)
+    bucket = _bucket(ctx, fields)
     if bucket is not None and connection.vendor == "postgresql" \
             and call_rows.complete_with_rollup(call_id, fields, bucket):
         return
     with transaction.atomic():
         if call_rows.update(call_id, fields, outcome=Outcome.PENDING):
-            _add_to_rollups(ctx, fields, calls=1)
+            if bucket is not None:
+                rollups.upsert(bucket)
             return
         # Rare: the call outlived RELAY_PENDING_TIMEOUT and reconcile_calls marked it
         # interrupted (and counted it in the rollups). While that row is not sealed, the
         # real outcome replaces it; a sealed row is in the ledger for good.
         if call_rows.update(call_id, {**fields, "error": fields.get("error", "")},  # clear reconcile's note, as the MAC has it
                             outcome=Outcome.INTERRUPTED, unsealed=True):
-            if ctx.key is not None and ctx.user is not None:  # move the call out of its interrupted bucket
+            if bucket is not None:  # move the call out of its interrupted bucket into its real one
                 rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
                             model="", family=ctx.family, calls=-1)
-            _add_to_rollups(ctx, fields, calls=1)
+                rollups.upsert(bucket)
             return
     log.warning("audit: call %s finished (%s, status %s) after it was sealed as interrupted; "
                 "the sealed row is kept as it is", call_id, fields.get("outcome"), fields.get("status"))
 
 
-def _bucket(ctx: CallContext, fields: dict[str, Any], *, calls: int) -> list[Any] | None:
-    """The call's values for its rollup bucket; None when it has none."""
+def _bucket(ctx: CallContext, fields: dict[str, Any]) -> list[Any] | None:
+    """The finished call's values for its rollup bucket; None when it has none."""
     if ctx.key is None or ctx.user is None:
         return None  # rejected before authentication: nobody's usage
     values = {k: v for k, v in fields.items() if k in _ROLLUP_FIELDS}
     return rollups.bucket_values(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
-                                 model=values.pop("model", ""), family=ctx.family, calls=calls,
+                                 model=values.pop("model", ""), family=ctx.family, calls=1,
                                  unpriced=1 if values.pop("unpriced", False) else 0, **values)
-
-
-def _add_to_rollups(ctx: CallContext, fields: dict[str, Any], *, calls: int) -> None:
-    if (bucket := _bucket(ctx, fields, calls=calls)) is not None:
-        with connection.cursor() as cursor:
-            cursor.execute(rollups.UPSERT, bucket)
 
 
 # --- the journal of writes the database refused --------------------------------------

@@ -27,7 +27,7 @@ _ON_CONFLICT = (
     "ON CONFLICT (date, user_id, key_id, model, family) DO UPDATE SET "
     + ", ".join(f"{c} = {_TABLE}.{c} + excluded.{c}" for c in ("calls", *_COUNTERS, "unpriced_calls"))
 )
-UPSERT = f"INSERT INTO {_TABLE} ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))}) {_ON_CONFLICT}"
+_UPSERT = f"INSERT INTO {_TABLE} ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))}) {_ON_CONFLICT}"
 # The same, with its row from a query that yields at most one row (see call_rows).
 UPSERT_SELECT = (f"INSERT INTO {_TABLE} ({', '.join(_COLUMNS)}) SELECT {', '.join(['%s'] * len(_COLUMNS))} "
                  "FROM {source} " + _ON_CONFLICT)
@@ -39,7 +39,7 @@ def bucket_date(started_at: datetime) -> date:
 
 def bucket_values(*, started_at: datetime, user_id: int, key_id: int, model: str, family: str,
                   calls: int = 1, unpriced: int = 0, **counters: Any) -> list[Any]:
-    """The values of one call (or a delta) for its bucket, in UPSERT's column order."""
+    """The values of one call (or a delta) for its bucket, in the upsert's column order."""
     values = [bucket_date(started_at), user_id, key_id, model or "", family or "", calls]
     values += [counters.get(c) or 0 for c in _COUNTERS]
     values.append(unpriced)
@@ -48,8 +48,13 @@ def bucket_values(*, started_at: datetime, user_id: int, key_id: int, model: str
 
 def add(**bucket: Any) -> None:
     """Add one call (or a delta) to its bucket. Call inside the caller's transaction."""
+    upsert(bucket_values(**bucket))
+
+
+def upsert(values: list[Any]) -> None:
+    """Add values from bucket_values() to their bucket. Call inside the caller's transaction."""
     with connection.cursor() as cursor:
-        cursor.execute(UPSERT, bucket_values(**bucket))
+        cursor.execute(_UPSERT, values)
 
 
 def add_call(call: ApiCall) -> None:
