@@ -8,6 +8,7 @@ has read the body's fields.
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import date
 from decimal import Decimal
@@ -157,31 +158,63 @@ def check_budgets(api_path: ApiPath, method: str, ctx: CallContext) -> None:
 # --- rate limits -----------------------------------------------------------------
 
 
+WINDOW_SECONDS = 60
+
+
 def check_rate_limit(api_path: ApiPath, method: str, ctx: CallContext) -> None:
-    """Requests per minute per key, counted in Django's cache so that every
-    worker and host shares the count (atomic with Redis; close to it with the
-    database cache)."""
+    """Requests per minute per key, shared by every worker and host through
+    Django's cache (atomic with Redis; close to it with the database cache).
+
+    A sliding-window counter: the previous minute's count, weighted by how
+    much of it still lies inside the last 60 seconds, plus this minute's. A
+    plain fixed window would let a key send its whole limit at 0:59 and again
+    at 1:00. Refused requests are not counted, so a client that keeps retrying
+    is admitted as soon as its rate falls under the limit.
+    """
     key = ctx.key
     if key is None or not key.requests_per_minute:
         return
+    limit = key.requests_per_minute
     now = time.time()
-    window = int(now // 60)
-    counter = f"relay:rpm:{key.pk}:{window}"
-    if cache.add(counter, 1, timeout=120):
-        count = 1
+    window, into = divmod(now, WINDOW_SECONDS)
+    counter = f"relay:rpm:{key.pk}:{int(window)}"
+    current = _increment(counter)
+    previous = cache.get(f"relay:rpm:{key.pk}:{int(window) - 1}", 0)
+    weight = 1 - into / WINDOW_SECONDS
+    if previous * weight + current <= limit:
+        return
+    try:
+        cache.decr(counter)
+    except ValueError:  # the counter expired meanwhile: nothing left to undo
+        pass
+    retry = _seconds_until_admitted(limit, previous, current - 1, into)
+    raise RateLimited(
+        f"Relay key {key.prefix}… is limited to {limit} requests per minute "
+        f"(limit: requests_per_minute). Retry in {retry}s.",
+        headers={"Retry-After": str(retry)},
+    )
+
+
+def _increment(counter: str) -> int:
+    # Two windows' lifetime: the next window still reads this one.
+    if cache.add(counter, 1, timeout=2 * WINDOW_SECONDS + 5):
+        return 1
+    try:
+        return cache.incr(counter)
+    except ValueError:  # expired between add and incr
+        cache.add(counter, 1, timeout=2 * WINDOW_SECONDS + 5)
+        return 1
+
+
+def _seconds_until_admitted(limit: int, previous: int, current: int, into: float) -> int:
+    """When one more request would fit, if no other arrives meanwhile."""
+    if current < limit and previous:
+        # Within this window, once the previous one's weight has decayed enough.
+        wait = WINDOW_SECONDS * (1 - (limit - 1 - current) / previous) - into
     else:
-        try:
-            count = cache.incr(counter)
-        except ValueError:  # expired between add and incr
-            cache.add(counter, 1, timeout=120)
-            count = 1
-    if count > key.requests_per_minute:
-        retry = max(1, 60 - int(now % 60))
-        raise RateLimited(
-            f"Relay key {key.prefix}… is limited to {key.requests_per_minute} requests per minute "
-            f"(limit: requests_per_minute). Retry in {retry}s.",
-            headers={"Retry-After": str(retry)},
-        )
+        # In the next window, this one becomes the weighted previous.
+        wait = WINDOW_SECONDS - into + WINDOW_SECONDS * max(0.0, 1 - (limit - 1) / max(current, 1))
+    return max(1, math.ceil(wait))
 
 
 REQUEST_RULES.extend([check_family_scope, check_rate_limit, check_budgets])
