@@ -189,6 +189,17 @@ def test_calls_changelist_never_counts_or_scans_the_whole_table(admin_client, de
     assert not any("DISTINCT" in s.upper() for s in _apicall_queries(ctx))
 
 
+def test_every_call_lookup_by_key_or_user_has_an_index_and_none_is_kept_twice(db):
+    # Lookups by key and user (their changelists, PROTECT checks on delete) use the
+    # composite indexes; a single-column copy would only cost every call a write.
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, ApiCall._meta.db_table)
+    indexes = [c["columns"] for c in constraints.values() if c["index"] and not c["primary_key"]]
+    for column in ("key_id", "user_id"):
+        assert [column, "started_at"] in indexes
+        assert [column] not in indexes
+
+
 def test_capped_paginator_counts_with_a_limit():
     paginator = CappedPaginator(list(range(25)), 10)
     assert (paginator.count, paginator.capped, paginator.num_pages) == (25, False, 3)

@@ -35,3 +35,18 @@ def test_constraint_checking_is_back_on_for_the_next_user(transactional_db):
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA foreign_keys")
         assert cursor.fetchone()[0] == 1
+
+
+def test_remembered_placeholder_conversions_give_the_same_statements(db):
+    from relay_project.pooled_sqlite3.base import _CACHED_QUERY_MAX
+
+    n = _CACHED_QUERY_MAX // 4
+    long_list = ", ".join(["%s"] * n)  # too long to be remembered
+    with connection.cursor() as cursor:
+        for _ in range(2):  # converted, then remembered
+            cursor.execute("SELECT %s, '100%%', %s", [1, "%s"])
+            assert cursor.fetchone() == (1, "100%", "%s")
+        cursor.execute("SELECT %(a)s, '100%%'", {"a": 2})  # pyformat: Django's own conversion
+        assert cursor.fetchone() == (2, "100%")
+        cursor.execute(f"SELECT 1 WHERE 5 IN ({long_list})", list(range(n)))
+        assert cursor.fetchone() == (1,)

@@ -13,11 +13,14 @@ which would checkpoint, sync and delete the WAL every time
 A connection is only kept when it is idle: any open transaction is rolled back
 first, and one that cannot be, or that Django closes inside an atomic block,
 is really closed.
+
+Cursors also remember their placeholder conversions (below).
 """
 from __future__ import annotations
 
 import os
 import sqlite3
+from functools import lru_cache
 
 from django.db.backends.sqlite3 import base
 
@@ -29,7 +32,31 @@ MAX_IDLE = 64
 _idle: dict[tuple[int, str], list[sqlite3.Connection]] = {}
 
 
+# Statements longer than this (bulk inserts, long IN lists) are converted each
+# time rather than kept.
+_CACHED_QUERY_MAX = 8192
+
+
+@lru_cache(maxsize=512)
+def _qmark(query: str) -> str:
+    return base.FORMAT_QMARK_REGEX.sub("?", query).replace("%%", "%")
+
+
+class CursorWrapper(base.SQLiteCursorWrapper):
+    """Django rewrites every statement's %s placeholders into SQLite's ? with a
+    regular expression on each execute: 3% of the relay's CPU per call, for the
+    same few statements over and over."""
+
+    def convert_query(self, query: str, *, param_names=None) -> str:
+        if param_names is None and len(query) <= _CACHED_QUERY_MAX:
+            return _qmark(query)
+        return super().convert_query(query, param_names=param_names)
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
+    def create_cursor(self, name=None):
+        return self.connection.cursor(factory=CursorWrapper)
+
     def _pool_key(self) -> tuple[int, str]:
         return os.getpid(), str(self.settings_dict["NAME"])
 
