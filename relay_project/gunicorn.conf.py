@@ -60,3 +60,13 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    # Everything loaded so far (Django, the app, their modules: ~65,000 objects)
+    # lives as long as the worker. Left in the collector's oldest generation, each
+    # full collection walks all of it: a pause of about 20 ms for whichever call is
+    # running. Frozen, full collections only walk what requests have left behind.
+    import gc
+
+    gc.freeze()
