@@ -81,8 +81,6 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     fake = serve(args.host, args.port)
-    # The listen backlog was set (to 5) when the server was made; 500 streams connect at once.
-    fake.server.socket.listen(2048)
     print(fake.base_url, flush=True)
     try:
         fake.server.serve_forever()

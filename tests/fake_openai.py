@@ -81,6 +81,15 @@ def usage_chat(output_tokens: int) -> dict:
             "total_tokens": IN_TOKENS + output_tokens}
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The listen backlog: socketserver passes it to listen() inside the constructor,
+    # so it must be set on the class. At the default of 5, the load test's burst of
+    # new relay connections overflowed it, and connections the kernel could not
+    # queue failed a second later as 502s.
+    request_queue_size = 1024
+
+
 class FakeUpstream:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sse_delay_first = 0.0
@@ -103,9 +112,7 @@ class FakeUpstream:
         self.stalled_downloads = 0
         self.latency = 0.0  # seconds added before every answer
         handler = type("Handler", (_Handler,), {"fake": self})
-        self.server = ThreadingHTTPServer((host, port), handler)
-        self.server.daemon_threads = True
-        self.server.request_queue_size = 1024
+        self.server = _Server((host, port), handler)
         self.thread: threading.Thread | None = None
 
     @property
