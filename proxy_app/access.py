@@ -158,36 +158,40 @@ def check_budgets(api_path: ApiPath, method: str, ctx: CallContext) -> None:
 # --- rate limits -----------------------------------------------------------------
 
 
-WINDOW_SECONDS = 60
+# The minute is counted in buckets of this many seconds; a request is admitted
+# when the bucket it falls in and the 11 before it hold fewer than the limit.
+BUCKET_SECONDS = 5
+BUCKETS = 12
 
 
 def check_rate_limit(api_path: ApiPath, method: str, ctx: CallContext) -> None:
     """Requests per minute per key, shared by every worker and host through
     Django's cache (atomic with Redis; close to it with the database cache).
 
-    A sliding-window counter: the previous minute's count, weighted by how
-    much of it still lies inside the last 60 seconds, plus this minute's. A
-    plain fixed window would let a key send its whole limit at 0:59 and again
-    at 1:00. Refused requests are not counted, so a client that keeps retrying
-    is admitted as soon as its rate falls under the limit.
+    The count covers the last 55 to 60 seconds, in 5-second buckets: never more
+    than a minute, so a client that keeps to its limit over any minute is never
+    refused; never less than 55 seconds, so no 55 seconds hold more than the
+    limit. A fixed per-minute window would let a key send its whole limit at
+    0:59 and again at 1:00. Refused requests are not counted.
     """
     key = ctx.key
     if key is None or not key.requests_per_minute:
         return
     limit = key.requests_per_minute
     now = time.time()
-    window, into = divmod(now, WINDOW_SECONDS)
-    counter = f"relay:rpm:{key.pk}:{int(window)}"
-    current = _increment(counter)
-    previous = cache.get(f"relay:rpm:{key.pk}:{int(window) - 1}", 0)
-    weight = 1 - into / WINDOW_SECONDS
-    if previous * weight + current <= limit:
+    bucket, into = divmod(now, BUCKET_SECONDS)
+    bucket = int(bucket)
+    names = [f"relay:rpm:{key.pk}:{b}" for b in range(bucket - BUCKETS + 1, bucket + 1)]
+    current = _increment(names[-1])
+    earlier = cache.get_many(names[:-1])
+    counts = [earlier.get(name, 0) for name in names[:-1]]
+    if sum(counts) + current <= limit:
         return
     try:
-        cache.decr(counter)
-    except ValueError:  # the counter expired meanwhile: nothing left to undo
+        cache.decr(names[-1])
+    except ValueError:  # the bucket expired meanwhile: nothing left to undo
         pass
-    retry = _seconds_until_admitted(limit, previous, current - 1, into)
+    retry = _seconds_until_admitted(limit, [*counts, current - 1], into)
     raise RateLimited(
         f"Relay key {key.prefix}… is limited to {limit} requests per minute "
         f"(limit: requests_per_minute). Retry in {retry}s.",
@@ -195,26 +199,27 @@ def check_rate_limit(api_path: ApiPath, method: str, ctx: CallContext) -> None:
     )
 
 
-def _increment(counter: str) -> int:
-    # Two windows' lifetime: the next window still reads this one.
-    if cache.add(counter, 1, timeout=2 * WINDOW_SECONDS + 5):
+def _increment(name: str) -> int:
+    # Lives until the last bucket that counts it has passed, and a little more.
+    timeout = (BUCKETS + 1) * BUCKET_SECONDS
+    if cache.add(name, 1, timeout=timeout):
         return 1
     try:
-        return cache.incr(counter)
+        return cache.incr(name)
     except ValueError:  # expired between add and incr
-        cache.add(counter, 1, timeout=2 * WINDOW_SECONDS + 5)
+        cache.add(name, 1, timeout=timeout)
         return 1
 
 
-def _seconds_until_admitted(limit: int, previous: int, current: int, into: float) -> int:
-    """When one more request would fit, if no other arrives meanwhile."""
-    if current < limit and previous:
-        # Within this window, once the previous one's weight has decayed enough.
-        wait = WINDOW_SECONDS * (1 - (limit - 1 - current) / previous) - into
-    else:
-        # In the next window, this one becomes the weighted previous.
-        wait = WINDOW_SECONDS - into + WINDOW_SECONDS * max(0.0, 1 - (limit - 1) / max(current, 1))
-    return max(1, math.ceil(wait))
+def _seconds_until_admitted(limit: int, counts: list[int], into: float) -> int:
+    """When one more request would fit, if no other arrives meanwhile: once enough
+    of the oldest buckets have left the count. `counts` runs oldest to current."""
+    remaining = sum(counts)
+    for steps, oldest in enumerate(counts, start=1):
+        remaining -= oldest
+        if remaining + 1 <= limit:
+            return max(1, math.ceil(steps * BUCKET_SECONDS - into))
+    return max(1, math.ceil(len(counts) * BUCKET_SECONDS - into))
 
 
 REQUEST_RULES.extend([check_family_scope, check_rate_limit, check_budgets])

@@ -69,4 +69,5 @@ def post_worker_init(worker):
     # running. Frozen, full collections only walk what requests have left behind.
     import gc
 
+    gc.collect()  # startup's own garbage goes first, not into the frozen set
     gc.freeze()

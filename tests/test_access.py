@@ -144,8 +144,7 @@ def test_rate_limit_per_key(relay_url, issue_key, upstream):
     statuses = [call(relay_url, plaintext).status_code for _ in range(5)]
     assert statuses == [200, 200, 200, 429, 429]
     response = call(relay_url, plaintext)
-    # Up to two windows: the next one still weighs this one's three calls.
-    assert 1 <= int(response.headers["Retry-After"]) <= 120
+    assert 55 <= int(response.headers["Retry-After"]) <= 60  # until the three calls leave the count
     assert response.json()["error"]["type"] == "rate_limit_error"
     assert len(upstream.requests) == 3
     other_key, other = issue_key()
@@ -163,24 +162,41 @@ class Clock:
 def test_rate_limit_window_boundary_admits_no_second_burst(relay_url, issue_key, upstream, monkeypatch):
     from proxy_app import access
 
-    clock = Clock(60 * 29_000_000 + 59.0)  # one second before a minute ends
+    minute = 60 * 29_000_000
+    clock = Clock(minute + 59.0)  # one second before a minute ends
     monkeypatch.setattr(access, "time", clock)
     key, plaintext = issue_key()
     key.requests_per_minute = 10
     key.save()
     assert [call(relay_url, plaintext).status_code for _ in range(10)] == [200] * 10
-    clock.now += 1.5  # the next minute has begun
+    clock.now = minute + 60.5  # the next minute has begun
+    assert call(relay_url, plaintext).status_code == 429, "a fixed window would admit a second burst here"
+    clock.now = minute + 60 + 54.5  # the burst is still within the last 55 seconds
     response = call(relay_url, plaintext)
-    assert response.status_code == 429, "a fixed window would admit a second burst here"
-    # Waiting as told admits exactly one more call.
+    assert response.status_code == 429
+    # Waiting as told lets the whole burst leave the count.
     clock.now += int(response.headers["Retry-After"])
-    assert call(relay_url, plaintext).status_code == 200
+    assert clock.now == minute + 60 + 55.5
+    assert [call(relay_url, plaintext).status_code for _ in range(11)] == [200] * 10 + [429]
+    assert len(upstream.requests) == 20
+
+
+def test_rate_limit_never_refuses_a_client_within_its_limit(relay_url, issue_key, upstream, monkeypatch):
+    from proxy_app import access
+
+    clock = Clock(60 * 29_000_000 + 17.0)
+    monkeypatch.setattr(access, "time", clock)
+    key, plaintext = issue_key()
+    key.requests_per_minute = 2
+    key.save()
+    statuses = []
+    for _ in range(8):  # 1.5 a minute, under its 2 in any minute
+        statuses.append(call(relay_url, plaintext).status_code)
+        clock.now += 40
+    assert statuses == [200] * 8
+    # A third call within 41 seconds of the last two is refused.
+    clock.now -= 40 - 1
     assert call(relay_url, plaintext).status_code == 429
-    # Halfway through the minute, half of the previous minute still counts.
-    clock.now = 60 * 29_000_001 + 30.0
-    statuses = [call(relay_url, plaintext).status_code for _ in range(8)]
-    assert statuses.count(200) == 4, statuses  # 10 * 0.5 + 1 + 4 = 10
-    assert len(upstream.requests) == 15
 
 
 @pytest.mark.parametrize("cache_url", ["", "redis://127.0.0.1:6379/15"])
