@@ -213,13 +213,13 @@ def _increment(name: str) -> int:
 
 def _seconds_until_admitted(limit: int, counts: list[int], into: float) -> int:
     """When one more request would fit, if no other arrives meanwhile: once enough
-    of the oldest buckets have left the count. `counts` runs oldest to current."""
-    remaining = sum(counts)
-    for steps, oldest in enumerate(counts, start=1):
-        remaining -= oldest
-        if remaining + 1 <= limit:
-            return max(1, math.ceil(steps * BUCKET_SECONDS - into))
-    return max(1, math.ceil(len(counts) * BUCKET_SECONDS - into))
+    of the oldest buckets have left the count. `counts` runs oldest to current;
+    with a limit of at least 1, the loop ends by the time they all have."""
+    remaining, steps = sum(counts), 0
+    while remaining + 1 > limit:
+        remaining -= counts[steps]
+        steps += 1
+    return max(1, math.ceil(steps * BUCKET_SECONDS - into))
 
 
 REQUEST_RULES.extend([check_family_scope, check_rate_limit, check_budgets])
