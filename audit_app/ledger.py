@@ -43,25 +43,36 @@ _CALL_FIELDS = tuple(
 )
 # The row MAC is computed before an insert knows its id; the ledger entry binds the id.
 _MAC_FIELDS = tuple(name for name in _CALL_FIELDS if name != "id")
+# Columns added after rows were first MACed (migration 0010 on). They enter a row's
+# canonical text only when they hold something other than their default, so a row
+# written before the column existed still verifies, and one written after binds it.
+LATE_FIELDS = frozenset({"billing"})
 
 
 # --- calls --------------------------------------------------------------------
 
 
 def call_values(row: ApiCall | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(row, ApiCall):
-        return {name: getattr(row, name) for name in _CALL_FIELDS}
     defaults = call_rows.defaults()
-    return {name: row.get(name, defaults.get(name)) for name in _CALL_FIELDS}
+    if isinstance(row, ApiCall):
+        values = {name: getattr(row, name) for name in _CALL_FIELDS}
+    else:
+        values = {name: row.get(name, defaults.get(name)) for name in _CALL_FIELDS}
+    for name in LATE_FIELDS:
+        if values.get(name) == defaults.get(name):
+            del values[name]
+    return values
 
 
 def call_mac(row: ApiCall | dict[str, Any]) -> str:
     """The row MAC of a finished call, from the row or from the values being written."""
-    return mac(b"call\0" + canonical(call_values(row), _MAC_FIELDS))
+    values = call_values(row)
+    return mac(b"call\0" + canonical(values, [n for n in _MAC_FIELDS if n in values]))
 
 
 def call_content_hash(row: ApiCall) -> str:
-    return hashlib.sha256(canonical(call_values(row), _CALL_FIELDS)).hexdigest()
+    values = call_values(row)
+    return hashlib.sha256(canonical(values, [n for n in _CALL_FIELDS if n in values])).hexdigest()
 
 
 # --- files and batches ------------------------------------------------------------

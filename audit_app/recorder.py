@@ -17,7 +17,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from . import call_rows, ledger, pricing, rollups, spool
-from .models import ApiCall, Outcome
+from .models import ApiCall, Billing, Outcome
 from .usage import Usage
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def record_rejected(ctx: CallContext, status: int, message: str) -> None:
     the row goes to the journal instead.
     """
     fields = {**_finish_fields(ctx), "status": status, "outcome": Outcome.REJECTED,
-              "error": message[:_ERROR_MAX]}
+              "error": message[:_ERROR_MAX], "billing": Billing.FREE}
     try:
         _insert_finished(ctx, fields)
     except DatabaseError:
@@ -116,12 +116,13 @@ def _insert_finished(ctx: CallContext, fields: dict[str, Any]) -> None:
 
 
 def priced_fields(usage: Usage | None, model: str, at, *, batch: bool = False) -> dict[str, Any]:
-    """Usage columns plus cost, price and the unpriced flag, for a call or a result."""
+    """Usage columns plus cost, price and the billing state, for a call or a result."""
     if usage is None or usage.is_empty:
         return {}
     price = pricing.price_for(model, at)
     cost = pricing.cost_of(usage, price, batch=batch)
     return {**usage.as_fields(), "cost": cost, "unpriced": cost is None,
+            "billing": Billing.PRICED if cost is not None else Billing.UNPRICED,
             "price": price if cost is not None else None}
 
 
@@ -158,6 +159,7 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
         fields.update(priced_fields(usage, response_model or fields.get("model", ""), ctx.started_at))
     if not fields.get("model") and response_model:
         fields["model"] = response_model[:128]
+    fields.setdefault("billing", Billing.FREE)
     fields = _with_mac(ctx, fields)
     bucket = _bucket(ctx, fields)
     if bucket is not None and connection.vendor == "postgresql" \
@@ -189,7 +191,8 @@ def _bucket(ctx: CallContext, fields: dict[str, Any]) -> list[Any] | None:
     values = {k: v for k, v in fields.items() if k in _ROLLUP_FIELDS}
     return rollups.bucket_values(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
                                  model=values.pop("model", ""), family=ctx.family, calls=1,
-                                 unpriced=1 if values.pop("unpriced", False) else 0, **values)
+                                 unpriced=1 if values.pop("unpriced", False) else 0,
+                                 unknown=1 if values.pop("billing", "") == Billing.UNKNOWN else 0, **values)
 
 
 # --- the journal of writes the database refused --------------------------------------
@@ -230,7 +233,7 @@ def replay_journal() -> tuple[int, int]:
     return spool.replay(apply)
 
 
-_ROLLUP_FIELDS = frozenset({"model", "unpriced", "cost", *Usage.STORED})
+_ROLLUP_FIELDS = frozenset({"model", "unpriced", "billing", "cost", *Usage.STORED})
 
 
 def release_connection() -> None:

@@ -15,17 +15,18 @@ from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from .models import ApiCall, UsageDaily
+from .models import ApiCall, Billing, UsageDaily
 
 _COUNTERS = (
     "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens",
     "images", "audio_seconds", "characters", "cost",
 )
 _TABLE = UsageDaily._meta.db_table
-_COLUMNS = ("date", "user_id", "key_id", "model", "family", "calls", *_COUNTERS, "unpriced_calls")
+_COLUMNS = ("date", "user_id", "key_id", "model", "family", "calls", *_COUNTERS, "unpriced_calls",
+            "unknown_calls")
 _ON_CONFLICT = (
     "ON CONFLICT (date, user_id, key_id, model, family) DO UPDATE SET "
-    + ", ".join(f"{c} = {_TABLE}.{c} + excluded.{c}" for c in ("calls", *_COUNTERS, "unpriced_calls"))
+    + ", ".join(f"{c} = {_TABLE}.{c} + excluded.{c}" for c in ("calls", *_COUNTERS, "unpriced_calls", "unknown_calls"))
 )
 _UPSERT = f"INSERT INTO {_TABLE} ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))}) {_ON_CONFLICT}"
 # The same, with its row from a query that yields at most one row (see call_rows).
@@ -38,11 +39,11 @@ def bucket_date(started_at: datetime) -> date:
 
 
 def bucket_values(*, started_at: datetime, user_id: int, key_id: int, model: str, family: str,
-                  calls: int = 1, unpriced: int = 0, **counters: Any) -> list[Any]:
+                  calls: int = 1, unpriced: int = 0, unknown: int = 0, **counters: Any) -> list[Any]:
     """The values of one call (or a delta) for its bucket, in the upsert's column order."""
     values = [bucket_date(started_at), user_id, key_id, model or "", family or "", calls]
     values += [counters.get(c) or 0 for c in _COUNTERS]
-    values.append(unpriced)
+    values += [unpriced, unknown]
     return values
 
 
@@ -63,6 +64,7 @@ def add_call(call: ApiCall) -> None:
     add(
         started_at=call.started_at, user_id=call.user_id, key_id=call.key_id, model=call.model,
         family=call.family, unpriced=1 if call.unpriced else 0,
+        unknown=1 if call.billing == Billing.UNKNOWN else 0,
         **{c: getattr(call, c) for c in _COUNTERS},
     )
 
@@ -87,6 +89,7 @@ def rebuild(since: date | None = None) -> int:
         .annotate(
             n=Count("id"),
             unpriced_n=Count("id", filter=Q(unpriced=True)),
+            unknown_n=Count("id", filter=Q(billing=Billing.UNKNOWN)),
             **{f"s_{c}": Sum(c) for c in _COUNTERS},
         )
     )
@@ -94,6 +97,7 @@ def rebuild(since: date | None = None) -> int:
         UsageDaily(
             date=r["day"], user_id=r["user_id"], key_id=r["key_id"], model=r["model"],
             family=r["family"], calls=r["n"], unpriced_calls=r["unpriced_n"],
+            unknown_calls=r["unknown_n"],
             **{c: r[f"s_{c}"] or (Decimal(0) if c in ("cost", "audio_seconds") else 0) for c in _COUNTERS},
         )
         for r in rows.iterator()

@@ -1,13 +1,13 @@
 """The audit models, one module per kind of record."""
 from .admin_actions import AdminAction
 from .batches import BatchRecord, BatchResult, BatchStatus
-from .calls import ApiCall, Outcome
+from .calls import ApiCall, Billing, Outcome
 from .files import FileOrigin, FileRecord, UploadRecord
 from .ledger import ChainState, LedgerEntry, LedgerKind, PruneRun
 from .usage import ModelPrice, UsageDaily
 
 __all__ = [
     "AdminAction",
-    "ApiCall", "Outcome", "ModelPrice", "UsageDaily", "FileRecord", "FileOrigin", "UploadRecord",
+    "ApiCall", "Billing", "Outcome", "ModelPrice", "UsageDaily", "FileRecord", "FileOrigin", "UploadRecord",
     "BatchRecord", "BatchResult", "BatchStatus", "ChainState", "LedgerEntry", "LedgerKind", "PruneRun",
 ]

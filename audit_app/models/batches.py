@@ -4,6 +4,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
+from .calls import Billing
 from .ledger import Maced
 from .tokens import Owned, TokenUsage
 
@@ -103,6 +104,7 @@ class BatchResult(TokenUsage):
     error_message = models.CharField(max_length=1024, blank=True)
     from_error_file = models.BooleanField(default=False)
     unpriced = models.BooleanField(default=False)
+    billing = models.CharField(max_length=8, choices=Billing.choices, blank=True, default="")
 
     class Meta:
         ordering = ["batch", "id"]

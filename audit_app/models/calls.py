@@ -18,6 +18,19 @@ class Outcome(models.TextChoices):
     INTERRUPTED = "interrupted", "Interrupted"
 
 
+class Billing(models.TextChoices):
+    """One billing state per call, job result and WebSocket response (docs/accounting.md).
+
+    Only PRICED has a cost. UNPRICED and UNKNOWN are counted apart everywhere,
+    never as $0.
+    """
+
+    PRICED = "priced", "Priced"  # usage read, every dimension it used has a rate
+    FREE = "free", "Free"  # the operation does not generate (reads, lists, deletes, refusals)
+    UNPRICED = "unpriced", "Unpriced"  # usage read, some dimension has no rate
+    UNKNOWN = "unknown", "Usage unknown"  # OpenAI bills it, the relay could not read its usage
+
+
 class ApiCall(TokenUsage):
     """Written before the call goes upstream, completed once the response is sent.
 
@@ -66,6 +79,7 @@ class ApiCall(TokenUsage):
     characters = models.PositiveIntegerField(null=True, blank=True)
     # A call with usage but no price for its model: cost stays NULL, never 0.
     unpriced = models.BooleanField(default=False)
+    billing = models.CharField(max_length=8, choices=Billing.choices, blank=True, default="")
     price = models.ForeignKey(
         "audit_app.ModelPrice", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )

@@ -61,6 +61,8 @@ class UsageDaily(models.Model):
     characters = models.BigIntegerField(default=0)
     cost = models.DecimalField(**MONEY, default=0, help_text="USD, priced calls only")
     unpriced_calls = models.BigIntegerField(default=0)
+    # Billed by OpenAI, usage not readable by the relay: cost unknown, never $0.
+    unknown_calls = models.BigIntegerField(default=0)
 
     class Meta:
         verbose_name_plural = "usage (daily)"
