@@ -21,7 +21,8 @@ from .admin_csv import CsvExportMixin
 from .admin_filters import (date_range, key_filter, rollup_values_filter, selected_only_filter,
                             user_filter)
 from .models import (AdminAction, ApiCall, BatchRecord, BatchResult, ChainState, FileRecord,
-                     LedgerEntry, LedgerKind, ModelPrice, PruneRun, UploadRecord, UsageDaily)
+                     LedgerEntry, LedgerKind, Match, ModelPrice, PruneRun, ReconciledCost, ReconciledDay,
+                     ReconciledUsage, ReconcileRun, UploadRecord, UsageDaily)
 
 
 def _user_calls_link(user) -> str:
@@ -428,3 +429,79 @@ class PruneRunAdmin(ReadOnlyAdmin):
     list_filter = (date_range("started_at", "started"), "dry_run")
     search_fields = ("=run_by",)
     date_hierarchy = "started_at"
+
+
+# --- reconciliation with OpenAI ----------------------------------------------------------
+
+
+class ReconciledUsageInline(admin.TabularInline):
+    model = ReconciledUsage
+    fields = readonly_fields = ("model", "project_id", "status", "openai_input_tokens", "relay_input_tokens",
+                                "openai_cached_tokens", "relay_cached_tokens", "openai_output_tokens",
+                                "relay_output_tokens", "openai_images", "relay_images", "openai_characters",
+                                "relay_characters", "openai_seconds", "relay_seconds", "openai_requests",
+                                "relay_requests")
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "usage by model (requests are for context: the relay counts refused and read calls too)"
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_queryset(self, request):  # differences first
+        return super().get_queryset(request).order_by("status", "model")
+
+
+class ReconciledCostInline(ReconciledUsageInline):
+    model = ReconciledCost
+    fields = readonly_fields = ("project_id", "status", "openai_cost", "relay_cost", "relay_uncosted_calls",
+                                "line_items")
+    verbose_name_plural = "dollars by project (OpenAI's line items)"
+
+    def get_queryset(self, request):
+        return admin.TabularInline.get_queryset(self, request).order_by("status", "project_id")
+
+
+@admin.register(ReconciledDay)
+class ReconciledDayAdmin(ReadOnlyAdmin):
+    """Per UTC day: matched or differing with OpenAI, and spend OpenAI saw that the relay did not."""
+
+    list_display = ("date", "state", "openai_cost_usd", "relay_cost_usd", "difference_usd", "relay_uncosted_calls",
+                    "by_project", "summary", "fetched_at")
+    list_filter = ("status", "by_project")
+    date_hierarchy = None
+    inlines = [ReconciledUsageInline, ReconciledCostInline]
+    change_list_template = "admin/audit_app/reconciledday/change_list.html"
+
+    @admin.display(description="state", ordering="status")
+    def state(self, obj: ReconciledDay) -> str:
+        colour = {Match.MATCHED: "#2e7d32", Match.RELAY_ONLY: "#8a6d00"}.get(obj.status, "#b71c1c")
+        return format_html('<strong style="color:{}">{}</strong>', colour, obj.get_status_display())
+
+    @admin.display(description="OpenAI USD")
+    def openai_cost_usd(self, obj: ReconciledDay) -> str:
+        return _money(obj.openai_cost)
+
+    @admin.display(description="relay USD")
+    def relay_cost_usd(self, obj: ReconciledDay) -> str:
+        return _money(obj.relay_cost)
+
+    @admin.display(description="difference")
+    def difference_usd(self, obj: ReconciledDay) -> str:
+        return _money(obj.cost_difference)
+
+    def changelist_view(self, request, extra_context=None):
+        since = timezone.now().date() - timezone.timedelta(days=62)
+        outside = (ReconciledUsage.objects.filter(status=Match.OUTSIDE, day__date__gte=since)
+                   .select_related("day").order_by("-day__date", "model")[:20])
+        outside_costs = (ReconciledCost.objects.filter(status=Match.OUTSIDE, day__date__gte=since)
+                         .select_related("day").order_by("-day__date")[:20])
+        extra_context = {**(extra_context or {}), "outside_usage": outside, "outside_costs": outside_costs,
+                         "last_run": ReconcileRun.objects.first()}
+        return super().changelist_view(request, extra_context)
+
+
+@admin.register(ReconcileRun)
+class ReconcileRunAdmin(ReadOnlyAdmin):
+    list_display = ("started_at", "period_start", "period_end", "ok", "days", "message")
+    list_filter = ("ok",)

@@ -107,9 +107,15 @@ def claim(pk: int, *, force: bool = False) -> BatchRecord | None:
     return leased[0] if leased else None
 
 
-def fetch_batch(batch_id: str) -> dict:
+def project_of(batch: BatchRecord) -> str:
+    """The OpenAI project the batch was created in: its creator key's team's."""
+    key = batch.created_by_key
+    return key.openai_project if key is not None else ""
+
+
+def fetch_batch(batch_id: str, project: str = "") -> dict:
     try:
-        resp = upstream.get(f"/batches/{batch_id}")
+        resp = upstream.get(f"/batches/{batch_id}", project=project)
     except requests.RequestException as exc:
         raise PollError(f"upstream unreachable: {type(exc).__name__}") from None
     if resp.status_code != 200:
@@ -123,9 +129,9 @@ def fetch_batch(batch_id: str) -> dict:
     return obj
 
 
-def file_lines(file_id: str) -> Iterator[bytes]:
+def file_lines(file_id: str, project: str = "") -> Iterator[bytes]:
     """A result file, line by line, never whole in memory."""
-    with upstream.get(f"/files/{file_id}/content", stream=True) as resp:
+    with upstream.get(f"/files/{file_id}/content", stream=True, project=project) as resp:
         if resp.status_code != 200:
             raise PollError(f"upstream answered {resp.status_code} for file {file_id}")
         yield from resp.iter_lines(chunk_size=64 * 1024)
@@ -154,12 +160,13 @@ def poll_one(pk: int, summary: PollSummary, *, force: bool = False) -> None:
         before, was_final = _state(batch), batch.is_final
         error, counted = "", False
         try:
-            batch = record_batch(fetch_batch(batch.batch_id), known=batch) or batch
+            project = project_of(batch)
+            batch = record_batch(fetch_batch(batch.batch_id, project), known=batch) or batch
             if needs_results(batch):
                 for file_id, is_error in ((batch.output_file_id, False), (batch.error_file_id, True)):
                     if file_id:
                         summary.add("results", amount=store_results(
-                            batch, file_lines(file_id), from_error_file=is_error))
+                            batch, file_lines(file_id, project), from_error_file=is_error))
                 batch, counted = count_results(batch)
         except (PollError, requests.RequestException) as exc:
             error = str(exc) if isinstance(exc, PollError) else f"{type(exc).__name__}: {exc}"

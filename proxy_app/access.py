@@ -92,7 +92,7 @@ def _check_batch_input(ctx: CallContext, values: dict) -> None:
     if not isinstance(file_id, str) or not file_id or "/" in file_id:
         return  # upstream will refuse the batch itself
     try:
-        with upstream.get(f"/files/{file_id}/content", stream=True) as resp:
+        with upstream.get(f"/files/{file_id}/content", stream=True, project=ctx.key.openai_project) as resp:
             if resp.status_code != 200:
                 raise PolicyDenied(
                     f"The relay could not read batch input file {file_id} to check its models "
@@ -119,16 +119,21 @@ def _month_start() -> date:
     return timezone.localdate().replace(day=1)
 
 
-def month_spend(*, key_id: int | None = None, user_id: int | None = None) -> Decimal:
-    """USD spent this calendar month by a key or a user, from the daily rollups."""
+def month_spend(*, key_id: int | None = None, user_id: int | None = None, team_id: int | None = None) -> Decimal:
+    """USD spent this calendar month by a key, a user or a team's keys, from the daily rollups."""
     first = _month_start()
-    who = f"k{key_id}" if key_id is not None else f"u{user_id}"
+    who = f"k{key_id}" if key_id is not None else f"u{user_id}" if user_id is not None else f"t{team_id}"
     cache_key = f"relay:spend:{who}:{first:%Y%m}"
     cached = cache.get(cache_key)
     if cached is not None:
         return Decimal(cached)
     rows = UsageDaily.objects.filter(date__gte=first)
-    rows = rows.filter(key_id=key_id) if key_id is not None else rows.filter(user_id=user_id)
+    if key_id is not None:
+        rows = rows.filter(key_id=key_id)
+    elif user_id is not None:
+        rows = rows.filter(user_id=user_id)
+    else:
+        rows = rows.filter(key__team_id=team_id)
     spend = rows.aggregate(s=Sum("cost"))["s"] or Decimal(0)
     cache.set(cache_key, str(spend), SPEND_CACHE_SECONDS)
     return spend
@@ -152,6 +157,14 @@ def check_budgets(api_path: ApiPath, method: str, ctx: CallContext) -> None:
             raise BudgetExceeded(
                 f"User {ctx.user.get_username()} has used their monthly budget of "
                 f"${limit.monthly_budget_usd} (spent ${spent:.2f} this month; budget: user monthly_budget_usd)."
+            )
+    team = key.team if key.team_id else None
+    if team is not None and team.monthly_budget_usd is not None:
+        spent = month_spend(team_id=team.pk)
+        if spent >= team.monthly_budget_usd:
+            raise BudgetExceeded(
+                f"Team {team} has used its monthly budget of ${team.monthly_budget_usd} "
+                f"(spent ${spent:.2f} this month; budget: team monthly_budget_usd)."
             )
 
 

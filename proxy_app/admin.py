@@ -24,12 +24,15 @@ from audit_app.admin_base import change_url, changelist_url, link
 from audit_app.admin_filters import user_filter
 from audit_app.models import ApiCall, UsageDaily
 
-from .models import RelayKey, UserLimit
+from .models import RelayKey, Team, UserLimit
+
 
 def month_spend(**owner: int) -> Decimal:
-    """USD spent this calendar month by a key (key_id=) or a user (user_id=), from the
-    rollups: read fresh here, not through the relay's 10-second spend cache."""
+    """USD spent this calendar month by a key (key_id=), a user (user_id=) or a team's keys
+    (team_id=), from the rollups: read fresh here, not through the relay's 10-second spend cache."""
     first = timezone.localdate().replace(day=1)
+    if "team_id" in owner:
+        owner = {"key__team_id": owner["team_id"]}
     return UsageDaily.objects.filter(date__gte=first, **owner).aggregate(s=Sum("cost"))["s"] or Decimal(0)
 
 
@@ -73,8 +76,17 @@ class RelayKeyForm(forms.ModelForm):
 
     class Meta:
         model = RelayKey
-        fields = ("owner", "name", "expires_at", "allowed_families", "allowed_models", "monthly_budget_usd",
-                  "requests_per_minute")
+        fields = ("owner", "name", "team", "expires_at", "allowed_families", "allowed_models",
+                  "monthly_budget_usd", "requests_per_minute")
+
+    def clean(self):
+        data = super().clean()
+        owner, team = data.get("owner") or getattr(self.instance, "owner", None), data.get("team")
+        if team is not None and owner is not None and not owner.groups.filter(pk=team.group_id).exists():
+            raise forms.ValidationError({"team": f"{owner} is not a member of the team's group {team}."})
+        if team is None and owner is not None and self.instance.pk is None:
+            data["team"] = self.instance.team = Team.of_user(owner)
+        return data
 
 
 class KeyStatusFilter(admin.SimpleListFilter):
@@ -109,7 +121,7 @@ class RelayKeyAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     show_facets = ShowFacets.NEVER
     fieldsets = (
-        (None, {"fields": ("owner", "name", "expires_at")}),
+        (None, {"fields": ("owner", "name", "team", "expires_at")}),
         ("Scope and limits", {"fields": ("allowed_families", "allowed_models", "monthly_budget_usd",
                                          "requests_per_minute")}),
         ("State", {"fields": ("prefix", "status", "created_at", "last_used_at", "revoked_at", "spend_this_month",
@@ -210,3 +222,24 @@ class UserLimitAdmin(admin.ModelAdmin):
     def keys_link(self, obj: UserLimit) -> str:
         return format_html("{} · {}", link(changelist_url(RelayKey, owner__id__exact=obj.user_id), "keys"),
                            link(changelist_url(ApiCall, user__id__exact=obj.user_id), "calls"))
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    """A Django group as a team: its OpenAI project and its monthly budget."""
+
+    list_display = ("__str__", "openai_project_id", "monthly_budget_usd", "spend_this_month", "keys_link")
+    search_fields = ("group__name", "openai_project_id")
+    list_select_related = ("group",)
+    autocomplete_fields = ("group",)
+    fields = ("group", "openai_project_id", "monthly_budget_usd", "spend_this_month")
+    readonly_fields = ("spend_this_month",)
+    show_facets = ShowFacets.NEVER
+
+    @admin.display(description="spent this month (USD)")
+    def spend_this_month(self, obj: Team) -> str:
+        return "-" if obj.pk is None else f"{month_spend(team_id=obj.pk):.2f}"
+
+    @admin.display(description="keys")
+    def keys_link(self, obj: Team) -> str:
+        return link(changelist_url(RelayKey, team__id__exact=obj.pk), "keys")

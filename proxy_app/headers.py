@@ -38,8 +38,9 @@ RESPONSE_ALLOWED = frozenset(
 RESPONSE_ALLOWED_PREFIXES = ("openai-", "x-ratelimit-")
 
 
-def request_headers_from_meta(meta: Mapping[str, str]) -> dict[str, str]:
-    """Allowed client headers, read from the WSGI environ, plus the upstream credentials."""
+def request_headers_from_meta(meta: Mapping[str, str], project: str = "") -> dict[str, str]:
+    """Allowed client headers, read from the WSGI environ, plus the upstream credentials
+    (with the caller's team's OpenAI project, where it has one)."""
     out: dict[str, str] = {}
     for key, value in meta.items():
         if key.startswith("HTTP_"):
@@ -50,12 +51,21 @@ def request_headers_from_meta(meta: Mapping[str, str]) -> dict[str, str]:
             continue
         if value and (name in REQUEST_ALLOWED or name.startswith(REQUEST_ALLOWED_PREFIXES)):
             out[name] = value
-    out.update(upstream_credentials())
+    out.update(upstream_credentials(project))
     return out
 
 
-def upstream_credentials() -> dict[str, str]:
-    """What every request to upstream carries, relayed or the relay's own (polling, lookups)."""
+def team_projects_allowed() -> bool:
+    """A project-scoped key (sk-proj-…) is refused by OpenAI with any other project's id,
+    so per-team project ids are only sent with a user or service-account key."""
+    return not settings.OPENAI_API_KEY.startswith("sk-proj-")
+
+
+def upstream_credentials(project: str = "") -> dict[str, str]:
+    """What every request to upstream carries, relayed or the relay's own (polling, lookups).
+
+    `project`: the caller's team's OpenAI project, which takes the place of OPENAI_PROJECT.
+    """
     out = {
         # Upstream compression would hide usage from the observers, and the
         # client<->relay hop is where compression belongs anyway.
@@ -64,7 +74,9 @@ def upstream_credentials() -> dict[str, str]:
     }
     if settings.OPENAI_ORGANIZATION:
         out["openai-organization"] = settings.OPENAI_ORGANIZATION
-    if settings.OPENAI_PROJECT:
+    if project and team_projects_allowed():
+        out["openai-project"] = project
+    elif settings.OPENAI_PROJECT:
         out["openai-project"] = settings.OPENAI_PROJECT
     return out
 

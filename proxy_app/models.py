@@ -6,6 +6,8 @@ import secrets
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
@@ -22,6 +24,44 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+_PROJECT_ID = RegexValidator(r"^proj_[A-Za-z0-9_-]{1,60}$", "An OpenAI project id looks like proj_abc123.")
+
+
+class Team(models.Model):
+    """A Django group used as a team: its keys' spend is reported, budgeted and
+    (with a project id) billed by OpenAI together.
+
+    Why groups: admins already manage membership and permissions through them, and a
+    team needs nothing more than a name and its members. A key belongs to one team,
+    chosen when it is issued (its owner's team), so a user in two teams can hold a key
+    for each and their spend splits the way their work does.
+    """
+
+    group = models.OneToOneField(Group, on_delete=models.CASCADE, related_name="relay_team")
+    openai_project_id = models.CharField(
+        "OpenAI project id", max_length=64, blank=True, validators=[_PROJECT_ID],
+        help_text="sent upstream as OpenAI-Project on every call of the team's keys, so that OpenAI's "
+                  "usage and costs split by team too (not with a project-scoped OPENAI_API_KEY: see "
+                  "docs/reconciliation.md)",
+    )
+    monthly_budget_usd = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True,
+        help_text="USD per calendar month, for all of the team's keys together",
+    )
+
+    class Meta:
+        ordering = ["group__name"]
+
+    def __str__(self) -> str:
+        return self.group.name
+
+    @classmethod
+    def of_user(cls, user) -> "Team | None":
+        """The user's team when they belong to exactly one; None when to none or several."""
+        teams = list(cls.objects.filter(group__user=user)[:2])
+        return teams[0] if len(teams) == 1 else None
 
 
 class RelayKeyQuerySet(models.QuerySet):
@@ -56,6 +96,10 @@ class RelayKey(models.Model):
         max_digits=12, decimal_places=2, null=True, blank=True, help_text="USD per calendar month"
     )
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.PROTECT, related_name="keys",
+        help_text="whose spend this key's calls are; set from the owner's team when the key is issued",
+    )
 
     objects = RelayKeyQuerySet.as_manager()
 
@@ -71,7 +115,7 @@ class RelayKey(models.Model):
         cls, owner, *, name: str = "", expires_at: datetime | None = None
     ) -> tuple["RelayKey", str]:
         """Create a key and return it with its plaintext, which is never stored."""
-        key = cls(owner=owner, name=name, expires_at=expires_at)
+        key = cls(owner=owner, name=name, expires_at=expires_at, team=Team.of_user(owner))
         plaintext = key.new_secret()
         key.save()
         return key, plaintext
@@ -91,12 +135,17 @@ class RelayKey(models.Model):
         if key is None:
             # The owner's limits ride along: budget checks need them on every call.
             key = (
-                cls.objects.select_related("owner", "owner__relay_limit")
+                cls.objects.select_related("owner", "owner__relay_limit", "team")
                 .filter(key_hash=key_hash).first()
             )
             if key is not None:
                 key_cache.put(key_hash, key)
         return key
+
+    @property
+    def openai_project(self) -> str:
+        """The OpenAI project this key's calls are billed to upstream ("" for the key's default)."""
+        return self.team.openai_project_id if self.team_id and self.team else ""
 
     @property
     def is_revoked(self) -> bool:
@@ -135,6 +184,8 @@ class UserLimit(models.Model):
 # at once; other processes see the change within RELAY_KEY_CACHE_SECONDS.
 post_save.connect(key_cache.forget_key, sender=RelayKey, dispatch_uid="relay-key-cache-key-saved")
 post_delete.connect(key_cache.forget_key, sender=RelayKey, dispatch_uid="relay-key-cache-key-deleted")
+post_save.connect(key_cache.clear, sender=Team, dispatch_uid="relay-key-cache-team-saved")
+post_delete.connect(key_cache.clear, sender=Team, dispatch_uid="relay-key-cache-team-deleted")
 post_save.connect(key_cache.clear, sender=UserLimit, dispatch_uid="relay-key-cache-limit-saved")
 post_delete.connect(key_cache.clear, sender=UserLimit, dispatch_uid="relay-key-cache-limit-deleted")
 post_save.connect(key_cache.clear, sender=settings.AUTH_USER_MODEL, dispatch_uid="relay-key-cache-user-saved")

@@ -220,7 +220,7 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
                 source, length = observer.rewrite_request(source, length)
             body = RequestBody(source, length, observers)
         telemetry.forwarding(ctx)
-        resp = _send(request, api_path, body)
+        resp = _send(request, api_path, body, ctx.key.openai_project if ctx.key is not None else "")
     except Exception as exc:
         relay_exc = body.error if body is not None and body.error else _map_send_error(exc)
         error = relay_exc.message if isinstance(relay_exc, RelayError) else type(exc).__name__
@@ -256,7 +256,7 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     return response
 
 
-def _send(request: HttpRequest, api_path: ApiPath, body: RequestBody | None) -> requests.Response:
+def _send(request: HttpRequest, api_path: ApiPath, body: RequestBody | None, project: str) -> requests.Response:
     # Prepared and sent without Session.prepare_request/Session.send: the session
     # has no headers, auth, cookies or hooks to merge in (upstream.session() clears
     # them and its jar refuses every cookie), and that merging and cookie
@@ -265,7 +265,7 @@ def _send(request: HttpRequest, api_path: ApiPath, body: RequestBody | None) -> 
     prepared = requests.PreparedRequest()
     prepared.prepare_method(request.method)
     prepared.prepare_url(upstream.url_for(api_path.upstream_suffix, ""), None)
-    prepared.prepare_headers(header_rules.request_headers_from_meta(request.META))
+    prepared.prepare_headers(header_rules.request_headers_from_meta(request.META, project))
     prepared.prepare_body(body, None)
     # The client's query string goes upstream byte for byte: requests would
     # re-quote it (and reorder nothing, but normalise escapes) if given to it.

@@ -55,10 +55,14 @@ def timeouts() -> tuple[float, float]:
     return settings.UPSTREAM_CONNECT_TIMEOUT, settings.UPSTREAM_READ_TIMEOUT
 
 
-def get(suffix: str, query_string: str = "", *, stream: bool = False) -> requests.Response:
+def get(suffix: str, query_string: str = "", *, stream: bool = False, project: str = "") -> requests.Response:
     """The relay's own GET to upstream (a file's purpose, a batch's state, the file list),
-    with the team's credentials and nothing of any client's request."""
+    with the team's credentials and nothing of any client's request.
+
+    `project`: the OpenAI project the object lives in (its creator's team's), since
+    OpenAI scopes files and batches by project.
+    """
     from .headers import upstream_credentials
 
-    return session().get(url_for(suffix, query_string), headers=upstream_credentials(),
+    return session().get(url_for(suffix, query_string), headers=upstream_credentials(project),
                          timeout=timeouts(), stream=stream)

@@ -6,6 +6,7 @@ variable. Defaults are safe for production except where noted.
 """
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import environ
@@ -32,6 +33,12 @@ OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1").rstrip("/")
 OPENAI_ORGANIZATION = env.str("OPENAI_ORGANIZATION", default="")
 OPENAI_PROJECT = env.str("OPENAI_PROJECT", default="")
+# An organization admin key, read only by `manage.py reconcile_usage` (OpenAI's Usage and
+# Costs APIs): never sent on relayed calls, never logged or shown.
+OPENAI_ADMIN_KEY = env.str("OPENAI_ADMIN_KEY", default="")
+OPENAI_ADMIN_BASE_URL = env.str("OPENAI_ADMIN_BASE_URL", default=OPENAI_BASE_URL).rstrip("/")
+# A day's dollars "match" OpenAI's within this many USD (per project).
+RELAY_RECONCILE_TOLERANCE_USD = Decimal(env.str("RELAY_RECONCILE_TOLERANCE_USD", default="0.01"))
 UPSTREAM_CONNECT_TIMEOUT = env.float("UPSTREAM_CONNECT_TIMEOUT", default=10.0)
 # Between two bytes from upstream, not for the whole response: a long stream is fine.
 UPSTREAM_READ_TIMEOUT = env.float("UPSTREAM_READ_TIMEOUT", default=600.0)

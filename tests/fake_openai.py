@@ -103,6 +103,7 @@ class FakeUpstream:
         self.sse_sent: deque[bytes] = deque(maxlen=16)
         self.requests: list[RecordedRequest] = []
         self.files: dict[str, dict] = {}
+        self.file_projects: dict[str, str] = {}  # file id -> the OpenAI-Project it was uploaded in
         self.file_content: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
         self.uploads: dict[str, dict] = {}
@@ -134,6 +135,7 @@ class FakeUpstream:
             self.requests.clear()
             self.faults.clear()
             self.files.clear()
+            self.file_projects.clear()
             self.file_content.clear()
             self.batches.clear()
             self.uploads.clear()
@@ -532,9 +534,13 @@ class _Handler(BaseHTTPRequestHandler):
             obj = fake.add_file(filename=upload.fields.get("filename", "upload"), purpose=upload.fields.get("purpose", ""),
                                 content=bytes(upload.kept) if upload.size <= KEEP_BODY else None, size=upload.size)
             obj["bytes"] = upload.size
+            fake.file_projects[obj["id"]] = self.headers.get("OpenAI-Project") or ""
             return self.send_json(obj)
         if parts == ["files"] and m == "GET":
-            items = sorted(fake.files.values(), key=lambda f: f["created_at"], reverse=True)
+            # OpenAI lists the files of the request's project only.
+            project = self.headers.get("OpenAI-Project") or ""
+            items = sorted((f for f in fake.files.values() if fake.file_projects.get(f["id"], "") == project),
+                           key=lambda f: f["created_at"], reverse=True)
             if "purpose" in query:
                 items = [f for f in items if f["purpose"] in query["purpose"]]
             if "after" in query:

@@ -4,10 +4,11 @@ from .batches import BatchRecord, BatchResult, BatchStatus
 from .calls import ApiCall, Billing, Outcome
 from .files import FileOrigin, FileRecord, UploadRecord
 from .ledger import ChainState, LedgerEntry, LedgerKind, PruneRun
+from .reconciliation import Match, ReconciledCost, ReconciledDay, ReconciledUsage, ReconcileRun
 from .usage import ModelPrice, UsageDaily
 
 __all__ = [
     "AdminAction",
     "ApiCall", "Billing", "Outcome", "ModelPrice", "UsageDaily", "FileRecord", "FileOrigin", "UploadRecord",
-    "BatchRecord", "BatchResult", "BatchStatus", "ChainState", "LedgerEntry", "LedgerKind", "PruneRun",
+    "BatchRecord", "BatchResult", "Match", "ReconciledCost", "ReconciledDay", "ReconciledUsage", "ReconcileRun", "BatchStatus", "ChainState", "LedgerEntry", "LedgerKind", "PruneRun",
 ]

@@ -14,6 +14,15 @@ from proxy_app import upstream
 PAGE = 10000
 
 
+def projects() -> list[str]:
+    """The relay's own project ("": its default) and each team's, when they are sent."""
+    from proxy_app.headers import team_projects_allowed
+    from proxy_app.models import Team
+
+    teams = Team.objects.exclude(openai_project_id="").values_list("openai_project_id", flat=True)
+    return ["", *sorted(set(teams))] if team_projects_allowed() else [""]
+
+
 class Command(StoppableCommand):
     help = (
         "Reconcile file records with the OpenAI file list: files gone upstream are marked "
@@ -28,19 +37,23 @@ class Command(StoppableCommand):
         started = timezone.now()
         seen: set[str] = set()
         added = 0
-        after = None
-        while not self.stopping:
-            page = self.list_page(after)
-            items = [obj for obj in page.get("data") or [] if isinstance(obj, dict) and isinstance(obj.get("id"), str)]
-            for obj in items:
-                if not FileRecord.objects.filter(file_id=obj["id"]).exists():
-                    added += 1
-                record_file(obj, origin=FileOrigin.UPSTREAM_ONLY)
-                seen.add(obj["id"])
-            self.progress(f"  {len(seen)} upstream files read")
-            if not page.get("has_more") or not items:
-                break
-            after = items[-1]["id"]
+        # OpenAI lists a project's files only: read the relay's default project and every
+        # team's, or a team's files would be taken for deleted.
+        for project in projects():
+            after = None
+            while not self.stopping:
+                page = self.list_page(after, project)
+                items = [obj for obj in page.get("data") or []
+                         if isinstance(obj, dict) and isinstance(obj.get("id"), str)]
+                for obj in items:
+                    if not FileRecord.objects.filter(file_id=obj["id"]).exists():
+                        added += 1
+                    record_file(obj, origin=FileOrigin.UPSTREAM_ONLY)
+                    seen.add(obj["id"])
+                self.progress(f"  {len(seen)} upstream files read")
+                if not page.get("has_more") or not items:
+                    break
+                after = items[-1]["id"]
         if self.stopping:
             self.stdout.write("sync_files: stopped before the list was read; nothing marked")
             return
@@ -57,10 +70,10 @@ class Command(StoppableCommand):
         self.stdout.write(f"sync_files: {len(seen)} upstream files, {added} added unowned, "
                           f"{len(gone)} marked deleted, {expired} marked expired")
 
-    def list_page(self, after: str | None) -> dict:
+    def list_page(self, after: str | None, project: str = "") -> dict:
         query = f"limit={PAGE}" + (f"&after={quote(after)}" if after else "")
         try:
-            resp = upstream.get("/files", query)
+            resp = upstream.get("/files", query, project=project)
             if resp.status_code != 200:
                 raise CommandError(f"sync_files: upstream answered {resp.status_code} listing files; nothing marked")
             page = resp.json()

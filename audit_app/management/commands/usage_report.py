@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from audit_app.models import UsageDaily
 
-_GROUPS = {"user": "user__username", "model": "model", "key": "key__prefix"}
+_GROUPS = {"user": "user__username", "model": "model", "key": "key__prefix", "team": "key__team__group__name"}
 _SUMS = ("calls", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
          "total_tokens", "cost", "unpriced_calls")
 
