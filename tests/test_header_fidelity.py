@@ -219,6 +219,22 @@ def test_the_sdk_downloads_a_range_of_a_file(sdk, upstream, stored_file):
     assert raw.headers["content-range"] == f"bytes 10-19/{len(blob)}"
 
 
+@pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")  # the SDK's notice, not the relay's
+def test_the_sdk_resumes_a_video_download_with_a_range(sdk, upstream):
+    """A video is the large download a client resumes: the bytes from the offset on, no more."""
+    from tests.fake_openai import VIDEO_BYTES
+
+    offset = VIDEO_BYTES - 300_000
+    raw = sdk.videos.with_raw_response.download_content("video_abc", extra_headers={"Range": f"bytes={offset}-"})
+    assert raw.http_response.status_code == 206
+    assert raw.content == bytes(i % 256 for i in range(offset, VIDEO_BYTES))
+    assert raw.headers["content-range"] == f"bytes {offset}-{VIDEO_BYTES - 1}/{VIDEO_BYTES}"
+    assert raw.headers["content-type"] == "video/mp4"
+    row = finished_call()
+    assert (row.path, row.status, row.outcome, row.bytes_out) == (
+        "/v1/videos/video_abc/content", 206, Outcome.OK, 300_000)
+
+
 def test_ranges_and_304_through_gunicorn(gunicorn_relay, relay_key, upstream):
     """The production server: a 206 from a generated 5 MiB file, and a bodiless 304 on keep-alive."""
     size = 5 * 1024 * 1024 + 3
