@@ -177,9 +177,9 @@ def document() -> dict[str, Any]:
                                              "description": "Your personal relay key."}},
             "schemas": {
                 "Error": {
-                    "type": "object", "required": ["error"], "additionalProperties": False,
+                    "type": "object", "required": ["error"], "additionalProperties": True,
                     "properties": {"error": {
-                        "type": "object", "required": ["message", "type", "param", "code"],
+                        "type": "object", "required": ["message", "type"],
                         "additionalProperties": True,
                         "properties": {"message": STRING, "type": STRING,
                                        "param": {"type": ["string", "null"]},
