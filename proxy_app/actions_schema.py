@@ -3,6 +3,11 @@
 Hand-written, not derived from OpenAI's 3 MB spec: the Actions editor takes
 at most 30 operations and chokes on deep `$ref` graphs, so each operation
 gets a small, permissive schema and the envelope (`/v1/proxy`) covers the rest.
+
+The editor flags an object schema without `properties`, so every object here
+names the fields a GPT most needs and says explicitly what else may come
+(`additionalProperties`). The document validates as OpenAPI 3.1
+(tests/test_actions_schema.py, with openapi-spec-validator).
 """
 from __future__ import annotations
 
@@ -10,7 +15,24 @@ from typing import Any
 
 from django.conf import settings
 
-OBJECT = {"type": "object", "additionalProperties": True}
+STRING = {"type": "string"}
+# Any OpenAI object or list, as upstream answers it (only the fields most answers share).
+RESULT = {"$ref": "#/components/schemas/Result"}
+# The server's acceptance of an envelope path (proxy_app.envelope.check_path, then
+# proxy_app.paths.parse), as one ECMA-262 pattern: /v1/ and segments without '?',
+# '#', '\\' or control characters, no dot segments, no empty segment but a
+# trailing one, no '://', and no percent-encoded '.', '/', '\\', '?', '#' or
+# control character. ':' is allowed: fine-tuned model ids are made of it
+# (/v1/models/ft:gpt-4o-mini:acme::abc123). tests/test_actions_schema.py checks
+# that the pattern and the server agree on generated paths.
+_SEGMENT = r"(?!\.\.?(?:/|$))[^/\x00-\x1f\x7f\\?#]+"
+# Lookaheads scan with [\s\S], not ".", which stops at line terminators (and
+# differently in ECMA-262 and Python).
+ENVELOPE_PATH_PATTERN = (r"^(?![\s\S]*[\x00-\x1f\x7f])(?![\s\S]*://)"
+                         r"(?![\s\S]*%(?:2[eEfF3]|5[cC]|3[fF]|[01][0-9a-fA-F]|7[fF]))"
+                         rf"/v1/(?:{_SEGMENT}/)*(?:{_SEGMENT})?$")
+# Scalars a query parameter may take (a list of them repeats the parameter).
+_SCALAR = {"type": ["string", "number", "integer", "boolean"]}
 
 
 def _op(op_id: str, summary: str, *, params: list[dict] | None = None,
@@ -20,7 +42,7 @@ def _op(op_id: str, summary: str, *, params: list[dict] | None = None,
         "summary": summary,
         "responses": {
             "200": {"description": "OpenAI's response, passed through.",
-                    "content": {"application/json": {"schema": OBJECT}}},
+                    "content": {"application/json": {"schema": RESULT}}},
             "default": {"description": "An error in OpenAI's shape.",
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
         },
@@ -34,8 +56,9 @@ def _op(op_id: str, summary: str, *, params: list[dict] | None = None,
 
 
 def _path_param(name: str, description: str) -> dict:
+    # ':' for fine-tuned model ids; "." and ".." alone are dot segments, which the server refuses.
     return {"name": name, "in": "path", "required": True, "description": description,
-            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]+$"}}
+            "schema": {"type": "string", "pattern": r"^(?!\.\.?$)[A-Za-z0-9_.:-]+$"}}
 
 
 def _query(name: str, description: str, schema: dict | None = None) -> dict:
@@ -47,7 +70,6 @@ def _body(required: list[str], **props: dict) -> dict:
     return {"type": "object", "required": required, "additionalProperties": True, "properties": props}
 
 
-STRING = {"type": "string"}
 LIST_PARAMS = [_query("limit", "How many to return (1-100).", {"type": "integer", "minimum": 1, "maximum": 100}),
                _query("after", "Cursor: the last id of the previous page.")]
 
@@ -64,7 +86,11 @@ def paths() -> dict[str, dict]:
         "/v1/chat/completions": {"post": _op(
             "createChatCompletion", "Create a chat completion.",
             body=_body(["model", "messages"], model=STRING,
-                       messages={"type": "array", "items": OBJECT}))},
+                       messages={"type": "array", "items": {
+                           "type": "object", "required": ["role", "content"], "additionalProperties": True,
+                           "properties": {"role": {"type": "string",
+                                                   "enum": ["developer", "system", "user", "assistant"]},
+                                          "content": STRING}}}))},
         "/v1/embeddings": {"post": _op("createEmbedding", "Create embeddings.",
                                        body=_body(["model", "input"], model=STRING,
                                                   input={"type": "string"}))},
@@ -113,15 +139,23 @@ def paths() -> dict[str, dict]:
                 "type": "object", "required": ["method", "path"], "additionalProperties": False,
                 "properties": {
                     "method": {"type": "string", "enum": ["GET", "POST", "DELETE", "PUT", "PATCH"]},
-                    "path": {"type": "string", "pattern": "^/v1/[A-Za-z0-9_./-]+$",
-                             "description": "A relative OpenAI API path, e.g. /v1/models."},
-                    "query": {"type": "object", "additionalProperties": True},
-                    "body": OBJECT,
+                    "path": {"type": "string", "pattern": ENVELOPE_PATH_PATTERN,
+                             "description": "A relative OpenAI API path, e.g. /v1/models or "
+                                            "/v1/models/ft:gpt-4o-mini:acme::abc123; query parameters "
+                                            "go in 'query'."},
+                    "query": {"type": "object", "description": "Query parameters by name.",
+                              "properties": {"limit": {"type": "integer"}, "after": STRING,
+                                             "order": {"type": "string", "enum": ["asc", "desc"]}},
+                              "additionalProperties": {"anyOf": [_SCALAR, {"type": "array", "items": _SCALAR}]}},
+                    "body": {"type": "object", "description": "The JSON body, for POST, PUT and PATCH.",
+                             "properties": {"model": STRING}, "additionalProperties": True},
                 },
             })},
         "/v1/actions/ping": {"get": {
             "operationId": "ping", "summary": "Check that the relay is reachable.", "security": [],
-            "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": OBJECT}}}},
+            "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["status"], "additionalProperties": False,
+                "properties": {"status": {"type": "string", "enum": ["ok"]}}}}}}},
         }},
     }
 
@@ -135,17 +169,34 @@ def document() -> dict[str, Any]:
             "description": "The team's OpenAI API, through the relay: every call is audited and "
                            "counted against your key's scope and budget.",
         },
-        "servers": [{"url": settings.RELAY_PUBLIC_URL}],
+        # Must be a public https address for Custom GPT Actions: proxy_app.checks warns otherwise.
+        "servers": [{"url": settings.RELAY_PUBLIC_URL.rstrip("/")}],
         "paths": paths(),
         "components": {
             "securitySchemes": {"RelayKey": {"type": "http", "scheme": "bearer",
                                              "description": "Your personal relay key."}},
-            "schemas": {"Error": {
-                "type": "object", "required": ["error"],
-                "properties": {"error": {"type": "object", "properties": {
-                    "message": STRING, "type": STRING,
-                    "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
-            }},
+            "schemas": {
+                "Error": {
+                    "type": "object", "required": ["error"], "additionalProperties": True,
+                    "properties": {"error": {
+                        "type": "object", "required": ["message", "type"],
+                        "additionalProperties": True,
+                        "properties": {"message": STRING, "type": STRING,
+                                       "param": {"type": ["string", "null"]},
+                                       "code": {"type": ["string", "null"]}}}},
+                },
+                "Result": {
+                    "type": "object", "additionalProperties": True,
+                    "description": "An OpenAI object (its id and type in 'object') or a list of them in 'data'.",
+                    "properties": {
+                        "id": STRING, "object": STRING,
+                        "data": {"type": "array", "items": {
+                            "type": "object", "additionalProperties": True,
+                            "properties": {"id": STRING, "object": STRING}}},
+                        "has_more": {"type": "boolean"},
+                    },
+                },
+            },
         },
         "security": [{"RelayKey": []}],
     }

@@ -73,6 +73,10 @@ def check_path(path: Any) -> str:
         raise EnvelopeError("path must be a string such as /v1/models.", param="path")
     if "://" in path or path.startswith("//") or re.match(r"^[a-z][a-z0-9+.-]*:", path, re.IGNORECASE):
         raise EnvelopeError("path must be relative: no scheme or host.", param="path")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can carry
+        raise EnvelopeError("path must be valid Unicode text.", param="path") from None
     if _FORBIDDEN.search(path):
         raise EnvelopeError("path may not contain backslashes, control characters, '?', '#' or "
                             "encoded separators; put query parameters in 'query'.", param="path")
@@ -110,7 +114,8 @@ def inner_request(outer: HttpRequest, call: InnerCall) -> WSGIRequest:
     body = call.body or b""
     environ.update({
         "REQUEST_METHOD": call.method,
-        "PATH_INFO": call.path,
+        # WSGI carries the path's UTF-8 bytes as a latin-1 string (PEP 3333); Django decodes it back.
+        "PATH_INFO": call.path.encode("utf-8").decode("iso-8859-1"),
         "QUERY_STRING": call.query,
         "wsgi.input": io.BytesIO(body),
         "HTTP_ACCEPT": "application/json",

@@ -39,7 +39,9 @@ class JsonObjectObserver(Observer):
         self.body = bytearray()
 
     def on_response_start(self, status: int, headers: Any) -> None:
-        self.ok = status < 400 and media_type(headers.get("content-type", "")) == "application/json"
+        # 200/201 only: a 206 is part of an object and a 304 has none (ranged and
+        # conditional reads pass through since the fidelity work).
+        self.ok = status in (200, 201) and media_type(headers.get("content-type", "")) == "application/json"
 
     def on_response_chunk(self, chunk: bytes) -> None:
         if self.ok:

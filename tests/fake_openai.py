@@ -5,6 +5,10 @@ Only the standard library. Bodies are read and hashed in chunks (tests push
 injected per path prefix: a status and body, a hang, or a connection dropped
 mid-stream. Run standalone for benchmarks: `python tests/fake_openai.py --port 9999`.
 
+File downloads honour one byte range (`Range`, `If-Range`) and revalidation
+(`If-None-Match`, `If-Modified-Since`) as RFC 9110 says, with a strong ETag
+and a Last-Modified per file, so tests can check what the relay passes on.
+
 Usage numbers are fixed, so that tests can work out costs by hand:
 Responses and chat report 12 input tokens (4 cached), N output tokens where N
 is the number of streamed deltas + 2 (JSON: 7), reasoning 0; embeddings 3
@@ -20,9 +24,11 @@ import secrets
 import socket
 import struct
 import threading
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,6 +37,8 @@ CHUNK = 64 * 1024
 KEEP_BODY = 1024 * 1024
 PATTERN = bytes(range(256)) * 256  # 64 KiB of deterministic download bytes
 IN_TOKENS, CACHED_TOKENS, JSON_OUT_TOKENS = 12, 4, 7
+VIDEO_BYTES = 3 * 1024 * 1024 + 5
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 
 @dataclass
@@ -112,6 +120,8 @@ class FakeUpstream:
         self.streams_cut_short = 0  # SSE responses whose client went away mid-stream
         self.stalled_downloads = 0
         self.latency = 0.0  # seconds added before every answer
+        # Headers added to every answer (Deprecation, Sunset, Location, ...).
+        self.extra_headers: dict[str, str] = {}
         handler = type("Handler", (_Handler,), {"fake": self})
         self.server = _Server((host, port), handler)
         self.thread: threading.Thread | None = None
@@ -143,6 +153,7 @@ class FakeUpstream:
             self.stalled_downloads = 0
             self.sse_sent.clear()
         self.sse_delay_first = self.sse_delay_between = self.latency = 0.0
+        self.extra_headers = {}
         self.sse_event_count = 3
         self.responses_end = "completed"
         self.chat_stream_id = None
@@ -303,6 +314,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("x-ratelimit-remaining-requests", "9999")
         self.send_header("x-upstream-secret-header", "leak")
         self.send_header("set-cookie", "upstream=1; Path=/")
+        for name, value in self.fake.extra_headers.items():
+            self.send_header(name, value)
 
     def send_json(self, obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
         data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
@@ -319,12 +332,87 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_json({"error": {"message": message, "type": "invalid_request_error", "param": None,
                                   "code": code}}, status)
 
-    def send_bytes(self, total: int, content_type: str, content: bytes | None = None) -> None:
-        self.send_response(200)
+    def _not_modified(self, etag: str, last_modified: float) -> bool:
+        """RFC 9110 13.2.2: If-None-Match decides when present, else If-Modified-Since."""
+        if_none_match = self.headers.get("If-None-Match")
+        if if_none_match is not None:
+            tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+            return "*" in tags or etag in tags
+        since = self.headers.get("If-Modified-Since")
+        if since:
+            try:
+                return parsedate_to_datetime(since).timestamp() >= int(last_modified)
+            except (TypeError, ValueError):
+                return False
+        return False
+
+    def _byte_range(self, total: int, etag: str, last_modified: str) -> tuple[int, int] | None | bool:
+        """(first, last) of the one range asked for, None for the whole body, False if unsatisfiable."""
+        wanted = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if not wanted or (if_range is not None and if_range not in (etag, last_modified)):
+            return None
+        match = _RANGE.match(wanted.strip())
+        if not match or match.group(1) == match.group(2) == "":
+            return None  # several ranges or another unit: answering in full is allowed
+        first, last = match.group(1), match.group(2)
+        if first == "":
+            length = int(last)
+            return (max(total - length, 0), total - 1) if length and total else False
+        start = int(first)
+        end = min(int(last), total - 1) if last else total - 1
+        return (start, end) if start < total and start <= end else False
+
+    def send_bytes(self, total: int, content_type: str, content: bytes | None = None,
+                   validator: str | None = None) -> None:
+        """A download; with a `validator` (a file's id), also ranges and revalidation."""
+        start, end, status = 0, total - 1, 200
+        extra: dict[str, str] = {}
+        if validator is not None:
+            modified = 1700000000.0
+            etag = f'"{hashlib.sha256(validator.encode()).hexdigest()[:16]}-{total}"'
+            last_modified = formatdate(modified, usegmt=True)
+            extra = {"Accept-Ranges": "bytes", "ETag": etag, "Last-Modified": last_modified}
+            if self.command in ("GET", "HEAD") and self._not_modified(etag, modified):
+                self.send_response(304)
+                self._common_headers()
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                return
+            span = self._byte_range(total, etag, last_modified) if self.command == "GET" else None
+            if span is False:
+                self.send_response(416)
+                self._common_headers()
+                self.send_header("Content-Range", f"bytes */{total}")
+                self.send_header("Content-Type", "application/json")
+                data = json.dumps({"error": {"message": "Range Not Satisfiable", "type": "invalid_request_error",
+                                             "param": None, "code": "range_not_satisfiable"}}).encode()
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            if span:
+                start, end, status = span[0], span[1], 206
+                extra["Content-Range"] = f"bytes {start}-{end}/{total}"
+        length = end - start + 1
+        self.send_response(status)
         self._common_headers()
+        for name, value in extra.items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(total))
+        self.send_header("Content-Length", str(length))
         self.end_headers()
+        if status == 206:
+            if content is not None:
+                self.wfile.write(content[start:end + 1])
+                return
+            pos = start
+            while pos <= end:  # PATTERN's byte at offset i is i % 256
+                piece = PATTERN[pos % 256: pos % 256 + min(len(PATTERN) - 256, end + 1 - pos)]
+                self.wfile.write(piece)
+                pos += len(piece)
+            return
         if content is not None and getattr(self, "stall", None) is not None:
             self.wfile.write(content[: self.stall.stall_after_bytes])
             self.wfile.flush()
@@ -405,6 +493,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = req.json() if req.content_type.startswith("application/json") and req.body else {}
         parts = path.strip("/").split("/")[1:]  # after "v1"
         m = self.command
+        if len(parts) == 3 and parts[0] == "videos" and parts[2] == "content" and m == "GET":
+            # The fake keeps no video bytes: any id's content is VIDEO_BYTES generated bytes.
+            return self.send_bytes(VIDEO_BYTES, "video/mp4", validator=parts[1])
         if parts == ["models"] and m == "GET":
             return self.send_json({"object": "list", "data": [
                 {"id": name, "object": "model", "created": 1700000000, "owned_by": "openai"}
@@ -554,7 +645,7 @@ class _Handler(BaseHTTPRequestHandler):
         if file_id.startswith("big-"):
             size = int(file_id[4:])
             if len(parts) == 3 and parts[2] == "content":
-                return self.send_bytes(size, "application/octet-stream")
+                return self.send_bytes(size, "application/octet-stream", validator=file_id)
             return self.send_json({"id": file_id, "object": "file", "bytes": size, "created_at": now(),
                                    "filename": "big.bin", "purpose": "assistants", "status": "processed"})
         obj = fake.files.get(file_id)
@@ -563,8 +654,8 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) == 3 and parts[2] == "content" and m == "GET":
             content = fake.file_content.get(file_id)
             if content is not None:
-                return self.send_bytes(len(content), "application/octet-stream", content)
-            return self.send_bytes(obj["bytes"], "application/octet-stream")
+                return self.send_bytes(len(content), "application/octet-stream", content, validator=file_id)
+            return self.send_bytes(obj["bytes"], "application/octet-stream", validator=file_id)
         if len(parts) == 2 and m == "GET":
             return self.send_json(obj)
         if len(parts) == 2 and m == "DELETE":
