@@ -211,6 +211,37 @@ def _session_models(session: Any) -> list[str]:
     return [m for m in found if isinstance(m, str)]
 
 
+class _ClientGone(Exception):
+    pass
+
+
+class _UpstreamGone(Exception):
+    pass
+
+
+_TOO_BIG = object()
+
+
+class _Assembler:
+    """Reassembles one message from wsproto's partial frames, up to a size limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list = []
+        self.size = 0
+
+    def add(self, event: TextMessage | BytesMessage):
+        """The whole message once its last part is in (str or bytes), _TOO_BIG, or None."""
+        self.size += len(event.data)
+        if self.size > self.limit:
+            return _TOO_BIG
+        self.parts.append(event.data)
+        if not event.message_finished:
+            return None
+        parts, self.parts, self.size = self.parts, [], 0
+        return "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     keys = [k for k, _ in pairs]
     if len(keys) != len(set(keys)):
@@ -279,6 +310,12 @@ class Session:
     def _guard(self, pump) -> None:
         try:
             pump()
+        except _ClientGone:
+            self._end(Outcome.CLIENT_CLOSED, "the client's connection broke",
+                      upstream=(1001, "client went away"))
+        except _UpstreamGone:
+            self._end(Outcome.FAILED, "the connection to the OpenAI API broke",
+                      client=(1011, "The OpenAI API closed the connection unexpectedly."))
         except Exception:
             log.exception("websocket session %s failed", self.ctx.request_id)
             self._end(Outcome.FAILED, "the relay failed while relaying the session",
@@ -309,7 +346,7 @@ class Session:
                 try:
                     send(CloseConnection(code=1000 if code in _UNSENDABLE else code,
                                          reason=_truncate(reason)))
-                except (OSError, ProtocolError):
+                except (_ClientGone, _UpstreamGone, ProtocolError):
                     pass
         for sock in (self.client_sock, self.up.sock):
             try:
@@ -327,24 +364,28 @@ class Session:
     # -- writing (one writer at a time per side; wsproto objects are not thread-safe)
 
     def _send_client(self, event) -> None:
-        with self._client_lock:
-            data = self.client_ws.send(event)
-            self.client_sock.sendall(data)
-            self.bytes_out += len(data)
+        try:
+            with self._client_lock:
+                data = self.client_ws.send(event)
+                self.client_sock.sendall(data)
+                self.bytes_out += len(data)
+        except OSError as exc:
+            raise _ClientGone() from exc
         self.last_activity = time.monotonic()
 
     def _send_upstream(self, event) -> None:
-        with self._up_lock:
-            data = self.up.ws.send(event)
-            self.up.sock.sendall(data)
+        try:
+            with self._up_lock:
+                data = self.up.ws.send(event)
+                self.up.sock.sendall(data)
+        except OSError as exc:
+            raise _UpstreamGone() from exc
         self.last_activity = time.monotonic()
 
     # -- client -> upstream
 
     def _pump_client(self) -> None:
-        parts: list[str] = []
-        size = 0
-        binary = False
+        assembler = _Assembler(self.max_message)
         while self.outcome is None:
             try:
                 data = self.client_sock.recv(ws_upstream.RECV_BYTES)
@@ -370,23 +411,17 @@ class Session:
                               upstream=(event.code, event.reason or "client closed"))
                     return
                 elif isinstance(event, (TextMessage, BytesMessage)):
-                    size += len(event.data)
-                    binary = binary or isinstance(event, BytesMessage)
-                    if size > self.max_message:
+                    message = assembler.add(event)
+                    if message is _TOO_BIG:
                         self._end(Outcome.REJECTED, f"a client message exceeded {self.max_message} bytes",
                                   client=(1009, f"Messages are limited to {self.max_message} bytes."),
                                   upstream=(1000, "client sent an oversized message"))
                         return
-                    if not binary:
-                        parts.append(event.data)
-                    if event.message_finished:
-                        text, parts, size = "".join(parts), [], 0
-                        if binary:
-                            binary = False
-                            self._refuse(None, RelayError("The relay relays JSON text events only; a binary "
-                                                          "message was not forwarded.", code="invalid_event"))
-                        else:
-                            self._client_message(text)
+                    if isinstance(message, bytes):
+                        self._refuse(None, RelayError("The relay relays JSON text events only; a binary "
+                                                      "message was not forwarded.", code="invalid_event"))
+                    elif message is not None:
+                        self._client_message(message)
 
     def _client_message(self, text: str) -> None:
         try:
@@ -410,20 +445,12 @@ class Session:
     # -- upstream -> client
 
     def _pump_upstream(self) -> None:
-        parts: list[str | bytes] = []
-        size = 0
+        assembler = _Assembler(self.max_message)
+        data: bytes | None = None  # frames that came with the handshake's answer are already in wsproto
         while self.outcome is None:
-            try:
-                data = self.up.sock.recv(ws_upstream.RECV_BYTES)
-            except OSError:
-                data = b""
-            if not data:
-                self._end(Outcome.FAILED, "the OpenAI API dropped the connection without a close frame",
-                          client=(1011, "The OpenAI API closed the connection unexpectedly."))
-                return
-            self.last_activity = time.monotonic()
             with self._up_lock:
-                self.up.ws.receive_data(data)
+                if data is not None:
+                    self.up.ws.receive_data(data)
                 events = list(self.up.ws.events())
             for event in events:
                 if isinstance(event, Ping):
@@ -439,21 +466,28 @@ class Session:
                               upstream=(event.code, reason))
                     return
                 elif isinstance(event, (TextMessage, BytesMessage)):
-                    size += len(event.data)
-                    if size > self.max_message:
+                    message = assembler.add(event)
+                    if message is _TOO_BIG:
                         self._end(Outcome.FAILED, f"an upstream message exceeded {self.max_message} bytes",
                                   client=(1009, "An OpenAI message exceeded the relay's limit."),
                                   upstream=(1009, "message too big"))
                         return
-                    parts.append(event.data)
-                    if event.message_finished:
-                        message, parts, size = parts, [], 0
-                        if isinstance(event, TextMessage):
-                            text = "".join(message)  # type: ignore[arg-type]
-                            self._upstream_message(text)
-                            self._send_client(TextMessage(data=text))
-                        else:
-                            self._send_client(BytesMessage(data=b"".join(message)))  # type: ignore[arg-type]
+                    if isinstance(message, str):
+                        self._upstream_message(message)
+                        self._send_client(TextMessage(data=message))
+                    elif isinstance(message, bytes):
+                        self._send_client(BytesMessage(data=message))
+            if self.outcome is not None:
+                return
+            try:
+                data = self.up.sock.recv(ws_upstream.RECV_BYTES)
+            except OSError:
+                data = b""
+            if not data:
+                self._end(Outcome.FAILED, "the OpenAI API dropped the connection without a close frame",
+                          client=(1011, "The OpenAI API closed the connection unexpectedly."))
+                return
+            self.last_activity = time.monotonic()
 
     def _upstream_message(self, text: str) -> None:
         """Watch the events the audit needs; everything is forwarded as it came."""

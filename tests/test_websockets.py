@@ -3,6 +3,7 @@
 WebSocket upstream (tests/fake_ws_upstream.py)."""
 from __future__ import annotations
 
+import socket
 import time
 from decimal import Decimal
 
@@ -33,6 +34,13 @@ def relay(start_gunicorn, fake_ws):
 
 def client_for(relay, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{relay.url}/v1", api_key=key, max_retries=0, timeout=30)
+
+
+def scoped_key(issue_key, models: list[str]):
+    key, plaintext = issue_key()
+    key.allowed_models = models
+    key.save()
+    return key, plaintext
 
 
 def until(event_type: str, conn) -> list:
@@ -81,3 +89,186 @@ def test_realtime_text_turn_through_the_sdk_is_audited_as_a_session_and_a_priced
                 + Decimal(201) * Decimal("16.00")) / 1_000_000
     assert (response.input_tokens, response.cached_input_tokens, response.output_tokens) == (1010, 100, 201)
     assert response.billing == "priced" and response.cost == expected
+
+
+def test_two_realtime_turns_on_one_connection_are_two_priced_responses_in_the_rollups(relay, fake_ws, issue_key):
+    from django.db.models import Sum
+
+    from audit_app.models import UsageDaily
+
+    key, plaintext = issue_key()
+    with client_for(relay, plaintext).realtime.connect(model="gpt-realtime") as conn:
+        for _ in range(2):
+            conn.response.create()
+            assert until("response.done", conn)[-1].type == "response.done"
+    sessions, responses = session_rows(1, 2)
+    assert len(sessions) == 1 and len(responses) == 2
+    # Turn n: 1000 + 10n input (100 cached), 200 + n output, at gpt-realtime's $4 / $0.40 / $16 per 1M.
+    costs = [(Decimal(900 + 10 * n) * Decimal("4.00") + Decimal(100) * Decimal("0.40")
+              + Decimal(200 + n) * Decimal("16.00")) / 1_000_000 for n in (1, 2)]
+    assert [r.cost for r in responses] == costs
+    assert len({r.upstream_request_id for r in responses}) == 2
+    rollup = UsageDaily.objects.filter(key=key).aggregate(calls=Sum("calls"), cost=Sum("cost"),
+                                                          input=Sum("input_tokens"), output=Sum("output_tokens"))
+    # The session row counts as a call of its own, free; each response once, with its cost.
+    assert rollup == {"calls": 3, "cost": sum(costs), "input": 1010 + 1020, "output": 201 + 202}
+
+
+def test_responses_websocket_mode_through_the_sdk_prices_each_completed_response(relay, fake_ws, issue_key):
+    key, plaintext = issue_key()
+    with client_for(relay, plaintext).responses.connect() as conn:
+        for text in ("Hi", "Again"):
+            conn.response.create(model="gpt-4o-mini", input=text)
+            events = until("response.completed", conn)
+            assert events[-1].type == "response.completed"
+    sessions, responses = session_rows(1, 2)
+    assert sessions[0].path == "/v1/responses" and sessions[0].family == "responses"
+    assert [r.model for r in responses] == ["gpt-4o-mini", "gpt-4o-mini"]
+    # gpt-4o-mini: $0.15/M input, $0.075/M cached input, $0.60/M output.
+    costs = [(Decimal(900 + 10 * n) * Decimal("0.15") + Decimal(100) * Decimal("0.075")
+              + Decimal(200 + n) * Decimal("0.60")) / 1_000_000 for n in (1, 2)]
+    assert [r.cost for r in responses] == costs and {r.billing for r in responses} == {"priced"}
+    assert [e["input"] for e in fake_ws.connections[0].events] == ["Hi", "Again"]
+
+
+def test_a_response_create_for_a_model_outside_the_key_scope_gets_an_error_event_and_is_not_forwarded(
+        relay, fake_ws, issue_key):
+    key, plaintext = scoped_key(issue_key, ["gpt-4o-mini"])
+    with client_for(relay, plaintext).responses.connect() as conn:
+        conn.response.create(model="gpt-4o", input="forbidden")
+        refused = until("response.completed", conn)[-1]
+        assert refused.type == "error" and refused.code == "outside_key_scope"
+        assert "gpt-4o" in refused.message and refused.param == "model"
+        conn.response.create(model="gpt-4o-mini", input="allowed")  # the session goes on
+        assert until("response.completed", conn)[-1].type == "response.completed"
+    session_rows(1, 1)
+    assert [e["input"] for e in fake_ws.connections[0].events] == ["allowed"]
+
+
+def test_a_realtime_session_update_to_a_model_outside_the_key_scope_is_refused_with_an_error_event(
+        relay, fake_ws, issue_key):
+    key, plaintext = scoped_key(issue_key, ["gpt-realtime-mini"])
+    with client_for(relay, plaintext).realtime.connect(model="gpt-realtime-mini") as conn:
+        until("session.created", conn)
+        conn.session.update(session={"type": "realtime", "model": "gpt-realtime"})
+        refused = until("session.updated", conn)[-1]
+        assert refused.type == "error" and refused.error.code == "outside_key_scope"
+        assert refused.error.type == "invalid_request_error" and "gpt-realtime" in refused.error.message
+    session_rows(1)
+    assert fake_ws.connections[0].events == []
+
+
+def test_a_realtime_url_model_outside_the_key_scope_is_refused_before_anything_reaches_upstream(
+        relay, fake_ws, issue_key):
+    key, plaintext = scoped_key(issue_key, ["gpt-realtime-mini"])
+    with pytest.raises(Exception) as refused:
+        with client_for(relay, plaintext).realtime.connect(model="gpt-realtime") as conn:
+            conn.recv()
+    assert "403" in str(refused.value)
+    assert fake_ws.connections == []
+
+
+def test_a_bad_relay_key_is_refused_in_the_handshake_and_never_reaches_upstream(relay, fake_ws, transactional_db):
+    from audit_app.models import ApiCall
+
+    with pytest.raises(Exception) as refused:
+        with client_for(relay, "sk-relay-not-a-key").realtime.connect(model="gpt-realtime") as conn:
+            conn.recv()
+    assert "401" in str(refused.value)
+    assert fake_ws.connections == []
+    settle()
+    row = ApiCall.objects.get()
+    assert (row.outcome, row.status, row.key_id) == ("rejected", 401, None)
+
+
+def test_keys_stay_on_their_side_the_team_key_upstream_and_the_relay_key_nowhere_in_logs(relay, fake_ws, issue_key):
+    key, plaintext = issue_key()
+    with client_for(relay, plaintext).realtime.connect(model="gpt-realtime") as conn:
+        conn.response.create()
+        until("response.done", conn)
+    session_rows(1, 1)
+    sent = fake_ws.connections[0].headers
+    assert sent["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert not any(plaintext in value for value in sent.values())
+    log = relay.log()
+    assert plaintext not in log and UPSTREAM_KEY not in log
+
+
+def test_when_the_client_drops_the_connection_upstream_is_closed_within_a_second(relay, fake_ws, issue_key):
+    from websockets.sync.client import connect
+
+    key, plaintext = issue_key()
+    ws = connect(f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime",
+                 additional_headers={"Authorization": f"Bearer {plaintext}"})
+    ws.recv(timeout=10)  # session.created: upstream is connected
+    dropped = time.monotonic()
+    ws.socket.shutdown(socket.SHUT_RDWR)  # no close frame: the client just goes
+    ws.socket.close()
+    deadline = time.monotonic() + 5
+    while fake_ws.connections[0].closed_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake_ws.connections[0].closed_at is not None
+    assert fake_ws.connections[0].closed_at - dropped < 1.0
+    sessions, _ = session_rows(1)
+    assert sessions[0].outcome == "client_closed"
+
+
+def test_when_upstream_closes_the_session_the_client_gets_a_close_frame_with_the_reason(relay, fake_ws, issue_key):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    key, plaintext = issue_key()
+    ws = connect(f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime",
+                 additional_headers={"Authorization": f"Bearer {plaintext}"})
+    ws.recv(timeout=10)
+    ws.send('{"type": "response.create", "response": {"instructions": "close:1011"}}')
+    with pytest.raises(ConnectionClosed):
+        while True:
+            ws.recv(timeout=10)
+    assert ws.close_code == 1011 and "upstream exploded" in ws.close_reason
+    sessions, responses = session_rows(1, 1)
+    assert sessions[0].outcome == "upstream_error" and "1011" in sessions[0].error
+    # Created, never done: OpenAI bills it, the relay could not see how much.
+    assert (responses[0].outcome, responses[0].billing, responses[0].cost) == ("interrupted", "unknown", None)
+
+
+def test_when_upstream_drops_the_connection_the_client_gets_a_close_frame_saying_so(relay, fake_ws, issue_key):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    key, plaintext = issue_key()
+    ws = connect(f"ws://127.0.0.1:{relay.port}/v1/responses",
+                 additional_headers={"Authorization": f"Bearer {plaintext}"})
+    ws.send('{"type": "response.create", "model": "gpt-4o-mini", "input": "drop"}')
+    with pytest.raises(ConnectionClosed):
+        while True:
+            ws.recv(timeout=10)
+    assert ws.close_code == 1011 and "unexpectedly" in ws.close_reason
+    sessions, _ = session_rows(1, 1)
+    assert sessions[0].outcome == "failed"
+
+
+def test_upstream_refusing_the_upgrade_is_relayed_with_its_status(start_gunicorn, fake_ws, issue_key):
+    relay = start_gunicorn(OPENAI_WEBSOCKET_BASE_URL=fake_ws.base_url, OPENAI_API_KEY="sk-team-key-revoked")
+    key, plaintext = issue_key()
+    with pytest.raises(Exception) as refused:
+        with client_for(relay, plaintext).realtime.connect(model="gpt-realtime") as conn:
+            conn.recv()
+    assert "401" in str(refused.value)
+    sessions, _ = session_rows(1)
+    assert (sessions[0].outcome, sessions[0].status) == ("upstream_error", 401)
+
+
+def test_an_idle_session_is_closed_after_the_configured_timeout(start_gunicorn, fake_ws, issue_key):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    relay = start_gunicorn(OPENAI_WEBSOCKET_BASE_URL=fake_ws.base_url, RELAY_WS_IDLE_TIMEOUT_SECONDS="1")
+    key, plaintext = issue_key()
+    ws = connect(f"ws://127.0.0.1:{relay.port}/v1/responses",
+                 additional_headers={"Authorization": f"Bearer {plaintext}"})
+    started = time.monotonic()
+    with pytest.raises(ConnectionClosed):
+        ws.recv(timeout=10)
+    assert 0.9 < time.monotonic() - started < 3
+    assert ws.close_code == 1000 and "RELAY_WS_IDLE_TIMEOUT_SECONDS" in ws.close_reason
