@@ -52,8 +52,8 @@ class FakeWsUpstream:
         self.connections: list[Recorded] = []
         self.audio_tokens = 0  # set by a test: report this many output audio tokens per realtime turn
 
-    def start(self) -> "FakeWsUpstream":
-        self.server = serve(self._handle, "127.0.0.1", 0, process_request=self._check,
+    def start(self, port: int = 0) -> "FakeWsUpstream":
+        self.server = serve(self._handle, "127.0.0.1", port, process_request=self._check,
                             compression=None, max_size=None)
         self.port = self.server.socket.getsockname()[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -129,6 +129,11 @@ class FakeWsUpstream:
             return False
         if script == "hang":
             return True
+        if script.startswith("flood:"):  # that many 64 KiB deltas, as fast as the socket takes them
+            delta = json.dumps({"type": "response.output_text.delta", "delta": "x" * 65536,
+                                "response_id": rid, "sequence_number": 1})
+            for _ in range(int(script.split(":")[1])):
+                ws.send(delta)
         ws.send(json.dumps({"type": "response.output_text.delta", "delta": f"Hello {turn}",
                             "response_id": rid, "sequence_number": 1}))
         usage = turn_usage(turn, kind)
@@ -142,3 +147,27 @@ class FakeWsUpstream:
         ws.send(json.dumps({"type": "response.done" if kind == "realtime" else "response.completed",
                             "event_id": f"ev_{turn}b", "response": done, "sequence_number": 2}))
         return True
+
+
+def main() -> None:
+    """Run on its own (bench/ws_sessions.py): python -m tests.fake_ws_upstream --port N --key K."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--key", required=True)
+    args = parser.parse_args()
+    server = FakeWsUpstream(args.key).start(args.port)
+    server.connections = _Forgetful()
+    server.thread.join()
+
+
+class _Forgetful(list):
+    """A long run keeps no record of its connections."""
+
+    def append(self, item) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    main()
