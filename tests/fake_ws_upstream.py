@@ -15,6 +15,7 @@ Usage of turn n (1-based, per connection): input 1000 + 10n tokens of which
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -124,7 +125,8 @@ class FakeWsUpstream:
         if script.startswith("close:"):
             ws.close(int(script.split(":")[1]), "upstream exploded")
             return False
-        if script == "drop":
+        if script == "drop":  # FIN without a close frame (shutdown: the reader thread holds the socket)
+            ws.socket.shutdown(socket.SHUT_RDWR)
             ws.socket.close()
             return False
         if script == "hang":
