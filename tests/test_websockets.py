@@ -272,3 +272,68 @@ def test_an_idle_session_is_closed_after_the_configured_timeout(start_gunicorn, 
         ws.recv(timeout=10)
     assert 0.9 < time.monotonic() - started < 3
     assert ws.close_code == 1000 and "RELAY_WS_IDLE_TIMEOUT_SECONDS" in ws.close_reason
+
+
+def raw_session(relay, plaintext: str, path: str = "/v1/realtime?model=gpt-realtime"):
+    from websockets.sync.client import connect
+
+    return connect(f"ws://127.0.0.1:{relay.port}{path}", additional_headers={"Authorization": f"Bearer {plaintext}"})
+
+
+def test_events_the_relay_cannot_read_are_refused_with_an_error_event_and_not_forwarded(relay, fake_ws, issue_key):
+    import json
+
+    key, plaintext = issue_key()
+    ws = raw_session(relay, plaintext)
+    assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+    for unreadable in ("not json", b"\x00binary", '{"type": "session.update", "type": "response.create"}', "[1]"):
+        ws.send(unreadable)
+        refused = json.loads(ws.recv(timeout=10))
+        assert refused["type"] == "error" and refused["error"]["code"] == "invalid_event", unreadable
+    ws.send('{"type": "response.create", "event_id": "evt_ok"}')
+    assert json.loads(ws.recv(timeout=10))["type"] == "response.created"  # the session goes on
+    ws.close()
+    session_rows(1, 1)
+    assert [e["type"] for e in fake_ws.connections[0].events] == ["response.create"]
+
+
+def test_each_response_create_counts_against_the_key_rate_limit(relay, fake_ws, issue_key):
+    key, plaintext = issue_key()
+    key.requests_per_minute = 2  # the connection is one request, the first response.create the second
+    key.save()
+    with client_for(relay, plaintext).responses.connect() as conn:
+        conn.response.create(model="gpt-4o-mini", input="one")
+        assert until("response.completed", conn)[-1].type == "response.completed"
+        conn.response.create(model="gpt-4o-mini", input="two")
+        refused = until("response.completed", conn)[-1]
+        assert refused.type == "error" and refused.code == "rate_limit_exceeded"
+    session_rows(1, 1)
+    assert [e["input"] for e in fake_ws.connections[0].events] == ["one"]
+
+
+def test_a_key_over_its_budget_cannot_open_a_session(relay, fake_ws, issue_key):
+    from django.utils import timezone
+
+    from audit_app.models import UsageDaily
+
+    key, plaintext = issue_key()
+    key.monthly_budget_usd = Decimal("1.00")
+    key.save()
+    UsageDaily.objects.create(date=timezone.localdate(), user=key.owner, key=key, model="gpt-realtime",
+                              family="realtime", calls=1, cost=Decimal("1.50"))
+    with pytest.raises(Exception) as refused:
+        with client_for(relay, plaintext).realtime.connect(model="gpt-realtime") as conn:
+            conn.recv()
+    assert "429" in str(refused.value)
+    assert fake_ws.connections == []
+
+
+def test_realtime_audio_tokens_without_an_audio_rate_leave_the_response_unpriced_not_at_the_text_rate(
+        relay, fake_ws, issue_key):
+    key, plaintext = issue_key()
+    fake_ws.audio_tokens = 500
+    with client_for(relay, plaintext).realtime.connect(model="gpt-realtime") as conn:
+        conn.response.create()
+        until("response.done", conn)
+    _, responses = session_rows(1, 1)
+    assert (responses[0].billing, responses[0].cost, responses[0].unpriced) == ("unpriced", None, True)
