@@ -337,3 +337,18 @@ def test_realtime_audio_tokens_without_an_audio_rate_leave_the_response_unpriced
         until("response.done", conn)
     _, responses = session_rows(1, 1)
     assert (responses[0].billing, responses[0].cost, responses[0].unpriced) == ("unpriced", None, True)
+
+
+def test_session_and_response_rows_carry_valid_macs_and_seal_into_the_ledger(relay, fake_ws, issue_key):
+    from audit_app.ledger import seal, verify
+
+    key, plaintext = issue_key()
+    with client_for(relay, plaintext).realtime.connect(model="gpt-realtime") as conn:
+        for _ in range(2):
+            conn.response.create()
+            until("response.done", conn)
+    session_rows(1, 2)
+    settle()
+    result = seal()
+    assert (result.calls, result.rejected) == (3, [])
+    assert verify(record=False).ok
