@@ -62,3 +62,10 @@ def test_a_key_with_a_budget_may_not_start_a_webrtc_call_directly(relay_url, ups
                          headers={"Authorization": f"Bearer {plaintext}", "Content-Type": "application/sdp"})
     assert resp.status_code == 403 and "client secret" in resp.json()["error"]["message"]
     assert not [r for r in upstream.requests if r.path.endswith("/calls")]
+
+
+def test_the_sdk_starts_a_webrtc_call_through_the_relay(sdk, upstream, relay_key):
+    answer = sdk.realtime.calls.create(sdp=OFFER.decode())
+    assert answer.content.startswith(b"v=0")
+    row = finished_call()
+    assert (row.path, row.status, row.billing) == ("/v1/realtime/calls", 201, "unknown")
