@@ -352,3 +352,28 @@ def test_session_and_response_rows_carry_valid_macs_and_seal_into_the_ledger(rel
     result = seal()
     assert (result.calls, result.rejected) == (3, [])
     assert verify(record=False).ok
+
+
+def test_closing_the_sdk_connection_closes_upstream_within_a_second(relay, fake_ws, issue_key):
+    key, plaintext = issue_key()
+    with client_for(relay, plaintext).realtime.connect(model="gpt-realtime") as conn:
+        until("session.created", conn)
+        closed = time.monotonic()
+    deadline = time.monotonic() + 5
+    while fake_ws.connections[0].closed_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake_ws.connections[0].closed_at - closed < 1.0
+    assert fake_ws.connections[0].close_code == 1000
+    sessions, _ = session_rows(1)
+    assert (sessions[0].outcome, sessions[0].error) == ("ok", "")
+
+
+def test_the_sdk_sees_the_close_code_and_reason_when_upstream_ends_the_session(relay, fake_ws, issue_key):
+    key, plaintext = issue_key()
+    with pytest.raises(Exception) as ended:
+        with client_for(relay, plaintext).realtime.connect(model="gpt-realtime") as conn:
+            until("session.created", conn)
+            conn.response.create(response={"instructions": "close:1011"})
+            until("response.done", conn)
+            conn.recv()
+    assert "1011" in str(ended.value) and "upstream exploded" in str(ended.value)
