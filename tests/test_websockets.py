@@ -377,3 +377,30 @@ def test_the_sdk_sees_the_close_code_and_reason_when_upstream_ends_the_session(r
             until("response.done", conn)
             conn.recv()
     assert "1011" in str(ended.value) and "upstream exploded" in str(ended.value)
+
+
+def test_a_client_that_stops_reading_does_not_make_the_relay_buffer_upstream_flood(relay, fake_ws, issue_key):
+    from websockets.sync.client import connect
+
+    def worker_rss_kib() -> int:
+        total = 0
+        for pid in relay.worker_pids():
+            with open(f"/proc/{pid}/status") as status:
+                total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        return total
+
+    key, plaintext = issue_key()
+    ws = connect(f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime", max_size=None, max_queue=1,
+                 additional_headers={"Authorization": f"Bearer {plaintext}"})
+    ws.recv(timeout=10)
+    before = worker_rss_kib()
+    # 800 deltas of 64 KiB: 50 MiB that upstream sends as fast as its socket takes them.
+    ws.send('{"type": "response.create", "response": {"instructions": "flood:800"}}')
+    time.sleep(3)  # the client reads nothing
+    grown = worker_rss_kib() - before
+    assert grown < 10 * 1024, f"the relay grew by {grown} KiB while its client read nothing"
+    received = 0
+    while received < 801:  # response.created and every delta still arrive, in order
+        ws.recv(timeout=30)
+        received += 1
+    ws.close()
