@@ -47,12 +47,6 @@ def _limited(ctx: CallContext) -> bool:
         user_limit is not None and user_limit.monthly_budget_usd is not None)
 
 
-def _has_budget(ctx: CallContext) -> bool:
-    user_limit = getattr(ctx.user, "relay_limit", None)
-    return ctx.key.monthly_budget_usd is not None or (
-        user_limit is not None and user_limit.monthly_budget_usd is not None)
-
-
 def check_realtime_call(api_path: ApiPath, method: str, ctx: CallContext) -> None:
     if method == "POST" and api_path.path == CALLS and _limited(ctx):
         raise PolicyDenied(
@@ -93,7 +87,7 @@ class ClientSecretPolicy(Observer):
         except ValueError:
             raise RelayError("The client_secrets body must be a JSON object.", code="invalid_body") from None
         session = body.get("session") if isinstance(body, dict) else None
-        from .websocket import _session_models
+        from .websocket import _has_budget, _session_models
 
         models = _session_models(session)
         if not isinstance(session, dict) or not isinstance(session.get("model"), str):

@@ -47,6 +47,7 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Pin
                             TextMessage)
 from wsproto.utilities import ProtocolError
 
+from audit_app import pricing
 from audit_app.models import Billing, Outcome
 from audit_app.recorder import CallContext, close_call, open_call, priced_fields, release_connection
 from audit_app.usage import Usage
@@ -170,13 +171,21 @@ class SessionPolicy:
                 "URL (?model=...) so the relay can check it before the session starts.",
                 code="outside_key_scope", param="model")
         if self.model:
-            access.check_model_scope(self.ctx, self.api_path, "GET", {"model": self.model})
+            self._check_model(self.model)
+
+    def _check_model(self, model: str) -> None:
+        access.check_model_scope(self.ctx, self.api_path, "POST", {"model": model})
+        if _has_budget(self.ctx) and pricing.price_for(model, _now()) is None:
+            # decisions.md: under a budget, a model without a rate is refused, not run at $0.
+            raise PolicyDenied(f"Model '{model}' has no price, and this key or its owner has a monthly "
+                               "budget, so the relay could not count it. An admin can add a price for it.",
+                               code="relay_unpriced_under_budget", param="model")
 
     def check_event(self, event: dict) -> None:
         etype = event.get("type")
         if etype == "session.update":
             for model in _session_models(event.get("session")):
-                access.check_model_scope(self.ctx, self.api_path, "POST", {"model": model})
+                self._check_model(model)
             access.check_budgets(self.api_path, "POST", self.ctx)
         elif etype == "response.create":
             model = event.get("model") if self.kind == "responses" else self.model
@@ -185,7 +194,7 @@ class SessionPolicy:
                     f"Relay key {self.ctx.key.prefix}… may only use some models: response.create "
                     "must name its model.", code="outside_key_scope", param="model")
             if model:
-                access.check_model_scope(self.ctx, self.api_path, "POST", {"model": model})
+                self._check_model(model)
             access.check_rate_limit(self.api_path, "POST", self.ctx)
             access.check_budgets(self.api_path, "POST", self.ctx)
 
@@ -195,6 +204,12 @@ class SessionPolicy:
             session = event.get("session")
             if isinstance(session, dict) and isinstance(session.get("model"), str):
                 self.model = session["model"]
+
+
+def _has_budget(ctx: CallContext) -> bool:
+    user_limit = getattr(ctx.user, "relay_limit", None)
+    return ctx.key is not None and (ctx.key.monthly_budget_usd is not None or (
+        user_limit is not None and user_limit.monthly_budget_usd is not None))
 
 
 def _session_models(session: Any) -> list[str]:

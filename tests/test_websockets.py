@@ -404,3 +404,16 @@ def test_a_client_that_stops_reading_does_not_make_the_relay_buffer_upstream_flo
         ws.recv(timeout=30)
         received += 1
     ws.close()
+
+
+def test_under_a_budget_a_model_without_a_price_is_refused_in_the_session(relay, fake_ws, issue_key):
+    key, plaintext = issue_key()
+    key.monthly_budget_usd = Decimal("100.00")
+    key.save()
+    with client_for(relay, plaintext).responses.connect() as conn:
+        conn.response.create(model="gpt-unpriced-experiment", input="hi")
+        refused = until("response.completed", conn)[-1]
+        assert refused.type == "error" and refused.code == "relay_unpriced_under_budget"
+        conn.response.create(model="gpt-4o-mini", input="priced")
+        assert until("response.completed", conn)[-1].type == "response.completed"
+    assert [e["input"] for e in fake_ws.connections[0].events] == ["priced"]
