@@ -54,7 +54,7 @@ from audit_app.usage import Usage
 
 from . import access, telemetry, ws_upstream
 from . import headers as header_rules
-from .errors import AuditUnavailable, PolicyDenied, RelayError
+from .errors import AuditUnavailable, PolicyDenied, RelayError, UpstreamUnreachable
 from .paths import ApiPath
 
 log = logging.getLogger(__name__)
@@ -99,11 +99,14 @@ def open_session(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> H
     if "gunicorn.socket" not in meta:
         raise WebSocketsUnavailable()
     client_ws = _server_handshake(meta)
-    model = request.GET.get("model") or ""
+    models = request.GET.getlist("model")
+    if len(models) > 1:
+        # Another reader could take the other one: refuse rather than guess which.
+        raise UpgradeError("The URL names `model` more than once.", param="model")
+    model = models[0] if models else ""
     policy = SessionPolicy(api_path, ctx, kind, model)
     policy.check_connect()
 
-    ctx.method = "GET"
     try:
         call_id = open_call(ctx)
     except Exception:
@@ -112,11 +115,14 @@ def open_session(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> H
     telemetry.forwarding(ctx)
     try:
         upstream = ws_upstream.connect(api_path.upstream_suffix, meta.get("QUERY_STRING", ""), meta)
-    except RelayError as exc:
+    except Exception as exc:
+        if not isinstance(exc, RelayError):
+            log.exception("websocket: opening the upstream connection failed")
+            exc = UpstreamUnreachable()
         close_call(call_id, ctx, outcome=Outcome.FAILED, status=exc.status_code, error=exc.message,
                    model=model[:128])
         exc.audited = True  # type: ignore[attr-defined]
-        raise
+        raise exc from None
     telemetry.upstream_answered(ctx)
     if isinstance(upstream, ws_upstream.Rejected):
         close_call(call_id, ctx, outcome=Outcome.UPSTREAM_ERROR, status=upstream.status,

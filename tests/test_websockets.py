@@ -417,3 +417,18 @@ def test_under_a_budget_a_model_without_a_price_is_refused_in_the_session(relay,
         conn.response.create(model="gpt-4o-mini", input="priced")
         assert until("response.completed", conn)[-1].type == "response.completed"
     assert [e["input"] for e in fake_ws.connections[0].events] == ["priced"]
+
+
+def test_a_malformed_upgrade_is_answered_in_openai_shape_and_nothing_reaches_upstream(relay, fake_ws, issue_key):
+    import requests
+
+    key, plaintext = issue_key()
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Authorization": f"Bearer {plaintext}"}
+    no_key = requests.get(f"{relay.url}/v1/realtime?model=gpt-realtime", headers=upgrade, timeout=10)
+    assert no_key.status_code == 400 and no_key.json()["error"]["code"] == "invalid_websocket_upgrade"
+    handshake = {**upgrade, "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+    twice = requests.get(f"{relay.url}/v1/realtime?model=gpt-realtime&model=gpt-4o", headers=handshake, timeout=10)
+    assert twice.status_code == 400 and twice.json()["error"]["param"] == "model"
+    elsewhere = requests.get(f"{relay.url}/v1/models", headers=handshake, timeout=10)
+    assert elsewhere.status_code == 404 and elsewhere.json()["error"]["code"] == "unknown_url"
+    assert fake_ws.connections == []
