@@ -67,6 +67,11 @@ _DONE = {
     "realtime": frozenset({"response.done"}),
     "responses": frozenset({"response.completed", "response.failed", "response.incomplete"}),
 }
+# Upstream events the audit reads; any other message is forwarded without being parsed.
+# (Upstream is OpenAI: a marker inside some text only costs a parse, the type decides.)
+_WATCHED = {kind: tuple(f'"{t}"' for t in (*done, "response.created", "response.in_progress",
+                                            "session.created", "session.updated"))
+            for kind, done in _DONE.items()}
 # Close codes that may not be sent in a close frame (RFC 6455 7.4.1).
 _UNSENDABLE = frozenset({1005, 1006, 1015})
 
@@ -512,8 +517,8 @@ class Session:
 
     def _upstream_message(self, text: str) -> None:
         """Watch the events the audit needs; everything is forwarded as it came."""
-        if '"response.' not in text and '"session.' not in text:
-            return  # deltas and the like: no parse
+        if not any(marker in text for marker in _WATCHED[self.kind]):
+            return  # deltas (audio ones are most of a session's bytes): not parsed
         try:
             event = json.loads(text)
         except ValueError:
