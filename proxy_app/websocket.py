@@ -316,14 +316,15 @@ class Session:
     def run(self) -> None:
         telemetry.OPEN_STREAMS.inc()
         try:
-            self._send_client(AcceptConnection(subprotocol=self.up.subprotocol))
             release_connection()  # a session can last an hour; its DB connection should not
-            pump = threading.Thread(target=self._guard, args=(self._pump_upstream,), daemon=True)
-            watchdog = threading.Thread(target=self._watchdog, daemon=True)
-            pump.start()
-            watchdog.start()
-            self._guard(self._pump_client)
-            pump.join(settings.RELAY_WS_CLOSE_GRACE_SECONDS + 1)
+            self._guard(self._accept)
+            if self.outcome is None:
+                pump = threading.Thread(target=self._guard, args=(self._pump_upstream,), daemon=True)
+                watchdog = threading.Thread(target=self._watchdog, daemon=True)
+                pump.start()
+                watchdog.start()
+                self._guard(self._pump_client)
+                pump.join(settings.RELAY_WS_CLOSE_GRACE_SECONDS + 1)
         except BaseException as exc:  # a worker stopping (GreenletExit, SystemExit) still audits
             self._end(Outcome.INTERRUPTED, f"the relay stopped the session: {type(exc).__name__}",
                       client=(1012, "The relay is restarting."), upstream=(1001, "relay restarting"))
@@ -332,6 +333,9 @@ class Session:
             self._close_sockets()
             self._finish()
             telemetry.OPEN_STREAMS.dec()
+
+    def _accept(self) -> None:
+        self._send_client(AcceptConnection(subprotocol=self.up.subprotocol))
 
     def _guard(self, pump) -> None:
         try:
