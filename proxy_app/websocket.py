@@ -37,6 +37,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import replace
 from typing import Any
 
@@ -286,6 +287,25 @@ def parse_event(text: str) -> dict:
 
 # --- the session -----------------------------------------------------------------------
 
+# The sessions this worker is running, so that a graceful stop can close them.
+_LIVE: "weakref.WeakSet[Session]" = weakref.WeakSet()
+
+
+def stop_all_sessions() -> int:
+    """Close every session of this worker with 1012 (service restart), audited.
+
+    Called when the worker starts a graceful stop (gunicorn.conf.py: SIGTERM on a
+    deploy or reload). Waiting instead would not help: an hour-long voice session
+    outlives any graceful timeout, and the master's SIGKILL at its end would leave
+    the rows pending and the clients with a bare 1006. Clients reconnect to a new worker.
+    """
+    sessions = list(_LIVE)
+    for session in sessions:
+        session._end(Outcome.INTERRUPTED, "the relay worker stopped (restart or deploy)",
+                     client=(1012, "The relay is restarting; reconnect."), upstream=(1001, "relay restarting"))
+    return len(sessions)
+
+
 
 class Session:
     def __init__(self, sock: socket.socket, client_ws: WSConnection, upstream: ws_upstream.Upstream,
@@ -314,6 +334,7 @@ class Session:
     # -- running
 
     def run(self) -> None:
+        _LIVE.add(self)
         telemetry.OPEN_STREAMS.inc()
         try:
             release_connection()  # a session can last an hour; its DB connection should not
@@ -333,6 +354,7 @@ class Session:
             self._close_sockets()
             self._finish()
             telemetry.OPEN_STREAMS.dec()
+            _LIVE.discard(self)
 
     def _accept(self) -> None:
         self._send_client(AcceptConnection(subprotocol=self.up.subprotocol))

@@ -432,3 +432,23 @@ def test_a_malformed_upgrade_is_answered_in_openai_shape_and_nothing_reaches_ups
     elsewhere = requests.get(f"{relay.url}/v1/models", headers=handshake, timeout=10)
     assert elsewhere.status_code == 404 and elsewhere.json()["error"]["code"] == "unknown_url"
     assert fake_ws.connections == []
+
+
+def test_a_worker_stopping_gracefully_closes_its_sessions_with_1012_and_audits_them(start_gunicorn, fake_ws, issue_key):
+    import os
+    import signal
+
+    from websockets.exceptions import ConnectionClosed
+
+    # The default graceful timeout (60 s): sessions are closed at once, not when it runs out.
+    relay = start_gunicorn(OPENAI_WEBSOCKET_BASE_URL=fake_ws.base_url)
+    key, plaintext = issue_key()
+    ws = raw_session(relay, plaintext)
+    ws.recv(timeout=10)
+    os.kill(relay.proc.pid, signal.SIGTERM)
+    stopped = time.monotonic()
+    with pytest.raises(ConnectionClosed):
+        ws.recv(timeout=15)
+    assert ws.close_code == 1012 and time.monotonic() - stopped < 5
+    sessions, _ = session_rows(1)
+    assert sessions[0].outcome == "interrupted"
