@@ -357,7 +357,11 @@ class Session:
             _LIVE.discard(self)
 
     def _accept(self) -> None:
-        self._send_client(AcceptConnection(subprotocol=self.up.subprotocol))
+        """101 to the client, with upstream's allowlisted headers (x-request-id, openai-*) and ours."""
+        headers = [*header_rules.response_headers(self.up.headers), ("x-relay-request-id", self.ctx.request_id)]
+        self._send_client(AcceptConnection(
+            subprotocol=self.up.subprotocol,
+            extra_headers=[(name.encode("latin1"), value.encode("latin1")) for name, value in headers]))
 
     def _guard(self, pump) -> None:
         try:
@@ -625,7 +629,9 @@ class Session:
                        error="the session ended before this response was done; usage unknown")
         self.open_responses.clear()
         outcome = self.outcome or Outcome.OK
+        upstream_request_id = next((v for k, v in self.up.headers if k.lower() == "x-request-id"), "")
         close_call(self.call_id, self.ctx, outcome=outcome, status=101, upstream_status=101,
+                   upstream_request_id=upstream_request_id[:128],
                    model=(self.policy.model or "")[:128], bytes_in=self.bytes_in,
                    bytes_out=self.bytes_out, stream=True, billing=Billing.FREE,
                    **({"error": self.error} if self.error else {}))

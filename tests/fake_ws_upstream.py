@@ -51,10 +51,12 @@ class FakeWsUpstream:
     def __init__(self, api_key: str) -> None:
         self.api_key = api_key
         self.connections: list[Recorded] = []
+        self.accepted = 0
         self.audio_tokens = 0  # set by a test: report this many output audio tokens per realtime turn
 
     def start(self, port: int = 0) -> "FakeWsUpstream":
         self.server = serve(self._handle, "127.0.0.1", port, process_request=self._check,
+                            process_response=self._headers,
                             compression=None, max_size=None)
         self.port = self.server.socket.getsockname()[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -67,10 +69,17 @@ class FakeWsUpstream:
     def reset(self) -> None:
         self.connections.clear()
         self.audio_tokens = 0
+        self.accepted = 0
 
     @property
     def base_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1"
+
+    def _headers(self, connection: ServerConnection, request, response: Response) -> Response:
+        self.accepted += 1
+        response.headers["x-request-id"] = f"req_ws_fake_{self.accepted}"
+        response.headers["set-cookie"] = "upstream=1"
+        return response
 
     def _check(self, connection: ServerConnection, request) -> Response | None:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":

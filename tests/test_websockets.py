@@ -82,6 +82,7 @@ def test_realtime_text_turn_through_the_sdk_is_audited_as_a_session_and_a_priced
     assert (session.path, session.family, session.model, session.outcome, session.billing) == (
         "/v1/realtime", "realtime", "gpt-realtime", "ok", "free")
     assert session.bytes_in > 0 and session.bytes_out > 0 and session.finished_at is not None
+    assert session.upstream_request_id == "req_ws_fake_1"
     assert response.ws_session_id == session.id and response.key_id == key.id
     # gpt-realtime: $4.00/M input, $0.40/M cached input, $16.00/M output (shipped price map).
     # Turn 1: 1010 input of which 100 cached, 201 output.
@@ -188,6 +189,9 @@ def test_keys_stay_on_their_side_the_team_key_upstream_and_the_relay_key_nowhere
         until("response.done", conn)
     session_rows(1, 1)
     sent = fake_ws.connections[0].headers
+    assert conn._connection.response.headers["x-request-id"] == "req_ws_fake_1"
+    assert len(conn._connection.response.headers["x-relay-request-id"]) == 32
+    assert "set-cookie" not in conn._connection.response.headers  # not on the allowlist
     assert sent["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert not any(plaintext in value for value in sent.values())
     log = relay.log()
