@@ -28,6 +28,7 @@ from .errors import AuditUnavailable, BodyTooLarge, RelayError, UpstreamTimeout,
 from .inspection import inspect_body
 from .observers import Observer, observers_for
 from .paths import ApiPath
+from .realtime_http import location as realtime_location
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,8 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     for name, value in header_rules.response_headers(resp.raw.headers.items()):
         response[name] = value
     response["x-relay-request-id"] = ctx.request_id
+    if api_path.path == "/v1/realtime/calls" and (where := realtime_location(resp.headers.get("location", ""))):
+        response["Location"] = where  # the new call's URL: how the client hangs it up
     if relayed.is_sse:
         response["X-Accel-Buffering"] = "no"  # tell nginx & co. not to buffer the stream
         if any(o.transforms for o in observers) and response.has_header("Content-Length"):

@@ -19,6 +19,8 @@ ALLOWED_BODY_TYPES = frozenset(
         "multipart/form-data",
         "application/x-www-form-urlencoded",
         "application/octet-stream",
+        # A WebRTC offer to POST /v1/realtime/calls.
+        "application/sdp",
     }
 )
 

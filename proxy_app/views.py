@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from audit_app.recorder import CallContext, record_rejected
 
-from . import actions_schema, envelope, paths, pipeline, policy, telemetry
+from . import actions_schema, envelope, paths, pipeline, policy, realtime_http, telemetry, websocket
 from .auth import HasRelayKey
 from .errors import error_response, render_exception
 
@@ -95,6 +95,9 @@ class RelayView(APIView):
         super().permission_denied(request, message, code)
 
     def relay(self, request: Request, *args, **kwargs):
+        if websocket.is_upgrade(self.forwarded):
+            return websocket.open_session(self.forwarded, self.api_path, self.ctx)
+        realtime_http.check_has_body(self.forwarded, self.api_path, self.ctx)
         return pipeline.forward(self.forwarded, self.api_path, self.ctx)
 
     get = post = put = patch = delete = head = options = relay

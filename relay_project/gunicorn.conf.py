@@ -68,6 +68,20 @@ def post_worker_init(worker):
     # full collection walks all of it: a pause of about 20 ms for whichever call is
     # running. Frozen, full collections only walk what requests have left behind.
     import gc
+    import signal
+
+    def stop_gracefully(sig, frame):
+        # WebSocket sessions are closed (1012) and audited at once rather than left
+        # to the master's SIGKILL at the end of the graceful timeout (proxy_app.websocket).
+        worker.handle_exit(sig, frame)
+        import gevent
+
+        from proxy_app.websocket import stop_all_sessions
+
+        gevent.spawn(stop_all_sessions)
+
+    if worker_class == "gevent":
+        signal.signal(signal.SIGTERM, stop_gracefully)
 
     gc.collect()  # startup's own garbage goes first, not into the frozen set
     gc.freeze()

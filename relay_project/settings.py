@@ -77,6 +77,16 @@ RELAY_PENDING_TIMEOUT_SECONDS = env.int("RELAY_PENDING_TIMEOUT_SECONDS", default
 # another process is refused within this many seconds; 0 turns the cache off.
 RELAY_KEY_CACHE_SECONDS = env.float("RELAY_KEY_CACHE_SECONDS", default=5.0)
 
+# --- WebSockets (Realtime, Responses WebSocket mode; docs/websockets.md) -------
+# Where the relay opens upstream WebSockets; empty: OPENAI_BASE_URL with ws(s)://.
+OPENAI_WEBSOCKET_BASE_URL = env.str("OPENAI_WEBSOCKET_BASE_URL", default="")
+# A session with no message either way for this long is closed (1000, reason given).
+RELAY_WS_IDLE_TIMEOUT_SECONDS = env.float("RELAY_WS_IDLE_TIMEOUT_SECONDS", default=300.0)
+# One message, either way, at most this large (OpenAI accepts events up to 15 MiB).
+RELAY_WS_MAX_MESSAGE_BYTES = env.int("RELAY_WS_MAX_MESSAGE_BYTES", default=16 * 1024 * 1024)
+# After a close frame, how long the other side may take before its socket is dropped.
+RELAY_WS_CLOSE_GRACE_SECONDS = env.float("RELAY_WS_CLOSE_GRACE_SECONDS", default=0.5)
+
 # --- Django ------------------------------------------------------------------
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -520,6 +520,20 @@ class _Handler(BaseHTTPRequestHandler):
             return self.send_bytes(4096, "audio/mpeg", b"ID3" + b"\0" * 4093)
         if parts in (["audio", "transcriptions"], ["audio", "translations"]) and m == "POST":
             return self.send_json({"text": "hello", "usage": {"type": "duration", "seconds": 42}})
+        if parts == ["realtime", "client_secrets"] and m == "POST":
+            session = body.get("session") or {}
+            return self.send_json({"value": "ek_" + secrets.token_hex(8), "expires_at": now() + 600,
+                                   "session": {"type": "realtime", "model": session.get("model", "gpt-realtime")}})
+        if parts == ["realtime", "calls"] and m == "POST":  # a WebRTC offer, answered
+            answer = b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+            self.send_response(201)
+            self._common_headers()
+            self.send_header("Location", f"/v1/realtime/calls/rtc_{secrets.token_hex(8)}")
+            self.send_header("Content-Type", "application/sdp")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return None
         if parts and parts[0] == "files":
             return self.api_files(parts, m, query, upload)
         if parts and parts[0] == "uploads":

@@ -83,6 +83,14 @@ class ApiCall(TokenUsage):
     price = models.ForeignKey(
         "audit_app.ModelPrice", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
+    # A response of a WebSocket session (Realtime, Responses WebSocket mode) points at
+    # the session's own row; each response is a call of its own in the rollups. No
+    # database constraint: prune_audit removes old rows by date, and a session that
+    # began before the cut-off must not hold back (or take along) its later responses.
+    ws_session = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.DO_NOTHING, related_name="ws_responses",
+        db_index=False, db_constraint=False, verbose_name="WebSocket session",
+    )
     # Keyed hash of the finished row, written with it: a row edited or inserted
     # by anyone without the relay's chain key does not match.
     row_mac = models.CharField(max_length=64, blank=True, editable=False)
@@ -103,6 +111,9 @@ class ApiCall(TokenUsage):
             # Unpriced calls (a few percent), which the dashboard links to.
             models.Index(fields=["started_at"], name="apicall_unpriced_started",
                          condition=models.Q(unpriced=True)),
+            # A WebSocket session's responses (a small share of the rows).
+            models.Index(fields=["ws_session"], name="apicall_ws_session",
+                         condition=models.Q(ws_session__isnull=False)),
             # The sealer's work queue: finished calls not yet in the ledger.
             models.Index(fields=["id"], name="apicall_unsealed",
                          condition=models.Q(chain_seq__isnull=True)),

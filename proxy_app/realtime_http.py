@@ -1,0 +1,148 @@
+"""The Realtime API's HTTP side: WebRTC calls and ephemeral client secrets.
+
+A browser or phone talks to OpenAI directly once it holds an ephemeral client
+secret (`POST /v1/realtime/client_secrets`) or once its SDP offer has been
+answered (`POST /v1/realtime/calls`). What the session then generates is billed
+by OpenAI but never crosses the relay, so the relay cannot meter it: the call
+that minted the secret or started the call is recorded with its caller, and
+for a key limited to some models or by a budget the session configuration must
+name a model the key may use before anything is forwarded (decisions.md).
+
+- client_secrets: the JSON body's `session.model` (and its transcription model)
+  must be named and allowed; with a budget it must also have a price.
+- calls: a limited key may not start a call directly: an SDP offer carries no
+  session configuration the relay could check. It mints a client secret through
+  the relay instead, and the browser starts the call with that secret.
+"""
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.utils import timezone
+
+from audit_app import pricing
+from audit_app.models import Billing
+from audit_app.recorder import CallContext
+
+from . import access
+from .errors import PolicyDenied, RelayError
+from .observers import FAMILY_OBSERVERS, Observer
+from .paths import ApiPath
+from .policy import REQUEST_RULES
+
+CLIENT_SECRETS = "/v1/realtime/client_secrets"
+CALLS = "/v1/realtime/calls"
+
+
+def _limited(ctx: CallContext) -> bool:
+    key = ctx.key
+    if key is None:
+        return False
+    user_limit = getattr(ctx.user, "relay_limit", None)
+    return bool(key.allowed_models) or key.monthly_budget_usd is not None or (
+        user_limit is not None and user_limit.monthly_budget_usd is not None)
+
+
+def check_realtime_call(api_path: ApiPath, method: str, ctx: CallContext) -> None:
+    if method == "POST" and api_path.path == CALLS and _limited(ctx):
+        raise PolicyDenied(
+            f"Relay key {ctx.key.prefix}… is limited to some models or by a budget, and a WebRTC call "
+            "started with an SDP offer names no model the relay could check. Mint a client secret "
+            f"through the relay ({CLIENT_SECRETS}, naming the session's model) and start the call with it.",
+            code="outside_key_scope")
+
+
+def check_has_body(request, api_path: ApiPath, ctx: CallContext) -> None:
+    """A limited key's client_secrets call must carry the session it mints: without a body,
+    OpenAI would mint one for its default model."""
+    if request.method != "POST" or api_path.path != CLIENT_SECRETS or not _limited(ctx):
+        return
+    meta = request.META
+    if not (meta.get("CONTENT_LENGTH") or "").strip("0") and "chunked" not in meta.get(
+            "HTTP_TRANSFER_ENCODING", "").lower():
+        raise PolicyDenied(
+            f"Relay key {ctx.key.prefix}… is limited to some models or by a budget: the session "
+            "must name its model (session.model) so the relay can check it.",
+            code="outside_key_scope", param="session.model")
+
+
+class ClientSecretPolicy(Observer):
+    """Reads a limited key's client_secrets body (bounded) and checks the session it mints."""
+
+    def __init__(self, api_path: ApiPath, ctx: CallContext) -> None:
+        self.api_path, self.ctx = api_path, ctx
+
+    def rewrite_request(self, source: BinaryIO, length: int | None) -> tuple[BinaryIO, int | None]:
+        limit = settings.RELAY_INSPECT_MAX_BYTES
+        raw = source.read(limit + 1)
+        if len(raw) > limit:
+            raise PolicyDenied(f"A client_secrets body over {limit} bytes cannot be checked for this key.",
+                               code="outside_key_scope")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise RelayError("The client_secrets body must be a JSON object.", code="invalid_body") from None
+        session = body.get("session") if isinstance(body, dict) else None
+        from .websocket import _has_budget, _session_models
+
+        models = _session_models(session)
+        if not isinstance(session, dict) or not isinstance(session.get("model"), str):
+            raise PolicyDenied(
+                f"Relay key {self.ctx.key.prefix}… is limited to some models or by a budget: the session "
+                "must name its model (session.model) so the relay can check it.",
+                code="outside_key_scope", param="session.model")
+        for model in models:
+            access.check_model_scope(self.ctx, self.api_path, "POST", {"model": model})
+            if _has_budget(self.ctx) and pricing.price_for(model, timezone.now()) is None:
+                raise PolicyDenied(
+                    f"Model '{model}' has no price, and this key or its owner has a budget.",
+                    code="model_without_price", param="session.model")
+        return io.BytesIO(raw), len(raw)
+
+
+class RealtimeCallBilling(Observer):
+    """A WebRTC call OpenAI accepted is billed by OpenAI, with usage the relay never sees."""
+
+    def __init__(self) -> None:
+        self.status = 0
+
+    def on_response_start(self, status: int, headers: Any) -> None:
+        self.status = status
+
+    def audit_fields(self) -> dict[str, Any]:
+        return {"billing": Billing.UNKNOWN} if 200 <= self.status < 300 else {}
+
+
+def realtime_observers(api_path: ApiPath, method: str, ctx: CallContext) -> list[Observer]:
+    if method != "POST":
+        return []
+    if api_path.path == CLIENT_SECRETS and _limited(ctx):
+        return [ClientSecretPolicy(api_path, ctx)]
+    if api_path.path == CALLS:
+        return [RealtimeCallBilling()]
+    return []
+
+
+def location(value: str) -> str | None:
+    """A realtime call's Location, relative to /v1 as the client sees the relay.
+
+    OpenAI's own host never goes to the client: a client following it would send
+    its relay key to OpenAI.
+    """
+    parts = urlsplit(value)
+    path = parts.path
+    if parts.netloc:
+        base = urlsplit(settings.OPENAI_BASE_URL)
+        if parts.netloc != base.netloc:
+            return None
+        if base.path and path.startswith(base.path.rstrip("/") + "/"):
+            path = "/v1" + path[len(base.path.rstrip("/")):]
+    return path if path.startswith(CALLS + "/") else None
+
+
+REQUEST_RULES.append(check_realtime_call)
+FAMILY_OBSERVERS.append(realtime_observers)

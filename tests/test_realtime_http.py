@@ -1,0 +1,71 @@
+"""The Realtime API's HTTP side through the relay: WebRTC calls (an SDP offer)
+and ephemeral client secrets, recorded with their caller."""
+from __future__ import annotations
+
+import requests
+
+from tests.conftest import finished_call, settle
+
+OFFER = b"v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+
+
+def limited_key(issue_key, models=None, budget=None):
+    key, plaintext = issue_key()
+    key.allowed_models = models or []
+    key.monthly_budget_usd = budget
+    key.save()
+    return key, plaintext
+
+
+def test_a_webrtc_call_with_an_sdp_offer_is_forwarded_and_its_location_reaches_the_client(
+        relay_url, upstream, issue_key):
+    key, plaintext = issue_key()
+    resp = requests.post(f"{relay_url}/v1/realtime/calls", data=OFFER, timeout=10,
+                         headers={"Authorization": f"Bearer {plaintext}", "Content-Type": "application/sdp"})
+    assert resp.status_code == 201, resp.text
+    assert resp.headers["Content-Type"] == "application/sdp" and resp.content.startswith(b"v=0")
+    assert resp.headers["Location"].startswith("/v1/realtime/calls/rtc_")
+    assert upstream.requests[-1].body == OFFER
+    row = finished_call()
+    # The call's audio is billed by OpenAI and never crosses the relay: usage unknown, never $0.
+    assert (row.key_id, row.status, row.billing, row.cost) == (key.id, 201, "unknown", None)
+
+
+def test_a_client_secret_minted_through_the_relay_is_recorded_with_its_caller(sdk, upstream, relay_key):
+    secret = sdk.realtime.client_secrets.create(session={"type": "realtime", "model": "gpt-realtime"})
+    assert secret.value.startswith("ek_")
+    row = finished_call()
+    assert (row.path, row.user.username, row.status, row.billing) == (
+        "/v1/realtime/client_secrets", "alice", 200, "free")
+
+
+def test_a_model_scoped_key_mints_a_client_secret_only_for_an_allowed_model(relay_url, upstream, issue_key):
+    key, plaintext = limited_key(issue_key, models=["gpt-realtime-mini"])
+
+    def mint(body):
+        return requests.post(f"{relay_url}/v1/realtime/client_secrets", json=body, timeout=10,
+                             headers={"Authorization": f"Bearer {plaintext}"})
+
+    assert mint({"session": {"type": "realtime", "model": "gpt-realtime-mini"}}).status_code == 200
+    refused = mint({"session": {"type": "realtime", "model": "gpt-realtime"}})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "outside_key_scope"
+    unnamed = mint({"session": {"type": "realtime"}})
+    assert unnamed.status_code == 403 and unnamed.json()["error"]["param"] == "session.model"
+    settle()
+    minted = [r for r in upstream.requests if r.path.endswith("/client_secrets")]
+    assert len(minted) == 1
+
+
+def test_a_key_with_a_budget_may_not_start_a_webrtc_call_directly(relay_url, upstream, issue_key):
+    key, plaintext = limited_key(issue_key, budget="10.00")
+    resp = requests.post(f"{relay_url}/v1/realtime/calls", data=OFFER, timeout=10,
+                         headers={"Authorization": f"Bearer {plaintext}", "Content-Type": "application/sdp"})
+    assert resp.status_code == 403 and "client secret" in resp.json()["error"]["message"]
+    assert not [r for r in upstream.requests if r.path.endswith("/calls")]
+
+
+def test_the_sdk_starts_a_webrtc_call_through_the_relay(sdk, upstream, relay_key):
+    answer = sdk.realtime.calls.create(sdp=OFFER.decode())
+    assert answer.content.startswith(b"v=0")
+    row = finished_call()
+    assert (row.path, row.status, row.billing) == ("/v1/realtime/calls", 201, "unknown")
