@@ -127,8 +127,14 @@ def priced_fields(usage: Usage | None, model: str, at, *, batch: bool = False) -
 
 
 def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
-               usage_hint: Usage | None = None, response_model: str = "", **fields: Any) -> None:
+               usage_hint: Usage | None = None, response_model: str = "", billed: bool | None = None,
+               **fields: Any) -> None:
     """Complete the row, price it and add it to the rollups, in one transaction.
+
+    `billed`: OpenAI bills this call (a generating operation that upstream accepted,
+    see proxy_app.operations; by default decided from the method, path and status).
+    Without it the call is free whatever its body said; with it but without usage
+    the call is `unknown`, never $0.
 
     Retries once on a fresh connection, because this runs after a long stream
     whose connection may have gone meanwhile. Never raises: if the database
@@ -137,8 +143,14 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
     if "error" in fields:
         fields["error"] = (fields["error"] or "")[:_ERROR_MAX]
     fields.update(_finish_fields(ctx))
-    if usage is not None or usage_hint is not None:
+    if billed is None:
+        billed = _billed_by_default(ctx, fields)
+    if not billed:
+        usage = usage_hint = None  # a read echoes the usage of the call that generated: not ours to count
+    elif usage is not None or usage_hint is not None:
         usage = (usage or Usage()).merge(usage_hint)
+    if billed and (usage is None or usage.is_empty):
+        fields["billing"] = Billing.UNKNOWN
     for attempt in (1, 2):
         try:
             _complete(call_id, ctx, dict(fields), usage, response_model)
@@ -150,6 +162,13 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
     log.exception("audit: could not complete call %s; journaled", call_id)
     spool.append({"op": "complete", "call_id": call_id, "ctx": _ctx_state(ctx), "fields": fields,
                   "usage": asdict(usage) if usage is not None else None, "response_model": response_model})
+
+
+def _billed_by_default(ctx: CallContext, fields: dict[str, Any]) -> bool:
+    from proxy_app.operations import generates
+
+    status = fields.get("status") or 0
+    return generates(ctx.method, ctx.path) and 200 <= status < 400 and fields.get("outcome") != Outcome.REJECTED
 
 
 def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usage | None,

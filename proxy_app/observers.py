@@ -28,6 +28,7 @@ from django.conf import settings
 from audit_app.recorder import CallContext
 from audit_app.usage import Usage
 
+from .operations import generates
 from .paths import ApiPath
 from .policy import media_type
 from .sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
@@ -73,10 +74,10 @@ class Observer:
 class RequestFields(Observer):
     """`model`, `stream` and billing hints from a JSON body or multipart form fields."""
 
-    def __init__(self, api_path: ApiPath, content_type: str) -> None:
+    def __init__(self, api_path: ApiPath, content_type: str, generating: bool = True) -> None:
         kind = media_type(content_type)
-        self.speech = api_path.path == "/v1/audio/speech"
-        self.images = api_path.family == "images"
+        self.speech = generating and api_path.path == "/v1/audio/speech"
+        self.images = generating and api_path.family == "images"
         self.sniffer: JsonFieldSniffer | MultipartFieldSniffer | None = None
         if kind == "application/json":
             wanted = _REQUEST_FIELDS | {"input"} if self.speech else _REQUEST_FIELDS
@@ -245,9 +246,11 @@ FAMILY_OBSERVERS: list[Callable[[ApiPath, str, CallContext], list[Observer]]] = 
 
 
 def observers_for(api_path: ApiPath, method: str, content_type: str, ctx: CallContext) -> list[Observer]:
-    observers: list[Observer] = [RequestFields(api_path, content_type)]
-    # Off only to measure what scanning costs (bench/scan_overhead.py).
-    if settings.RELAY_SCAN_RESPONSES:
+    generating = generates(method, api_path.path)
+    observers: list[Observer] = [RequestFields(api_path, content_type, generating)]
+    # Off only to measure what scanning costs (bench/scan_overhead.py). Only a call
+    # that generates has usage of its own: a read's `usage` is an echo (operations.py).
+    if settings.RELAY_SCAN_RESPONSES and generating:
         if method == "POST" and api_path.path in ("/v1/chat/completions", "/v1/completions") \
                 and media_type(content_type) == "application/json":
             observers.append(ChatStreamUsage())
