@@ -165,10 +165,10 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
 
 
 def _billed_by_default(ctx: CallContext, fields: dict[str, Any]) -> bool:
-    from proxy_app.operations import generates
+    from proxy_app.operations import billed_on_call
 
     status = fields.get("status") or 0
-    return generates(ctx.method, ctx.path) and 200 <= status < 400 and fields.get("outcome") != Outcome.REJECTED
+    return billed_on_call(ctx.method, ctx.path) and 200 <= status < 400 and fields.get("outcome") != Outcome.REJECTED
 
 
 def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usage | None,

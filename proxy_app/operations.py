@@ -66,3 +66,8 @@ def kind_of(method: str, path: str) -> Kind:
 def generates(method: str, path: str) -> bool:
     """Whether the call itself is billed from the usage in its response."""
     return kind_of(method, path) is Kind.GENERATES
+
+
+def billed_on_call(method: str, path: str) -> bool:
+    """Whether OpenAI bills the call itself: from its usage, or unmeasurably (`unknown`)."""
+    return kind_of(method, path) in (Kind.GENERATES, Kind.UNMETERED)

@@ -166,7 +166,7 @@ class RelayedBody:
         if billed is None:
             # Billed by OpenAI: a generating operation it accepted, even when the stream
             # was cut or the client left (generation went on upstream).
-            billed = operations.generates(self.ctx.method, self.ctx.path) and status < 400
+            billed = operations.billed_on_call(self.ctx.method, self.ctx.path) and status < 400
         if self.finished:
             for observer in self.observers:
                 try:
@@ -232,7 +232,7 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
         status = getattr(relay_exc, "status_code", 500)
         outcome = Outcome.REJECTED if status < 500 else Outcome.FAILED
         # Sent but never answered: upstream may have generated (and billed) all the same.
-        billed = operations.generates(ctx.method, ctx.path) and isinstance(exc, requests.exceptions.ReadTimeout)
+        billed = operations.billed_on_call(ctx.method, ctx.path) and isinstance(exc, requests.exceptions.ReadTimeout)
         close_call(
             call_id, ctx, outcome=outcome, status=status, error=error,
             bytes_in=body.bytes_read if body else 0, billed=billed,

@@ -16,6 +16,7 @@ import argparse
 import base64
 import hashlib
 import json
+import re
 import secrets
 import socket
 import struct
@@ -207,6 +208,15 @@ class FakeUpstream:
         if failed is not None:
             counts["failed"] = failed
         counts["total"] = max(counts["total"], counts["completed"] + counts["failed"])
+        if output_lines:
+            # Finished batches report their usage, as upstream's do: a read that priced it
+            # would count the batch again.
+            usages = [line["response"]["body"].get("usage") or {} for line in output_lines]
+            batch["usage"] = {"input_tokens": sum(u.get("prompt_tokens", 0) for u in usages),
+                              "output_tokens": sum(u.get("completion_tokens", 0) for u in usages),
+                              "total_tokens": sum(u.get("total_tokens", 0) for u in usages),
+                              "input_tokens_details": {"cached_tokens": 0},
+                              "output_tokens_details": {"reasoning_tokens": 0}}
         for lines, key in ((output_lines, "output_file_id"), (error_lines, "error_file_id")):
             if lines is not None:
                 content = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
@@ -432,6 +442,10 @@ class _Handler(BaseHTTPRequestHandler):
     def route(self, req: RecordedRequest, path: str, upload: "_MultipartFile | None", drop: int | None) -> None:
         query = parse_qs(urlsplit(self.path).query)
         body = req.json() if req.content_type.startswith("application/json") and req.body else {}
+        if req.content_type.startswith("multipart/form-data") and req.body and not path.endswith("/files"):
+            # The small text fields of a form (videos are created from one).
+            body = {k.decode(): v.decode() for k, v in re.findall(
+                rb'name="([^"]+)"\r\n\r\n([^\r]{0,200})\r\n', req.body)}
         parts = path.strip("/").split("/")[1:]  # after "v1"
         m = self.command
         if parts == ["models"] and m == "GET":

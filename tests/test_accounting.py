@@ -1,0 +1,204 @@
+"""Every dollar counted exactly once: reads are free, jobs are billed once when first
+seen finished, and a billed call whose usage cannot be read is "unknown", never $0.
+
+Prices (USD per 1M tokens, from the shipped map audit_app/data/openai-model-prices.json):
+gpt-4o-mini input 0.15, cached input 0.075, output 0.60. The fake's Responses and
+chat usage is 12 input tokens (4 cached) and 7 output tokens (JSON), so one call costs
+  8 * 0.15e-6 + 4 * 0.075e-6 + 7 * 0.60e-6 = 0.0000057.
+sora-2: 0.10 per second of video.
+"""
+from __future__ import annotations
+
+import io
+from datetime import datetime, timezone as dt_timezone
+from decimal import Decimal
+
+import openai
+import pytest
+from django.db.models import Sum
+
+from audit_app.models import ApiCall, AsyncJob, Billing, UsageDaily
+from tests.conftest import settle
+from tests.test_files_batches import RESULT_COST, create_batch, output_lines, poll
+
+CALL_COST = Decimal("0.0000057")
+pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
+
+
+@pytest.fixture
+def alice(sdk, django_user_model):
+    return django_user_model.objects.get(username="alice")
+
+
+def rollup_totals() -> dict:
+    settle()
+    return UsageDaily.objects.aggregate(cost=Sum("cost"), calls=Sum("calls"), tokens=Sum("total_tokens"),
+                                        unknown=Sum("unknown_calls"))
+
+
+def test_a_client_that_polls_pays_once_for_each_thing_it_generated(sdk, upstream, alice):
+    # A stored response retrieved 3 times.
+    created = sdk.responses.create(model="gpt-4o-mini", input="hi")
+    for _ in range(3):
+        assert sdk.responses.retrieve(created.id).usage.output_tokens == 7
+    # A stored chat completion retrieved twice.
+    chat = sdk.chat.completions.create(model="gpt-4o-mini", store=True, messages=[{"role": "user", "content": "hi"}])
+    for _ in range(2):
+        assert sdk.chat.completions.retrieve(chat.id).usage.completion_tokens == 7
+    # A background response polled until it completed, and twice more.
+    background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    assert background.status == "queued"
+    assert sdk.responses.retrieve(background.id).status == "queued"
+    upstream.advance_response(background.id, "in_progress")
+    assert sdk.responses.retrieve(background.id).status == "in_progress"
+    upstream.advance_response(background.id, "completed")
+    for _ in range(3):
+        assert sdk.responses.retrieve(background.id).status == "completed"
+    # A 2-line batch retrieved past completion, then counted by the poller.
+    batch_id = create_batch(sdk, lines=2)
+    upstream.advance_batch(batch_id, "completed", completed=2, output_lines=output_lines(upstream, 2))
+    for _ in range(2):
+        assert sdk.batches.retrieve(batch_id).status == "completed"
+    poll()
+
+    totals = rollup_totals()
+    # Three generating calls (response, chat, background) and two batch results.
+    assert totals["cost"] == 3 * CALL_COST + 2 * RESULT_COST == Decimal("0.0004521")
+    assert totals["unknown"] == 0
+    rows = UsageDaily.objects.all()
+    assert {(r.user_id, r.key.owner_id) for r in rows} == {(alice.pk, alice.pk)}
+    assert {r.date for r in rows} == {datetime.now(dt_timezone.utc).date()}
+    by_model = {m: c for m, c in UsageDaily.objects.values("model").annotate(c=Sum("cost"))
+                .values_list("model", "c") if c}
+    assert by_model == {"gpt-4o-mini": 3 * CALL_COST, "gpt-4o-mini-2024-07-18": 2 * RESULT_COST}
+    # Every read is free, with no tokens of its own.
+    reads = ApiCall.objects.filter(method="GET")
+    assert reads.count() == 3 + 2 + 5 + 2
+    assert set(reads.values_list("billing", flat=True)) == {Billing.FREE}
+    assert not reads.filter(total_tokens__isnull=False).exists()
+    assert not reads.filter(cost__isnull=False).exists()
+    # The background create call is free: its cost is on its job.
+    job = AsyncJob.objects.get(job_id=background.id)
+    assert (job.created_by, job.model, job.billing, job.cost, job.total_tokens) == (
+        alice, "gpt-4o-mini", Billing.PRICED, CALL_COST, 19)
+    create_row = ApiCall.objects.get(method="POST", path="/v1/responses", cost__isnull=True)
+    assert create_row.billing == Billing.FREE
+
+
+def test_a_background_response_is_billed_to_its_creator_even_when_someone_else_sees_it_finish(
+        sdk, upstream, alice, relay_url, issue_key):
+    background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    upstream.advance_response(background.id, "completed")
+    _, bob_secret = issue_key("bob")
+    bob = openai.OpenAI(base_url=f"{relay_url}/v1", api_key=bob_secret, max_retries=0)
+    assert bob.responses.retrieve(background.id).status == "completed"
+    assert sdk.responses.retrieve(background.id).status == "completed"
+    assert rollup_totals()["cost"] == CALL_COST
+    row = UsageDaily.objects.get(cost__gt=0)
+    # Alice's bucket for the model: her (free) create call, and the job's cost added to it.
+    assert (row.user_id, row.key.owner_id, row.model, row.family, row.calls) == (
+        alice.pk, alice.pk, "gpt-4o-mini", "responses", 1)
+
+
+def test_a_resumed_stream_that_shows_the_end_bills_the_background_response_once(sdk, upstream):
+    background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    upstream.advance_response(background.id, "completed")
+    events = list(sdk.responses.retrieve(background.id, stream=True))
+    assert events[-1].type == "response.completed"
+    list(sdk.responses.retrieve(background.id, stream=True))
+    assert rollup_totals()["cost"] == CALL_COST
+    assert AsyncJob.objects.get().status == "completed"
+
+
+def test_a_streamed_background_create_is_a_job_not_a_billed_call(sdk, upstream):
+    events = list(sdk.responses.create(model="gpt-4o-mini", input="hi", background=True, stream=True))
+    assert events[0].response.background is True
+    job = AsyncJob.objects.get()
+    assert (job.status, job.counted_at) == ("queued", None)
+    settle()
+    assert ApiCall.objects.get().billing == Billing.FREE
+
+
+def test_a_cancelled_background_response_counts_the_partial_usage_upstream_reports(sdk, upstream):
+    background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    upstream.advance_response(background.id, "in_progress")
+    assert sdk.responses.cancel(background.id).status == "cancelled"
+    # 12 input (4 cached), 3 output: 8 * 0.15e-6 + 4 * 0.075e-6 + 3 * 0.60e-6
+    assert rollup_totals()["cost"] == Decimal("0.0000033")
+    assert AsyncJob.objects.get().billing == Billing.PRICED
+
+
+def test_a_background_response_cancelled_before_it_started_is_free(sdk, upstream):
+    background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    assert sdk.responses.cancel(background.id).status == "cancelled"
+    totals = rollup_totals()
+    assert (totals["cost"], totals["unknown"]) == (0, 0)
+    assert AsyncJob.objects.get().billing == Billing.FREE
+
+
+def test_a_video_is_billed_per_second_once_when_first_seen_completed(sdk, upstream, alice):
+    video = sdk.videos.create(model="sora-2", prompt="a cat", seconds="8")
+    assert sdk.videos.retrieve(video.id).status == "queued"
+    upstream.advance_video(video.id, "completed")
+    for _ in range(2):
+        assert sdk.videos.retrieve(video.id).status == "completed"
+    list(sdk.videos.list())
+    # 8 seconds at sora-2's 0.10 per second.
+    assert rollup_totals()["cost"] == Decimal("0.8")
+    job = AsyncJob.objects.get()
+    assert (job.kind, job.video_seconds, job.cost, job.created_by) == ("video", Decimal("8"), Decimal("0.8"), alice)
+    assert set(ApiCall.objects.values_list("billing", flat=True)) == {Billing.FREE}
+
+
+def test_a_failed_video_costs_nothing(sdk, upstream):
+    video = sdk.videos.create(model="sora-2", prompt="a cat", seconds="4")
+    upstream.advance_video(video.id, "failed")
+    sdk.videos.retrieve(video.id)
+    assert rollup_totals()["cost"] == 0
+    assert AsyncJob.objects.get().billing == Billing.FREE
+
+
+# --- usage unknown ---------------------------------------------------------------------
+
+
+def test_a_stream_cut_before_its_usage_is_usage_unknown_not_free(sdk, upstream):
+    upstream.inject("/v1/responses", drop_after_events=3)
+    with pytest.raises(openai.APIError):
+        list(sdk.responses.create(model="gpt-4o-mini", input="hi", stream=True))
+    totals = rollup_totals()
+    assert (totals["calls"], totals["unknown"], totals["cost"]) == (1, 1, 0)
+    row = ApiCall.objects.get()
+    assert (row.billing, row.cost, row.total_tokens) == (Billing.UNKNOWN, None, None)
+
+
+def test_a_text_transcription_is_usage_unknown_not_free(sdk, upstream):
+    text = sdk.audio.transcriptions.create(model="whisper-1", file=("a.mp3", io.BytesIO(b"ID3" + b"\0" * 64)),
+                                           response_format="text")
+    assert text.strip() == "hello"
+    assert rollup_totals()["unknown"] == 1
+    assert ApiCall.objects.get().billing == Billing.UNKNOWN
+
+
+def test_a_refused_generation_is_free(sdk, upstream):
+    upstream.inject("/v1/responses", status=400, body={"error": {"message": "bad", "type": "invalid_request_error",
+                                                                "param": None, "code": None}})
+    with pytest.raises(openai.BadRequestError):
+        sdk.responses.create(model="gpt-4o-mini", input="hi")
+    settle()
+    assert ApiCall.objects.get().billing == Billing.FREE
+    assert rollup_totals()["unknown"] == 0
+
+
+def test_the_operation_table_decides_by_method_and_path():
+    from proxy_app.operations import Kind, kind_of
+
+    assert kind_of("POST", "/v1/responses") is Kind.GENERATES
+    assert kind_of("GET", "/v1/responses/resp_1") is Kind.FREE
+    assert kind_of("POST", "/v1/responses/resp_1/cancel") is Kind.FREE
+    assert kind_of("GET", "/v1/chat/completions/chatcmpl-1") is Kind.FREE
+    assert kind_of("POST", "/v1/chat/completions/chatcmpl-1") is Kind.FREE  # metadata update
+    assert kind_of("POST", "/v1/moderations") is Kind.FREE
+    assert kind_of("POST", "/v1/videos") is Kind.JOB
+    assert kind_of("POST", "/v1/batches") is Kind.JOB
+    assert kind_of("GET", "/v1/batches/batch_1") is Kind.FREE
+    assert kind_of("POST", "/v1/fine_tuning/jobs") is Kind.UNMETERED
