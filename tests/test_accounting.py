@@ -10,11 +10,13 @@ sora-2: 0.10 per second of video.
 from __future__ import annotations
 
 import io
+import json
 from datetime import datetime, timezone as dt_timezone
 from decimal import Decimal
 
 import openai
 import pytest
+import requests
 from django.db.models import Sum
 
 from audit_app.models import ApiCall, AsyncJob, Billing, UsageDaily
@@ -202,3 +204,54 @@ def test_the_operation_table_decides_by_method_and_path():
     assert kind_of("POST", "/v1/batches") is Kind.JOB
     assert kind_of("GET", "/v1/batches/batch_1") is Kind.FREE
     assert kind_of("POST", "/v1/fine_tuning/jobs") is Kind.UNMETERED
+
+
+# --- include_usage for streamed chat whose body the relay will not hold -----------------
+
+CHAT_STREAM = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+def _post_raw(url: str, raw: bytes, key: str, *, chunked: bool) -> tuple[requests.Response, bytes]:
+    data = iter([raw[:7], raw[7:20], raw[20:]]) if chunked else raw
+    with requests.post(url, data=data, stream=True, timeout=30,
+                       headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}) as r:
+        return r, r.raw.read(decode_content=False)
+
+
+def test_streamed_chat_the_relay_cannot_hold_gets_usage_added_only_where_it_is_safe(
+        start_gunicorn, relay_key, upstream):
+    """Chunked bodies, and bodies over RELAY_REWRITE_MAX_BYTES, under real gunicorn."""
+    relay = start_gunicorn(RELAY_REWRITE_MAX_BYTES="64")
+    upstream.chat_stream_id = "chatcmpl-fixed"
+    url = f"{relay.url}/v1/chat/completions"
+    # Filler makes the body longer than the limit: it must be streamed, not rewritten in memory.
+    raw = json.dumps({**CHAT_STREAM, "user": "x" * 200}).encode() + b"\n"
+    _, direct = _post_raw(f"{upstream.base_url}/chat/completions", raw, "sk-direct", chunked=False)
+    for chunked in (True, False):
+        response, via_relay = _post_raw(url, raw, relay_key, chunked=chunked)
+        assert response.status_code == 200
+        sent = upstream.requests[-1].body
+        assert json.loads(sent)["stream_options"] == {"include_usage": True}, "the relay asked"
+        assert sent.startswith(raw.rstrip()[:-1]), "every byte before the closing brace is the client's"
+        assert via_relay == direct and b'"usage"' not in via_relay, "the client gets what it asked for"
+        settle()
+        row = ApiCall.objects.get(relay_request_id=response.headers["x-relay-request-id"])
+        # 12 input (4 cached), 5 output at gpt-4o's 2.50 / 1.25 / 10.00 per 1M: 20 + 5 + 50 = 75 per 1M.
+        assert (row.billing, row.total_tokens, row.cost) == (Billing.PRICED, 17, Decimal("0.000075")), chunked
+
+    for body, expected in [
+        # The client's own stream_options, last in its body: a second key beside it would be read
+        # however upstream's parser reads duplicates, so the relay adds none.
+        ({**CHAT_STREAM, "stream_options": {"include_usage": False}}, Billing.UNKNOWN),
+        ({**CHAT_STREAM, "stream_options": {"include_usage": True}}, Billing.PRICED),
+        ({**CHAT_STREAM, "stream": False}, Billing.PRICED),  # not streamed: the option would be a 400
+    ]:
+        raw = json.dumps(body).encode()
+        response, _ = _post_raw(url, raw, relay_key, chunked=True)
+        assert response.status_code == 200
+        assert upstream.requests[-1].body == raw
+        settle()
+        row = ApiCall.objects.get(relay_request_id=response.headers["x-relay-request-id"])
+        assert row.billing == expected, body
+        assert (row.cost is None) is (expected == Billing.UNKNOWN)
+    assert UsageDaily.objects.get().unknown_calls == 1
