@@ -255,3 +255,41 @@ def test_streamed_chat_the_relay_cannot_hold_gets_usage_added_only_where_it_is_s
         assert row.billing == expected, body
         assert (row.cost is None) is (expected == Billing.UNKNOWN)
     assert UsageDaily.objects.get().unknown_calls == 1
+
+
+# --- one poller for all asynchronous work ------------------------------------------------
+
+
+def test_the_poller_bills_background_responses_and_videos_nobody_retrieved(sdk, upstream, alice):
+    background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    video = sdk.videos.create(model="sora-2", prompt="a cat", seconds="4")
+    assert "jobs: checked 2, changed 0, completed 0" in poll()
+    upstream.advance_response(background.id, "completed")
+    upstream.advance_video(video.id, "completed")
+    assert "jobs: checked 2, changed 2, completed 2" in poll()
+    assert "polling 0 job(s)" in poll()
+    sdk.responses.retrieve(background.id)
+    sdk.videos.retrieve(video.id)
+    # One response (0.0000057) and 4 seconds of sora-2 at 0.10.
+    assert rollup_totals()["cost"] == CALL_COST + Decimal("0.4")
+    assert set(AsyncJob.objects.values_list("created_by", "billing")) == {(alice.pk, Billing.PRICED)}
+
+
+def test_asking_for_one_job_or_batch_by_id_takes_over_a_dead_pollers_lease(sdk, upstream):
+    from django.utils import timezone
+
+    from audit_app.models import BatchRecord
+
+    background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    batch_id = create_batch(sdk, lines=2)
+    upstream.advance_response(background.id, "completed")
+    upstream.advance_batch(batch_id, "completed", completed=2, output_lines=output_lines(upstream, 2))
+    settle()
+    # A poller claimed both and died: its lease runs for another 15 minutes.
+    later = timezone.now() + timezone.timedelta(minutes=15)
+    AsyncJob.objects.update(claimed_until=later)
+    BatchRecord.objects.update(claimed_until=later)
+    assert "polling 0 batch(es)" in poll() and "polling 0 job(s)" in poll()
+    assert "jobs: checked 1, changed 1, completed 1" in poll("--job", background.id)
+    assert "batches: checked 1, changed 1, completed 1" in poll("--batch", batch_id)
+    assert rollup_totals()["cost"] == CALL_COST + 2 * RESULT_COST
