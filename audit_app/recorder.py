@@ -103,13 +103,17 @@ def record_rejected(ctx: CallContext, status: int, message: str) -> None:
         spool.append({"op": "insert", "ctx": _ctx_state(ctx), "fields": fields})
 
 
-def _insert_finished(ctx: CallContext, fields: dict[str, Any]) -> None:
+def _insert_finished(ctx: CallContext, fields: dict[str, Any], *, once: bool = False) -> None:
     """Insert a finished row and count it in the rollups, together or not at all.
 
     The rule: every finished call made with a key is in the rollups, rejected ones
-    too, so rollup call counts equal raw call counts.
+    too, so rollup call counts equal raw call counts. `once` (a journal replay):
+    nothing happens if the row is there already, written by a replay that died
+    before it could forget the entry.
     """
     with transaction.atomic():
+        if once and ApiCall.objects.filter(relay_request_id=ctx.request_id).exists():
+            return
         call_rows.insert({**_base_fields(ctx), **_with_mac(ctx, fields)})
         if (bucket := _bucket(ctx, fields)) is not None:
             rollups.upsert(bucket)
@@ -239,12 +243,17 @@ def _ctx_from_state(state: dict[str, Any]) -> CallContext:
 
 
 def replay_journal() -> tuple[int, int]:
-    """Write what the database refused earlier. Returns (applied, still failing)."""
+    """Write what the database refused earlier. Returns (applied, still failing).
+
+    Each entry is idempotent: a completion only finishes a row still pending (or
+    interrupted), an insert only writes a row not there yet. Raises spool.JournalBusy
+    when another replay is running.
+    """
 
     def apply(entry: dict[str, Any]) -> None:
         ctx = _ctx_from_state(entry["ctx"])
         if entry["op"] == "insert":
-            _insert_finished(ctx, entry["fields"])
+            _insert_finished(ctx, entry["fields"], once=True)
         else:
             usage = Usage(**entry["usage"]) if entry.get("usage") else None
             _complete(entry["call_id"], ctx, entry["fields"], usage, entry.get("response_model", ""))
