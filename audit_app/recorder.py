@@ -203,8 +203,34 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
                             model="", family=ctx.family, calls=-1)
                 rollups.upsert(bucket)
             return
+    _amend_sealed(call_id, ctx, fields, bucket)
+
+
+def _amend_sealed(call_id: int, ctx: CallContext, fields: dict[str, Any], bucket: list[Any] | None) -> None:
+    """A call that finished after reconcile_calls marked it interrupted and seal_audit
+    sealed it: its real outcome and usage replace the sealed row through an amendment
+    entry in the ledger (as reprice does), so verify_audit still passes and the usage
+    is not lost. Only an interrupted row changes: replaying the same completion again
+    finds it finished and does nothing."""
+    with ledger.amending() as amend:  # the chain head is locked: no sealer runs meanwhile
+        row = ApiCall.objects.filter(pk=call_id, outcome=Outcome.INTERRUPTED).first()
+        if row is None:
+            log.warning("audit: call %s finished (%s) but its row is neither pending nor interrupted; "
+                        "left as it is", call_id, fields.get("outcome"))
+            return
+        values = {**fields, "error": fields.get("error", "")}  # clear reconcile's note, as the MAC has it
+        for name, value in values.items():
+            setattr(row, name, value)
+        if row.chain_seq is not None:
+            row.chain_seq = amend(row)
+        row.save(update_fields=[*(name for name in values if name != "price"),
+                                *(["price"] if "price" in values else []), "chain_seq"])
+        if bucket is not None:  # move the call out of its interrupted bucket into its real one
+            rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
+                        model="", family=ctx.family, calls=-1)
+            rollups.upsert(bucket)
     log.warning("audit: call %s finished (%s, status %s) after it was sealed as interrupted; "
-                "the sealed row is kept as it is", call_id, fields.get("outcome"), fields.get("status"))
+                "amended in the ledger", call_id, fields.get("outcome"), fields.get("status"))
 
 
 def _bucket(ctx: CallContext, fields: dict[str, Any]) -> list[Any] | None:
