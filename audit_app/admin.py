@@ -428,3 +428,5 @@ class PruneRunAdmin(ReadOnlyAdmin):
     list_filter = (date_range("started_at", "started"), "dry_run")
     search_fields = ("=run_by",)
     date_hierarchy = "started_at"
+
+from . import admin_jobs  # noqa: E402,F401  (background responses and video jobs)

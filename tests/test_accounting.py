@@ -293,3 +293,14 @@ def test_asking_for_one_job_or_batch_by_id_takes_over_a_dead_pollers_lease(sdk, 
     assert "jobs: checked 1, changed 1, completed 1" in poll("--job", background.id)
     assert "batches: checked 1, changed 1, completed 1" in poll("--batch", batch_id)
     assert rollup_totals()["cost"] == CALL_COST + 2 * RESULT_COST
+
+
+def test_admins_see_jobs_read_only(sdk, upstream, admin_client):
+    video = sdk.videos.create(model="sora-2", prompt="a cat", seconds="4")
+    upstream.advance_video(video.id, "completed")
+    sdk.videos.retrieve(video.id)
+    settle()
+    page = admin_client.get("/admin/audit_app/asyncjob/").content.decode()
+    assert video.id in page and "0.4" in page
+    job = AsyncJob.objects.get()
+    assert admin_client.post(f"/admin/audit_app/asyncjob/{job.pk}/delete/").status_code == 403
