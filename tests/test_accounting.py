@@ -304,3 +304,36 @@ def test_admins_see_jobs_read_only(sdk, upstream, admin_client):
     assert video.id in page and "0.4" in page
     job = AsyncJob.objects.get()
     assert admin_client.post(f"/admin/audit_app/asyncjob/{job.pk}/delete/").status_code == 403
+
+
+def test_two_pollers_and_a_client_at_once_bill_each_job_once(sdk, upstream):
+    """On PostgreSQL the pollers split the jobs (SKIP LOCKED); on SQLite they queue on the
+    database. Either way billing is one conditional write: nothing is billed twice."""
+    from django.db import connection
+
+    from tests.test_files_batches import poller_process
+
+    responses = [sdk.responses.create(model="gpt-4o-mini", input="hi", background=True).id for _ in range(6)]
+    videos = [sdk.videos.create(model="sora-2", prompt="a cat", seconds="4").id for _ in range(6)]
+    for rid in responses:
+        upstream.advance_response(rid, "completed")
+    for vid in videos:
+        upstream.advance_video(vid, "completed")
+    settle()
+    upstream.latency = 0.2  # long enough for the runs to overlap
+    pollers = [poller_process(upstream, "--only", "jobs", "--concurrency", "3") for _ in range(2)]
+    try:
+        for rid in responses[:3]:  # clients looking at the same time
+            sdk.responses.retrieve(rid)
+        outputs = [p.communicate(timeout=90)[0] for p in pollers]
+    finally:
+        for p in pollers:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in pollers] == [0, 0], outputs
+    # Six responses at 0.0000057 and six 4-second videos at 0.40.
+    assert rollup_totals()["cost"] == 6 * CALL_COST + 6 * Decimal("0.4")
+    assert AsyncJob.objects.filter(counted_at__isnull=False).count() == 12
+    if connection.vendor == "postgresql":
+        fetched = [r.path for r in upstream.requests if r.method == "GET" and "/v1/videos/" in r.path]
+        assert len(fetched) == len(set(fetched)) == 6, "each video polled by one poller only"
