@@ -46,6 +46,10 @@ def due(job_id: str | None = None, limit: int | None = None) -> list[int]:
 def fetch(job: AsyncJob) -> dict:
     try:
         with upstream.get(_PATH[job.kind].format(job.job_id), stream=True) as resp:
+            if resp.status_code == 404:
+                # Deleted upstream before anyone saw it end: whatever it used is unknowable,
+                # and OpenAI may have billed it, so it is billed `unknown`, never left open forever.
+                return {"id": job.job_id, "status": jobs.GONE}
             if resp.status_code != 200:
                 raise PollError(f"upstream answered {resp.status_code} for {job.job_id}")
             sniffer = JsonFieldSniffer(_FIELDS, frozenset({"usage"}))

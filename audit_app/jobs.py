@@ -25,6 +25,8 @@ from .usage import Usage
 log = logging.getLogger(__name__)
 _TOKENS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
 _FAMILY = {JobKind.RESPONSE: "responses", JobKind.VIDEO: "videos"}
+# The status the poller gives a job upstream no longer knows (404): its end was never seen.
+GONE = "gone"
 
 
 def kind_of_object(obj: dict[str, Any]) -> str | None:
@@ -59,7 +61,7 @@ def seen(obj: dict[str, Any], *, job: AsyncJob | None = None) -> bool:
     status = str(obj.get("status") or "")[:32]
     if job.counted_at is not None:
         return False
-    if status not in TERMINAL.get(job.kind, ()):
+    if status not in TERMINAL.get(job.kind, ()) and status != GONE:
         if status and status != job.status:
             AsyncJob.objects.filter(pk=job.pk, counted_at__isnull=True).update(status=status)
             job.status = status
@@ -68,6 +70,10 @@ def seen(obj: dict[str, Any], *, job: AsyncJob | None = None) -> bool:
 
 
 def usage_of(job: AsyncJob, obj: dict[str, Any]) -> Usage | None:
+    """The job's usage; None when its end generates nothing billable, an empty
+    Usage when it is billed but its usage cannot be read (`unknown`)."""
+    if obj.get("status") == GONE:
+        return Usage()
     if job.kind == JobKind.VIDEO:
         if obj.get("status") != "completed":
             return None  # a failed video generates nothing billable

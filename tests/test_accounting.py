@@ -337,3 +337,13 @@ def test_two_pollers_and_a_client_at_once_bill_each_job_once(sdk, upstream):
     if connection.vendor == "postgresql":
         fetched = [r.path for r in upstream.requests if r.method == "GET" and "/v1/videos/" in r.path]
         assert len(fetched) == len(set(fetched)) == 6, "each video polled by one poller only"
+
+
+def test_a_job_deleted_upstream_before_anyone_saw_it_end_is_usage_unknown_not_polled_forever(sdk, upstream):
+    background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    upstream.responses.pop(background.id)
+    assert "jobs: checked 1, changed 1" in poll()
+    assert "polling 0 job(s)" in poll()
+    job = AsyncJob.objects.get()
+    assert (job.status, job.billing, job.cost) == ("gone", Billing.UNKNOWN, None)
+    assert rollup_totals()["unknown"] == 1
