@@ -18,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import pricing, rollups
+from .macs import record_mac
 from .models import AsyncJob, Billing, JobKind
 from .models.jobs import TERMINAL
 from .usage import Usage
@@ -63,10 +64,21 @@ def seen(obj: dict[str, Any], *, job: AsyncJob | None = None) -> bool:
         return False
     if status not in TERMINAL.get(job.kind, ()) and status != GONE:
         if status and status != job.status:
-            AsyncJob.objects.filter(pk=job.pk, counted_at__isnull=True).update(status=status)
-            job.status = status
+            with transaction.atomic():
+                if _write(job.pk, {"status": status}):
+                    job.status = status
         return False
     return bill(job, obj)
+
+
+def _write(pk: int, fields: dict[str, Any]) -> bool:
+    """Change a job not billed yet, in one conditional UPDATE, and re-MAC it while the
+    write holds its row (call inside a transaction). False if it was billed meanwhile."""
+    if not AsyncJob.objects.filter(pk=pk, counted_at__isnull=True).update(**fields, updated_at=timezone.now()):
+        return False
+    row = AsyncJob.objects.get(pk=pk)
+    AsyncJob.objects.filter(pk=pk).update(row_mac=record_mac(row))
+    return True
 
 
 def usage_of(job: AsyncJob, obj: dict[str, Any]) -> Usage | None:
@@ -105,7 +117,7 @@ def bill(job: AsyncJob, obj: dict[str, Any]) -> bool:
                       cost=cost, unpriced=cost is None,
                       billing=Billing.PRICED if cost is not None else Billing.UNPRICED)
     with transaction.atomic():
-        if not AsyncJob.objects.filter(pk=job.pk, counted_at__isnull=True).update(**fields):
+        if not _write(job.pk, fields):
             return False  # someone else billed it first
         if job.created_by_id is not None and job.created_by_key_id is not None:
             rollups.add(started_at=now, user_id=job.created_by_id, key_id=job.created_by_key_id,

@@ -49,6 +49,7 @@ def test_a_client_that_polls_pays_once_for_each_thing_it_generated(sdk, upstream
         assert sdk.chat.completions.retrieve(chat.id).usage.completion_tokens == 7
     # A background response polled until it completed, and twice more.
     background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    settle()  # its job is recorded as the create call's row closes
     assert background.status == "queued"
     assert sdk.responses.retrieve(background.id).status == "queued"
     upstream.advance_response(background.id, "in_progress")
@@ -90,6 +91,7 @@ def test_a_client_that_polls_pays_once_for_each_thing_it_generated(sdk, upstream
 def test_a_background_response_is_billed_to_its_creator_even_when_someone_else_sees_it_finish(
         sdk, upstream, alice, relay_url, issue_key):
     background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    settle()  # its job is recorded as the create call's row closes
     upstream.advance_response(background.id, "completed")
     _, bob_secret = issue_key("bob")
     bob = openai.OpenAI(base_url=f"{relay_url}/v1", api_key=bob_secret, max_retries=0)
@@ -104,6 +106,7 @@ def test_a_background_response_is_billed_to_its_creator_even_when_someone_else_s
 
 def test_a_resumed_stream_that_shows_the_end_bills_the_background_response_once(sdk, upstream):
     background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    settle()  # its job is recorded as the create call's row closes
     upstream.advance_response(background.id, "completed")
     events = list(sdk.responses.retrieve(background.id, stream=True))
     assert events[-1].type == "response.completed"
@@ -123,6 +126,7 @@ def test_a_streamed_background_create_is_a_job_not_a_billed_call(sdk, upstream):
 
 def test_a_cancelled_background_response_counts_the_partial_usage_upstream_reports(sdk, upstream):
     background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    settle()  # its job is recorded as the create call's row closes
     upstream.advance_response(background.id, "in_progress")
     assert sdk.responses.cancel(background.id).status == "cancelled"
     # 12 input (4 cached), 3 output: 8 * 0.15e-6 + 4 * 0.075e-6 + 3 * 0.60e-6
@@ -132,6 +136,7 @@ def test_a_cancelled_background_response_counts_the_partial_usage_upstream_repor
 
 def test_a_background_response_cancelled_before_it_started_is_free(sdk, upstream):
     background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    settle()  # its job is recorded as the create call's row closes
     assert sdk.responses.cancel(background.id).status == "cancelled"
     totals = rollup_totals()
     assert (totals["cost"], totals["unknown"]) == (0, 0)
@@ -140,6 +145,7 @@ def test_a_background_response_cancelled_before_it_started_is_free(sdk, upstream
 
 def test_a_video_is_billed_per_second_once_when_first_seen_completed(sdk, upstream, alice):
     video = sdk.videos.create(model="sora-2", prompt="a cat", seconds="8")
+    settle()  # its job is recorded as the create call's row closes
     assert sdk.videos.retrieve(video.id).status == "queued"
     upstream.advance_video(video.id, "completed")
     for _ in range(2):
@@ -154,6 +160,7 @@ def test_a_video_is_billed_per_second_once_when_first_seen_completed(sdk, upstre
 
 def test_a_failed_video_costs_nothing(sdk, upstream):
     video = sdk.videos.create(model="sora-2", prompt="a cat", seconds="4")
+    settle()  # its job is recorded as the create call's row closes
     upstream.advance_video(video.id, "failed")
     sdk.videos.retrieve(video.id)
     assert rollup_totals()["cost"] == 0
@@ -262,7 +269,9 @@ def test_streamed_chat_the_relay_cannot_hold_gets_usage_added_only_where_it_is_s
 
 def test_the_poller_bills_background_responses_and_videos_nobody_retrieved(sdk, upstream, alice):
     background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    settle()  # its job is recorded as the create call's row closes
     video = sdk.videos.create(model="sora-2", prompt="a cat", seconds="4")
+    settle()  # the jobs are recorded as the create calls' rows close
     assert "jobs: checked 2, changed 0, completed 0" in poll()
     upstream.advance_response(background.id, "completed")
     upstream.advance_video(video.id, "completed")
@@ -281,12 +290,14 @@ def test_asking_for_one_job_or_batch_by_id_takes_over_a_dead_pollers_lease(sdk, 
     from audit_app.models import BatchRecord
 
     background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    settle()  # its job is recorded as the create call's row closes
     batch_id = create_batch(sdk, lines=2)
     upstream.advance_response(background.id, "completed")
     upstream.advance_batch(batch_id, "completed", completed=2, output_lines=output_lines(upstream, 2))
     settle()
     # A poller claimed both and died: its lease runs for another 15 minutes.
     later = timezone.now() + timezone.timedelta(minutes=15)
+    settle()
     AsyncJob.objects.update(claimed_until=later)
     BatchRecord.objects.update(claimed_until=later)
     assert "polling 0 batch(es)" in poll() and "polling 0 job(s)" in poll()
@@ -297,6 +308,7 @@ def test_asking_for_one_job_or_batch_by_id_takes_over_a_dead_pollers_lease(sdk, 
 
 def test_admins_see_jobs_read_only(sdk, upstream, admin_client):
     video = sdk.videos.create(model="sora-2", prompt="a cat", seconds="4")
+    settle()  # its job is recorded as the create call's row closes
     upstream.advance_video(video.id, "completed")
     sdk.videos.retrieve(video.id)
     settle()
@@ -341,9 +353,36 @@ def test_two_pollers_and_a_client_at_once_bill_each_job_once(sdk, upstream):
 
 def test_a_job_deleted_upstream_before_anyone_saw_it_end_is_usage_unknown_not_polled_forever(sdk, upstream):
     background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    settle()  # its job is recorded as the create call's row closes
     upstream.responses.pop(background.id)
+    settle()  # the job is recorded as the create call's row closes
     assert "jobs: checked 1, changed 1" in poll()
     assert "polling 0 job(s)" in poll()
     job = AsyncJob.objects.get()
     assert (job.status, job.billing, job.cost) == ("gone", Billing.UNKNOWN, None)
     assert rollup_totals()["unknown"] == 1
+
+
+def test_jobs_are_sealed_into_the_ledger_and_an_edited_cost_is_caught(sdk, upstream):
+    from audit_app.ledger import seal, verify
+    from audit_app.models import LedgerEntry, LedgerKind
+
+    background = sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    settle()  # its job is recorded as the create call's row closes
+    video = sdk.videos.create(model="sora-2", prompt="a cat", seconds="4")
+    settle()  # its job is recorded as the create call's row closes
+    sdk.responses.retrieve(background.id)  # queued -> queued: nothing changes
+    upstream.advance_response(background.id, "in_progress")
+    settle()
+    assert "jobs: checked 2, changed 1" in poll()  # a status change, MACed by the app
+    upstream.advance_response(background.id, "completed")
+    upstream.advance_video(video.id, "completed")
+    sdk.responses.retrieve(background.id)
+    poll()
+    settle()
+    seal()
+    assert LedgerEntry.objects.filter(kind=LedgerKind.JOB).values("object_id").distinct().count() == 2
+    assert verify(record=False).ok
+    AsyncJob.objects.filter(job_id=video.id).update(cost=Decimal("0.01"))  # by SQL, not the app
+    result = verify(record=False)
+    assert not result.ok and video.id in result.problem

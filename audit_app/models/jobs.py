@@ -5,6 +5,7 @@ from django.db import models
 from django.utils import timezone
 
 from .calls import Billing
+from .ledger import Maced
 from .tokens import Owned, TokenUsage
 
 
@@ -20,7 +21,7 @@ TERMINAL = {
 }
 
 
-class AsyncJob(Owned, TokenUsage):
+class AsyncJob(Owned, TokenUsage, Maced):
     """A job started through the relay and billed once, when first seen finished.
 
     The create call is free (its row says so); this record carries the usage and
