@@ -199,11 +199,18 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
         if call_rows.update(call_id, {**fields, "error": fields.get("error", "")},  # clear reconcile's note, as the MAC has it
                             outcome=Outcome.INTERRUPTED, unsealed=True):
             if bucket is not None:  # move the call out of its interrupted bucket into its real one
-                rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
-                            model="", family=ctx.family, calls=-1)
+                _leave_interrupted_bucket(ctx)
                 rollups.upsert(bucket)
             return
     _amend_sealed(call_id, ctx, fields, bucket)
+
+
+def _leave_interrupted_bucket(ctx: CallContext) -> None:
+    """Take back what reconcile_calls added for the call: one call, usage unknown if it generates."""
+    from proxy_app.operations import billed_on_call
+
+    rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk, model="",
+                family=ctx.family, calls=-1, unknown=-1 if billed_on_call(ctx.method, ctx.path) else 0)
 
 
 def _amend_sealed(call_id: int, ctx: CallContext, fields: dict[str, Any], bucket: list[Any] | None) -> None:
@@ -226,8 +233,7 @@ def _amend_sealed(call_id: int, ctx: CallContext, fields: dict[str, Any], bucket
         row.save(update_fields=[*(name for name in values if name != "price"),
                                 *(["price"] if "price" in values else []), "chain_seq"])
         if bucket is not None:  # move the call out of its interrupted bucket into its real one
-            rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
-                        model="", family=ctx.family, calls=-1)
+            _leave_interrupted_bucket(ctx)
             rollups.upsert(bucket)
     log.warning("audit: call %s finished (%s, status %s) after it was sealed as interrupted; "
                 "amended in the ledger", call_id, fields.get("outcome"), fields.get("status"))

@@ -208,6 +208,8 @@ def test_a_call_ending_after_it_was_sealed_as_interrupted_is_amended_with_its_re
     key, _ = issue_key()
     ctx, call = _open(key, "/v1/responses", "responses")  # e.g. a long stream still running past RELAY_PENDING_TIMEOUT
     call_command("reconcile_calls", "--older-than", "0")
+    assert ApiCall.objects.get(pk=call.pk).billing == "unknown"  # it went upstream: maybe billed
+    assert UsageDaily.objects.get().unknown_calls == 1
     assert seal().calls == 1
     close_call(call.pk, ctx, outcome=Outcome.OK, status=200, upstream_status=200, model="gpt-4o-mini",
                usage=Usage(input_tokens=10, output_tokens=5, total_tokens=15))
@@ -223,6 +225,7 @@ def test_a_call_ending_after_it_was_sealed_as_interrupted_is_amended_with_its_re
                usage=Usage(input_tokens=10, output_tokens=5, total_tokens=15))
     assert LedgerEntry.objects.filter(kind=LedgerKind.AMEND).count() == 1
     assert sum(UsageDaily.objects.values_list("total_tokens", flat=True)) == 15
+    assert sum(UsageDaily.objects.values_list("unknown_calls", flat=True)) == 0
     assert verify(record=False).ok
 
 

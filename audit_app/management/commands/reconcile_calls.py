@@ -10,8 +10,9 @@ from django.utils import timezone
 from audit_app import rollups, spool
 from audit_app.ledger import call_mac
 from audit_app.management.stoppable import StoppableCommand
-from audit_app.models import ApiCall, Outcome
+from audit_app.models import ApiCall, Billing, Outcome
 from audit_app.recorder import replay_journal
+from proxy_app.operations import billed_on_call
 
 BATCH = 500
 
@@ -72,10 +73,13 @@ class Command(StoppableCommand):
                         continue
                     row.outcome, row.finished_at = Outcome.INTERRUPTED, now
                     row.error = "interrupted: the relay stopped before the call finished"
+                    # A generating call went upstream and may have been billed: usage unknown, never free.
+                    row.billing = Billing.UNKNOWN if billed_on_call(row.method, row.path) else Billing.FREE
                     row.row_mac = call_mac(row)  # the relay's own write: keep the row verifiable
                     # Only if still pending: the call may have ended since it was read.
                     if ApiCall.objects.filter(pk=row.pk, outcome=Outcome.PENDING).update(
-                            outcome=row.outcome, finished_at=now, error=row.error, row_mac=row.row_mac):
+                            outcome=row.outcome, finished_at=now, error=row.error, billing=row.billing,
+                            row_mac=row.row_mac):
                         rollups.add_call(row)  # a finished call with a key is in the rollups
                         count += 1
             self.progress(f"  {count} interrupted so far")
