@@ -386,3 +386,19 @@ def test_jobs_are_sealed_into_the_ledger_and_an_edited_cost_is_caught(sdk, upstr
     AsyncJob.objects.filter(job_id=video.id).update(cost=Decimal("0.01"))  # by SQL, not the app
     result = verify(record=False)
     assert not result.ok and video.id in result.problem
+
+
+def test_the_usage_report_counts_usage_unknown_apart(sdk, upstream, capsys):
+    from django.core.management import call_command
+
+    upstream.inject("/v1/responses", drop_after_events=3)
+    with pytest.raises(openai.APIError):
+        list(sdk.responses.create(model="gpt-4o-mini", input="hi", stream=True))
+    sdk.responses.create(model="gpt-4o-mini", input="hi")
+    settle()
+    capsys.readouterr()
+    call_command("usage_report", "--by", "user", "--csv")
+    header, alice, total = capsys.readouterr().out.strip().splitlines()
+    assert header.endswith(",cost,unpriced_calls,unknown_calls")
+    name, calls, *_, cost, unpriced, unknown = alice.split(",")
+    assert (name, calls, Decimal(cost), unpriced, unknown) == ("alice", "2", CALL_COST, "0", "1")
