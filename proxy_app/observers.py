@@ -206,6 +206,21 @@ _TAIL = re.compile(rb"\}[ \t\r\n]*$")
 _HOLD_LIMIT = 64 * 1024
 
 
+class _KeysSniffer(JsonFieldSniffer):
+    """Also remembers every top-level key of a body it scans, whatever its value's size:
+    a `stream_options` too large to keep must still count as there."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keys: set[str] = set()
+
+    def _end_string(self) -> None:
+        was_key = self._depth == 1 and self._buf_is_key
+        super()._end_string()
+        if was_key and isinstance(self._key, str):
+            self.keys.add(self._key)
+
+
 class IncludeUsageSplice:
     """A request body, streamed, with `"stream_options":{"include_usage":true}` added
     before its closing brace when (and only when) it turns out to need it.
@@ -225,7 +240,7 @@ class IncludeUsageSplice:
     def __init__(self, source: BinaryIO, length: int | None) -> None:
         self.source = source
         self.remaining = length
-        self.sniffer = JsonFieldSniffer(frozenset({"stream", "stream_options"}), frozenset({"stream_options"}))
+        self.sniffer = _KeysSniffer(frozenset({"stream", "stream_options"}), frozenset({"stream_options"}))
         self.held = b""
         self.spliced = False
         self.ended = False
@@ -256,7 +271,7 @@ class IncludeUsageSplice:
         values = self.sniffer.values
         complete = self.sniffer.is_object and self.sniffer._depth == 0 and not self.sniffer._in_string
         if (held.startswith(b"}") and complete and values.get("stream") is True
-                and "stream_options" not in values):
+                and "stream_options" not in values and "stream_options" not in self.sniffer.keys):
             self.spliced = True
             return _SPLICE + held
         return held

@@ -38,6 +38,9 @@ def test_a_streamed_body_without_options_gets_them_before_its_last_brace(raw, pi
 @pytest.mark.parametrize("raw", [
     b'{"stream":true,"stream_options":{"include_usage":false}}',  # the client decided: no duplicate key
     b'{"stream_options":null,"stream":true}',
+    # Options too large for the sniffer to keep are still the client's: never a second key.
+    b'{"stream":true,"stream_options":{"include_usage":false,"pad":"' + b"p" * 70_000 + b'"}}',
+    b'{"stream":true,"x":"' + b"y" * 20_000 + b'","stream_options":{"include_usage":false}}',
     b'{"stream":false,"model":"gpt-4o"}',  # not streamed: the option would be a 400
     b'{"model":"gpt-4o"}',
     b'[{"stream":true}]',  # not an object
