@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime, timedelta, timezone as dt_timezone
 from decimal import Decimal
 
 import openai
@@ -402,3 +402,16 @@ def test_the_usage_report_counts_usage_unknown_apart(sdk, upstream, capsys):
     assert header.endswith(",cost,unpriced_calls,unknown_calls")
     name, calls, *_, cost, unpriced, unknown = alice.split(",")
     assert (name, calls, Decimal(cost), unpriced, unknown) == ("alice", "2", CALL_COST, "0", "1")
+
+
+def test_the_metrics_show_how_long_open_jobs_have_waited_for_the_poller(sdk, upstream):
+    from proxy_app.metrics_view import BatchLagCollector
+
+    sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
+    settle()
+    AsyncJob.objects.update(first_seen_at=AsyncJob.objects.get().first_seen_at - timedelta(minutes=10))
+    gauges = {m.name: m.samples[0].value for m in BatchLagCollector().collect()}
+    assert gauges["relay_poll_jobs_lag_seconds"] >= 600
+    poll()
+    gauges = {m.name: m.samples[0].value for m in BatchLagCollector().collect()}
+    assert gauges["relay_poll_jobs_lag_seconds"] < 60
