@@ -28,7 +28,7 @@ from .models import AsyncJob, JobKind
 
 log = logging.getLogger(__name__)
 _ERROR_MAX = AsyncJob._meta.get_field("last_poll_error").max_length
-_FIELDS = frozenset({"id", "object", "status", "model", "seconds"})
+_FIELDS = frozenset({"id", "object", "status", "model", "seconds", "size"})
 _PATH = {JobKind.RESPONSE: "/responses/{}", JobKind.VIDEO: "/videos/{}"}
 
 

@@ -97,6 +97,18 @@ def usage_of(job: AsyncJob, obj: dict[str, Any]) -> Usage | None:
     return Usage.from_api(obj.get("usage")) or (Usage() if obj.get("status") == "completed" else None)
 
 
+# OpenAI prices sora-2-pro by resolution: $0.30 a second at 720p, $0.50 at these sizes,
+# which the shipped price map lists as the model "sora-2-pro-high-res".
+_HIGH_RES = frozenset({"1024x1792", "1792x1024"})
+
+
+def _priced_as(job: AsyncJob, model: str, obj: dict[str, Any]) -> str:
+    if job.kind == JobKind.VIDEO and model.startswith("sora-2-pro") and obj.get("size") in _HIGH_RES \
+            and not model.endswith("-high-res"):
+        return "sora-2-pro-high-res"
+    return model
+
+
 def bill(job: AsyncJob, obj: dict[str, Any]) -> bool:
     """Bill a finished job exactly once. Partial usage of a cancelled or incomplete
     Response counts as OpenAI reports it; no usage on an end that generates nothing
@@ -111,7 +123,7 @@ def bill(job: AsyncJob, obj: dict[str, Any]) -> bool:
     elif usage.is_empty:
         fields["billing"] = Billing.UNKNOWN
     else:
-        price = pricing.price_for(model, job.first_seen_at)
+        price = pricing.price_for(_priced_as(job, model, obj), job.first_seen_at)
         cost = pricing.cost_of(usage, price)
         fields.update({name: getattr(usage, name) for name in _TOKENS}, video_seconds=usage.video_seconds,
                       cost=cost, unpriced=cost is None,

@@ -415,3 +415,14 @@ def test_the_metrics_show_how_long_open_jobs_have_waited_for_the_poller(sdk, ups
     poll()
     gauges = {m.name: m.samples[0].value for m in BatchLagCollector().collect()}
     assert gauges["relay_poll_jobs_lag_seconds"] < 60
+
+
+def test_a_high_resolution_sora_2_pro_video_is_priced_at_the_high_res_rate(sdk, upstream):
+    for size, seconds in (("1024x1792", "4"), ("720x1280", "8")):
+        video = sdk.videos.create(model="sora-2-pro", prompt="a cat", seconds=seconds, size=size)
+        settle()  # its job is recorded as the create call's row closes
+        upstream.advance_video(video.id, "completed")
+    poll()
+    # 4 s at sora-2-pro-high-res's 0.50, and 8 s at sora-2-pro's 0.30.
+    assert sorted(AsyncJob.objects.values_list("cost", flat=True)) == [Decimal("2"), Decimal("2.4")]
+    assert rollup_totals()["cost"] == Decimal("4.4")
