@@ -15,7 +15,8 @@ Guarantees (docs/accounting.md):
   by the kernel when a replayer dies), so two at once never interleave: the
   second reports the journal busy and does nothing.
 - A full disk does not lose the journal: a reserve file of
-  RELAY_AUDIT_SPOOL_RESERVE_BYTES (64 MiB by default, some 100,000 entries) is
+  RELAY_AUDIT_SPOOL_RESERVE_BYTES (64 MiB by default: some 80,000 entries of the
+  830 bytes a streamed chat completion's entry measured) is
   kept next to it; when a write fails with ENOSPC the reserve is given up and
   the write retried into the space it freed. `reconcile_calls` recreates the
   reserve once there is room again.
