@@ -505,3 +505,6 @@ class ReconciledDayAdmin(ReadOnlyAdmin):
 class ReconcileRunAdmin(ReadOnlyAdmin):
     list_display = ("started_at", "period_start", "period_end", "ok", "days", "message")
     list_filter = ("ok",)
+
+
+from . import admin_jobs  # noqa: E402,F401  (background responses and video jobs)

@@ -79,8 +79,10 @@ def due(batch_id: str | None = None, limit: int | None = None) -> list[int]:
     return list(rows[:limit] if limit else rows)
 
 
-def claim(pk: int, *, force: bool = False) -> BatchRecord | None:
-    """The batch, leased to this poller, or None if another poller holds it.
+def claim(pk: int, *, force: bool = False, model=BatchRecord):
+    """The batch (or other leased record, `model`), leased to this poller, or None if
+    another poller holds it. `force` takes it whatever the lease: an operator asking
+    for one job by id must be able to take over from a poller that died.
 
     One statement: it writes the lease only where none is held, and returns the
     row it leased. On PostgreSQL the row is picked with FOR UPDATE SKIP LOCKED, so
@@ -89,27 +91,28 @@ def claim(pk: int, *, force: bool = False) -> BatchRecord | None:
     """
     now = timezone.now()
     quote = connection.ops.quote_name
-    table, claimed = quote(BatchRecord._meta.db_table), quote("claimed_until")
+    table, claimed = quote(model._meta.db_table), quote("claimed_until")
     free = "" if force else f" AND ({claimed} IS NULL OR {claimed} < %s)"
     pick = f"SELECT {quote('id')} FROM {table} WHERE {quote('id')} = %s{free}"
     if connection.features.has_select_for_update_skip_locked:
         pick += " FOR UPDATE SKIP LOCKED"
     update = f"UPDATE {table} SET {claimed} = %s WHERE {quote('id')} IN ({pick})"
-    field = BatchRecord._meta.get_field("claimed_until")
+    field = model._meta.get_field("claimed_until")
     lease, now_db = (field.get_db_prep_save(v, connection) for v in (now + CLAIM_LEASE, now))
     params = [lease, pk] + ([] if force else [now_db])
     if not connection.features.can_return_columns_from_insert:  # SQLite before 3.35
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(update, params)
-            return BatchRecord.objects.get(pk=pk) if cursor.rowcount else None
-    columns = ", ".join(quote(f.column) for f in BatchRecord._meta.concrete_fields)
-    leased = list(BatchRecord.objects.raw(f"{update} RETURNING {columns}", params))  # read to the end: SQLite commits then
+            return model.objects.get(pk=pk) if cursor.rowcount else None
+    columns = ", ".join(quote(f.column) for f in model._meta.concrete_fields)
+    leased = list(model.objects.raw(f"{update} RETURNING {columns}", params))  # read to the end: SQLite commits then
     return leased[0] if leased else None
 
 
-def project_of(batch: BatchRecord) -> str:
-    """The OpenAI project the batch was created in: its creator key's team's."""
-    key = batch.created_by_key
+def project_of(record) -> str:
+    """The OpenAI project a batch or job was created in: its creator key's team's. OpenAI
+    scopes them by project, so asking in another project answers 404."""
+    key = record.created_by_key
     return key.openai_project if key is not None else ""
 
 
@@ -188,11 +191,13 @@ def poll_one(pk: int, summary: PollSummary, *, force: bool = False) -> None:
 
 
 def poll(pks: list[int], concurrency: int, progress: Callable[[str], None] | None = None,
-         should_stop: Callable[[], bool] = lambda: False, force: bool = False) -> PollSummary:
+         should_stop: Callable[[], bool] = lambda: False, force: bool = False,
+         one: Callable[..., None] | None = None, what: str = "batches") -> PollSummary:
     """Poll each batch once, `concurrency` at a time; batches not started when a stop
     is asked for are left to the next run. `force` takes batches whatever their lease
     (an operator's `--batch ID`)."""
     summary = PollSummary()
+    one = one or poll_one
     queue = iter(pks)
     done = 0
 
@@ -203,7 +208,7 @@ def poll(pks: list[int], concurrency: int, progress: Callable[[str], None] | Non
                 return None
             pk = next(queue, None)
             if progress and done and done % 100 == 0:
-                progress(f"  {done}/{len(pks)} batches")
+                progress(f"  {done}/{len(pks)} {what}")
             done += 1
             return pk
 
@@ -212,7 +217,7 @@ def poll(pks: list[int], concurrency: int, progress: Callable[[str], None] | Non
         # batch cost more than polling it on PostgreSQL.
         try:
             while (pk := next_pk()) is not None:
-                poll_one(pk, summary, force=force)
+                one(pk, summary, force=force)
         finally:
             if concurrency > 1:
                 connection.close()

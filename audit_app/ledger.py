@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from . import call_rows
 from .macs import canonical, mac, record_content_hash, record_mac_ok
-from .models import (ApiCall, BatchRecord, ChainState, FileRecord, LedgerEntry, LedgerKind, Outcome,
+from .models import (ApiCall, AsyncJob, BatchRecord, ChainState, FileRecord, LedgerEntry, LedgerKind, Outcome,
                      PruneRun)
 
 GENESIS = "0" * 64
@@ -81,6 +81,7 @@ def call_content_hash(row: ApiCall) -> str:
 _RECORDS: dict[str, tuple[type[models.Model], str]] = {
     LedgerKind.FILE: (FileRecord, "file_id"),
     LedgerKind.BATCH: (BatchRecord, "batch_id"),
+    LedgerKind.JOB: (AsyncJob, "job_id"),
     LedgerKind.PRUNE: (PruneRun, "id"),
 }
 

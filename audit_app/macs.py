@@ -20,6 +20,7 @@ from django.utils import timezone
 # poll_batches stamps these with a bulk UPDATE on every poll.
 UNSEALED_FIELDS: dict[str, frozenset[str]] = {
     "audit_app.BatchRecord": frozenset({"last_polled_at", "last_poll_error", "claimed_until"}),
+    "audit_app.AsyncJob": frozenset({"last_polled_at", "last_poll_error", "claimed_until"}),
 }
 # Not content: the id is bound by the ledger entry, updated_at moves on every save.
 _NEVER = frozenset({"id", "updated_at", "row_mac"})

@@ -30,6 +30,7 @@ _FIELDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "per_image": (("input_cost_per_image", "output_cost_per_image"), False),
     "per_second": (("input_cost_per_second",), False),
     "per_character": (("input_cost_per_character",), False),
+    "per_video_second": (("output_cost_per_video_per_second",), False),
 }
 
 
@@ -89,7 +90,12 @@ def import_map(
 ) -> ImportResult:
     """Create a price row for every model whose prices differ from the ones in effect."""
     result = ImportResult()
+    # A data migration passes the model as it was then: only the rates it had columns for.
+    columns = {f.name for f in price_model._meta.get_fields()}
     for name, fields in priced_models(entries):
+        if fields is not None:
+            fields = {f: v for f, v in fields.items() if f in columns}
+            fields = fields if any(v is not None for v in fields.values()) else None
         if fields is None:
             result.skipped += 1
             continue

@@ -84,7 +84,8 @@ def cost_of(usage: Usage, price: ModelPrice | None, *, batch: bool = False) -> D
         per = MILLION
     else:
         parts = [(usage.images, price.per_image), (usage.audio_seconds, price.per_second),
-                 (usage.characters, price.per_character)]
+                 (usage.characters, price.per_character),
+                 (usage.video_seconds, price.per_video_second)]
         per = Decimal(1)
     for quantity, rate in parts:
         if not quantity:

@@ -103,13 +103,17 @@ def record_rejected(ctx: CallContext, status: int, message: str) -> None:
         spool.append({"op": "insert", "ctx": _ctx_state(ctx), "fields": fields})
 
 
-def _insert_finished(ctx: CallContext, fields: dict[str, Any]) -> None:
+def _insert_finished(ctx: CallContext, fields: dict[str, Any], *, once: bool = False) -> None:
     """Insert a finished row and count it in the rollups, together or not at all.
 
     The rule: every finished call made with a key is in the rollups, rejected ones
-    too, so rollup call counts equal raw call counts.
+    too, so rollup call counts equal raw call counts. `once` (a journal replay):
+    nothing happens if the row is there already, written by a replay that died
+    before it could forget the entry.
     """
     with transaction.atomic():
+        if once and ApiCall.objects.filter(relay_request_id=ctx.request_id).exists():
+            return
         call_rows.insert({**_base_fields(ctx), **_with_mac(ctx, fields)})
         if (bucket := _bucket(ctx, fields)) is not None:
             rollups.upsert(bucket)
@@ -127,8 +131,14 @@ def priced_fields(usage: Usage | None, model: str, at, *, batch: bool = False) -
 
 
 def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
-               usage_hint: Usage | None = None, response_model: str = "", **fields: Any) -> None:
+               usage_hint: Usage | None = None, response_model: str = "", billed: bool | None = None,
+               **fields: Any) -> None:
     """Complete the row, price it and add it to the rollups, in one transaction.
+
+    `billed`: OpenAI bills this call (a generating operation that upstream accepted,
+    see proxy_app.operations; by default decided from the method, path and status).
+    Without it the call is free whatever its body said; with it but without usage
+    the call is `unknown`, never $0.
 
     Retries once on a fresh connection, because this runs after a long stream
     whose connection may have gone meanwhile. Never raises: if the database
@@ -137,8 +147,14 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
     if "error" in fields:
         fields["error"] = (fields["error"] or "")[:_ERROR_MAX]
     fields.update(_finish_fields(ctx))
-    if usage is not None or usage_hint is not None:
+    if billed is None:
+        billed = _billed_by_default(ctx, fields)
+    if not billed:
+        usage = usage_hint = None  # a read echoes the usage of the call that generated: not ours to count
+    elif usage is not None or usage_hint is not None:
         usage = (usage or Usage()).merge(usage_hint)
+    if billed and (usage is None or usage.is_empty):
+        fields["billing"] = Billing.UNKNOWN
     for attempt in (1, 2):
         try:
             _complete(call_id, ctx, dict(fields), usage, response_model)
@@ -150,6 +166,13 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
     log.exception("audit: could not complete call %s; journaled", call_id)
     spool.append({"op": "complete", "call_id": call_id, "ctx": _ctx_state(ctx), "fields": fields,
                   "usage": asdict(usage) if usage is not None else None, "response_model": response_model})
+
+
+def _billed_by_default(ctx: CallContext, fields: dict[str, Any]) -> bool:
+    from proxy_app.operations import billed_on_call
+
+    status = fields.get("status") or 0
+    return billed_on_call(ctx.method, ctx.path) and 200 <= status < 400 and fields.get("outcome") != Outcome.REJECTED
 
 
 def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usage | None,
@@ -176,12 +199,44 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
         if call_rows.update(call_id, {**fields, "error": fields.get("error", "")},  # clear reconcile's note, as the MAC has it
                             outcome=Outcome.INTERRUPTED, unsealed=True):
             if bucket is not None:  # move the call out of its interrupted bucket into its real one
-                rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
-                            model="", family=ctx.family, calls=-1)
+                _leave_interrupted_bucket(ctx)
                 rollups.upsert(bucket)
             return
+    _amend_sealed(call_id, ctx, fields, bucket)
+
+
+def _leave_interrupted_bucket(ctx: CallContext) -> None:
+    """Take back what reconcile_calls added for the call: one call, usage unknown if it generates."""
+    from proxy_app.operations import billed_on_call
+
+    rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk, model="",
+                family=ctx.family, calls=-1, unknown=-1 if billed_on_call(ctx.method, ctx.path) else 0)
+
+
+def _amend_sealed(call_id: int, ctx: CallContext, fields: dict[str, Any], bucket: list[Any] | None) -> None:
+    """A call that finished after reconcile_calls marked it interrupted and seal_audit
+    sealed it: its real outcome and usage replace the sealed row through an amendment
+    entry in the ledger (as reprice does), so verify_audit still passes and the usage
+    is not lost. Only an interrupted row changes: replaying the same completion again
+    finds it finished and does nothing."""
+    with ledger.amending() as amend:  # the chain head is locked: no sealer runs meanwhile
+        row = ApiCall.objects.filter(pk=call_id, outcome=Outcome.INTERRUPTED).first()
+        if row is None:
+            log.warning("audit: call %s finished (%s) but its row is neither pending nor interrupted; "
+                        "left as it is", call_id, fields.get("outcome"))
+            return
+        values = {**fields, "error": fields.get("error", "")}  # clear reconcile's note, as the MAC has it
+        for name, value in values.items():
+            setattr(row, name, value)
+        if row.chain_seq is not None:
+            row.chain_seq = amend(row)
+        row.save(update_fields=[*(name for name in values if name != "price"),
+                                *(["price"] if "price" in values else []), "chain_seq"])
+        if bucket is not None:  # move the call out of its interrupted bucket into its real one
+            _leave_interrupted_bucket(ctx)
+            rollups.upsert(bucket)
     log.warning("audit: call %s finished (%s, status %s) after it was sealed as interrupted; "
-                "the sealed row is kept as it is", call_id, fields.get("outcome"), fields.get("status"))
+                "amended in the ledger", call_id, fields.get("outcome"), fields.get("status"))
 
 
 def _bucket(ctx: CallContext, fields: dict[str, Any]) -> list[Any] | None:
@@ -220,12 +275,17 @@ def _ctx_from_state(state: dict[str, Any]) -> CallContext:
 
 
 def replay_journal() -> tuple[int, int]:
-    """Write what the database refused earlier. Returns (applied, still failing)."""
+    """Write what the database refused earlier. Returns (applied, still failing).
+
+    Each entry is idempotent: a completion only finishes a row still pending (or
+    interrupted), an insert only writes a row not there yet. Raises spool.JournalBusy
+    when another replay is running.
+    """
 
     def apply(entry: dict[str, Any]) -> None:
         ctx = _ctx_from_state(entry["ctx"])
         if entry["op"] == "insert":
-            _insert_finished(ctx, entry["fields"])
+            _insert_finished(ctx, entry["fields"], once=True)
         else:
             usage = Usage(**entry["usage"]) if entry.get("usage") else None
             _complete(entry["call_id"], ctx, entry["fields"], usage, entry.get("response_model", ""))

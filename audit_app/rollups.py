@@ -73,7 +73,8 @@ def add_call(call: ApiCall) -> None:
 def rebuild(since: date | None = None) -> int:
     """Recompute the buckets from raw calls (for days whose raw calls are all kept).
 
-    Batch results are not calls: their buckets are dropped, not rebuilt. For
+    Batch results and billed jobs (background responses, videos) are not calls:
+    their shares of the buckets are dropped, not rebuilt. For
     tests and repairs of call-only data; returns the number of buckets written.
     """
     calls = ApiCall.objects.filter(key__isnull=False, user__isnull=False)

@@ -20,8 +20,10 @@ class Usage:
     images: int | None = None
     audio_seconds: Decimal | None = None
     characters: int | None = None
+    # Seconds of generated video (video jobs), priced per second; kept on AsyncJob.
+    video_seconds: Decimal | None = None
 
-    # Stored on ApiCall; image_input_tokens only feeds the cost.
+    # Stored on ApiCall; image_input_tokens only feeds the cost, video_seconds lives on AsyncJob.
     STORED = (
         "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens",
         "images", "audio_seconds", "characters",

@@ -7,7 +7,7 @@ class ProxyAppConfig(AppConfig):
 
     def ready(self) -> None:
         # Families plug their rules and observers into the pipeline when imported.
-        from . import access, checks, file_observers  # noqa: F401
+        from . import access, checks, file_observers, job_observers  # noqa: F401
         from audit_app.recorder import AUDIT_WRITE_FAILED
 
         from .telemetry import AUDIT_FAILURES

@@ -31,6 +31,15 @@ class BatchLagCollector:
                                   "Seconds since the least recently polled open batch was polled.")
         gauge.add_metric([], oldest.total_seconds() if oldest else 0.0)
         yield gauge
+        from audit_app.models import AsyncJob
+
+        oldest = (AsyncJob.objects.filter(counted_at__isnull=True)
+                  .aggregate(t=Max(timezone.now() - Coalesce("last_polled_at", "first_seen_at")))["t"])
+        gauge = GaugeMetricFamily("relay_poll_jobs_lag_seconds",
+                                  "Seconds since the least recently polled open background response or "
+                                  "video job was polled (poll_batches bills them).")
+        gauge.add_metric([], oldest.total_seconds() if oldest else 0.0)
+        yield gauge
 
 
 def _allowed(request: HttpRequest) -> bool:

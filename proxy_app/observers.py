@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -28,6 +29,7 @@ from django.conf import settings
 from audit_app.recorder import CallContext
 from audit_app.usage import Usage
 
+from .operations import generates
 from .paths import ApiPath
 from .policy import media_type
 from .sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
@@ -73,10 +75,10 @@ class Observer:
 class RequestFields(Observer):
     """`model`, `stream` and billing hints from a JSON body or multipart form fields."""
 
-    def __init__(self, api_path: ApiPath, content_type: str) -> None:
+    def __init__(self, api_path: ApiPath, content_type: str, generating: bool = True) -> None:
         kind = media_type(content_type)
-        self.speech = api_path.path == "/v1/audio/speech"
-        self.images = api_path.family == "images"
+        self.speech = generating and api_path.path == "/v1/audio/speech"
+        self.images = generating and api_path.family == "images"
         self.sniffer: JsonFieldSniffer | MultipartFieldSniffer | None = None
         if kind == "application/json":
             wanted = _REQUEST_FIELDS | {"input"} if self.speech else _REQUEST_FIELDS
@@ -154,19 +156,22 @@ class ChatStreamUsage(Observer):
 
     When the client did not ask (`stream_options.include_usage`), the relay
     asks for it and strips what that adds, so the client's bytes are what it
-    would have got directly. The request must be read to know; chat request
-    bodies are small, and anything over RELAY_REWRITE_MAX_BYTES is passed on
-    untouched (and its usage goes unrecorded) rather than held in memory.
+    would have got directly. Bodies up to RELAY_REWRITE_MAX_BYTES with a known
+    length are read and rewritten at once; longer or chunked ones go through
+    `IncludeUsageSplice`, which streams them and appends the option at the end,
+    holding back only the closing brace.
     """
 
     transforms = True
 
     def __init__(self) -> None:
         self.stripper: ChatUsageStripper | None = None
+        self.splice: IncludeUsageSplice | None = None
 
     def rewrite_request(self, source: BinaryIO, length: int | None) -> tuple[BinaryIO, int | None]:
         if length is None or length > settings.RELAY_REWRITE_MAX_BYTES:
-            return source, length
+            self.splice = IncludeUsageSplice(source, length)
+            return self.splice, None  # its length is known only at its end: sent chunked
         raw = source.read(length)
         rewritten = _with_include_usage(raw)
         if rewritten is not None:
@@ -175,6 +180,9 @@ class ChatStreamUsage(Observer):
         return io.BytesIO(raw), len(raw)
 
     def on_response_start(self, status: int, headers: Any) -> None:
+        # The whole request has been sent by now: the splice knows what it did.
+        if self.splice is not None and self.splice.spliced:
+            self.stripper = ChatUsageStripper()
         if status >= 400 or media_type(headers.get("content-type", "")) != "text/event-stream":
             self.stripper = None
 
@@ -191,6 +199,82 @@ class ChatStreamUsage(Observer):
         if self.stripper.model:
             fields["response_model"] = self.stripper.model
         return fields
+
+
+_SPLICE = b',"stream_options":{"include_usage":true}'
+_TAIL = re.compile(rb"\}[ \t\r\n]*$")
+_HOLD_LIMIT = 64 * 1024
+
+
+class _KeysSniffer(JsonFieldSniffer):
+    """Also remembers every top-level key of a body it scans, whatever its value's size:
+    a `stream_options` too large to keep must still count as there."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keys: set[str] = set()
+
+    def _end_string(self) -> None:
+        was_key = self._depth == 1 and self._buf_is_key
+        super()._end_string()
+        if was_key and isinstance(self._key, str):
+            self.keys.add(self._key)
+
+
+class IncludeUsageSplice:
+    """A request body, streamed, with `"stream_options":{"include_usage":true}` added
+    before its closing brace when (and only when) it turns out to need it.
+
+    Appending at the end rather than splicing after the opening brace is what makes
+    this safe without holding the body: by the last byte the sniffer has seen every
+    top-level key, so the option is added only to a JSON object with `"stream": true`
+    and no `stream_options` of its own. A key added up front could be a duplicate of
+    one further on, which upstream's parser would read its own way (most keep the
+    last), and would turn a non-streamed request into a 400. Anything in doubt
+    (not an object, unreadable, trailing bytes past 64 KiB) is sent unchanged and
+    the call ends up `unknown`, never $0.
+
+    Held at any time: the closing brace and the blanks after it.
+    """
+
+    def __init__(self, source: BinaryIO, length: int | None) -> None:
+        self.source = source
+        self.remaining = length
+        self.sniffer = _KeysSniffer(frozenset({"stream", "stream_options"}), frozenset({"stream_options"}))
+        self.held = b""
+        self.spliced = False
+        self.ended = False
+
+    def read(self, size: int = -1) -> bytes:
+        size = size if size and size > 0 else 1024 * 1024
+        while not self.ended:
+            want = size if self.remaining is None else min(size, self.remaining)
+            chunk = self.source.read(want) if want else b""
+            if not chunk:
+                self.ended = True
+                return self._end()
+            if self.remaining is not None:
+                self.remaining -= len(chunk)
+            self.sniffer.feed(chunk)
+            data = self.held + chunk
+            # The closing brace and the blanks after it, if the data ends so (looked for in
+            # the last 64 KiB only: what is held stays bounded).
+            m = _TAIL.search(data, max(0, len(data) - _HOLD_LIMIT))
+            self.held = data[m.start():] if m else b""
+            out = data[:m.start()] if m else data
+            if out:
+                return out
+        return b""
+
+    def _end(self) -> bytes:
+        held, self.held = self.held, b""
+        values = self.sniffer.values
+        complete = self.sniffer.is_object and self.sniffer._depth == 0 and not self.sniffer._in_string
+        if (held.startswith(b"}") and complete and values.get("stream") is True
+                and "stream_options" not in values and "stream_options" not in self.sniffer.keys):
+            self.spliced = True
+            return _SPLICE + held
+        return held
 
 
 def _with_include_usage(raw: bytes) -> bytes | None:
@@ -245,9 +329,11 @@ FAMILY_OBSERVERS: list[Callable[[ApiPath, str, CallContext], list[Observer]]] = 
 
 
 def observers_for(api_path: ApiPath, method: str, content_type: str, ctx: CallContext) -> list[Observer]:
-    observers: list[Observer] = [RequestFields(api_path, content_type)]
-    # Off only to measure what scanning costs (bench/scan_overhead.py).
-    if settings.RELAY_SCAN_RESPONSES:
+    generating = generates(method, api_path.path)
+    observers: list[Observer] = [RequestFields(api_path, content_type, generating)]
+    # Off only to measure what scanning costs (bench/scan_overhead.py). Only a call
+    # that generates has usage of its own: a read's `usage` is an echo (operations.py).
+    if settings.RELAY_SCAN_RESPONSES and generating:
         if method == "POST" and api_path.path in ("/v1/chat/completions", "/v1/completions") \
                 and media_type(content_type) == "application/json":
             observers.append(ChatStreamUsage())

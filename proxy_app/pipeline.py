@@ -23,7 +23,7 @@ from audit_app.models import Outcome
 from audit_app.recorder import AUDIT_WRITE_FAILED, CallContext, close_call, open_call, release_connection
 
 from . import headers as header_rules
-from . import policy, telemetry, upstream
+from . import operations, policy, telemetry, upstream
 from .errors import AuditUnavailable, BodyTooLarge, RelayError, UpstreamTimeout, UpstreamUnreachable
 from .inspection import inspect_body
 from .observers import Observer, observers_for
@@ -163,6 +163,11 @@ class RelayedBody:
             outcome = Outcome.OK if status < 400 else Outcome.UPSTREAM_ERROR
             error = ""
         fields = collect_fields(self.observers)
+        billed = fields.pop("billed", None)
+        if billed is None:
+            # Billed by OpenAI: a generating operation it accepted, even when the stream
+            # was cut or the client left (generation went on upstream).
+            billed = operations.billed_on_call(self.ctx.method, self.ctx.path) and status < 400
         if self.finished:
             for observer in self.observers:
                 try:
@@ -174,7 +179,7 @@ class RelayedBody:
         close_call(
             self.call_id, self.ctx, outcome=outcome, status=status, upstream_status=status,
             upstream_request_id=upstream_request_id, bytes_in=bytes_in, bytes_out=self.bytes_out,
-            **fields, **({"error": error} if error else {}),
+            billed=billed, **fields, **({"error": error} if error else {}),
         )
         telemetry.call_finished(self.ctx, status=status, outcome=outcome, bytes_in=bytes_in,
                                 bytes_out=self.bytes_out, model=fields.get("model"),
@@ -227,10 +232,12 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
         error = relay_exc.message if isinstance(relay_exc, RelayError) else type(exc).__name__
         status = getattr(relay_exc, "status_code", 500)
         outcome = Outcome.REJECTED if status < 500 else Outcome.FAILED
+        # Sent but never answered: upstream may have generated (and billed) all the same.
+        billed = operations.billed_on_call(ctx.method, ctx.path) and isinstance(exc, requests.exceptions.ReadTimeout)
         close_call(
             call_id, ctx, outcome=outcome, status=status, error=error,
-            bytes_in=body.bytes_read if body else 0,
-            **{k: v for k, v in collect_fields(observers).items() if k != "error"},
+            bytes_in=body.bytes_read if body else 0, billed=billed,
+            **{k: v for k, v in collect_fields(observers).items() if k not in ("error", "billed")},
         )
         telemetry.call_finished(ctx, status=status, outcome=outcome, bytes_in=body.bytes_read if body else 0,
                                 error=error)

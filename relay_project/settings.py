@@ -67,6 +67,9 @@ RELAY_METRICS_TOKEN = env.str("RELAY_METRICS_TOKEN", default="")
 AUDIT_CHAIN_KEY = env.str("AUDIT_CHAIN_KEY", default="")
 # Audit writes the database refused wait here until `reconcile_calls` replays them.
 RELAY_AUDIT_SPOOL = env.str("RELAY_AUDIT_SPOOL", default=str(BASE_DIR / "var" / "audit-journal.jsonl"))
+# Kept free next to the journal (a preallocated file given up when the disk fills),
+# so that a full disk cannot lose audit writes: 64 MiB holds some 80,000 entries.
+RELAY_AUDIT_SPOOL_RESERVE_BYTES = env.int("RELAY_AUDIT_SPOOL_RESERVE_BYTES", default=64 * 1024 * 1024)
 # Usage scanning of responses (JSON and SSE). Turning it off loses usage and cost;
 # it exists only as the baseline of bench/scan_overhead.py.
 RELAY_SCAN_RESPONSES = env.bool("RELAY_SCAN_RESPONSES", default=True)

@@ -20,6 +20,7 @@ import argparse
 import base64
 import hashlib
 import json
+import re
 import secrets
 import socket
 import struct
@@ -115,6 +116,10 @@ class FakeUpstream:
         self.file_content: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
         self.uploads: dict[str, dict] = {}
+        # Stored Responses (store defaults to true, as upstream), chat completions and videos.
+        self.responses: dict[str, dict] = {}
+        self.chat_completions: dict[str, dict] = {}
+        self.videos: dict[str, dict] = {}
         self.faults: list[Fault] = []
         self.lock = threading.Lock()
         self.streams_cut_short = 0  # SSE responses whose client went away mid-stream
@@ -149,6 +154,9 @@ class FakeUpstream:
             self.file_content.clear()
             self.batches.clear()
             self.uploads.clear()
+            self.responses.clear()
+            self.chat_completions.clear()
+            self.videos.clear()
             self.streams_cut_short = 0
             self.stalled_downloads = 0
             self.sse_sent.clear()
@@ -213,12 +221,45 @@ class FakeUpstream:
         if failed is not None:
             counts["failed"] = failed
         counts["total"] = max(counts["total"], counts["completed"] + counts["failed"])
+        if output_lines:
+            # Finished batches report their usage, as upstream's do: a read that priced it
+            # would count the batch again.
+            usages = [line["response"]["body"].get("usage") or {} for line in output_lines]
+            batch["usage"] = {"input_tokens": sum(u.get("prompt_tokens", 0) for u in usages),
+                              "output_tokens": sum(u.get("completion_tokens", 0) for u in usages),
+                              "total_tokens": sum(u.get("total_tokens", 0) for u in usages),
+                              "input_tokens_details": {"cached_tokens": 0},
+                              "output_tokens_details": {"reasoning_tokens": 0}}
         for lines, key in ((output_lines, "output_file_id"), (error_lines, "error_file_id")):
             if lines is not None:
                 content = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
                 batch[key] = self.add_file(filename=f"{batch_id}_{key}.jsonl", purpose="batch_output",
                                            content=content)["id"]
         return batch
+
+    def advance_response(self, response_id: str, status: str, *, output_tokens: int | None = None) -> dict:
+        """Move a background Response on: queued -> in_progress -> completed / incomplete /
+        failed / cancelled. Its usage appears when it ends (usage_responses(output_tokens),
+        default JSON_OUT_TOKENS); a failed or cancelled one may pass output_tokens=None."""
+        with self.lock:
+            obj = self.responses[response_id]
+            obj["status"] = status
+            if status in ("completed", "incomplete", "failed", "cancelled"):
+                ended_with_usage = status in ("completed", "incomplete") or output_tokens is not None
+                tokens = output_tokens if output_tokens is not None else JSON_OUT_TOKENS
+                obj["usage"] = usage_responses(tokens) if ended_with_usage else None
+                if status in ("completed", "incomplete"):
+                    obj["output"] = [_message("Hello from the background.")]
+            return obj
+
+    def advance_video(self, video_id: str, status: str) -> dict:
+        with self.lock:
+            obj = self.videos[video_id]
+            obj["status"] = status
+            obj["progress"] = 100 if status == "completed" else obj["progress"]
+            if status == "completed":
+                obj["completed_at"] = now()
+            return obj
 
     @staticmethod
     def make_batch_output_line(custom_id: str, model: str, prompt_tokens: int, completion_tokens: int,
@@ -491,6 +532,10 @@ class _Handler(BaseHTTPRequestHandler):
     def route(self, req: RecordedRequest, path: str, upload: "_MultipartFile | None", drop: int | None) -> None:
         query = parse_qs(urlsplit(self.path).query)
         body = req.json() if req.content_type.startswith("application/json") and req.body else {}
+        if req.content_type.startswith("multipart/form-data") and req.body and not path.endswith("/files"):
+            # The small text fields of a form (videos are created from one).
+            body = {k.decode(): v.decode() for k, v in re.findall(
+                rb'name="([^"]+)"\r\n\r\n([^\r]{0,200})\r\n', req.body)}
         parts = path.strip("/").split("/")[1:]  # after "v1"
         m = self.command
         if len(parts) == 3 and parts[0] == "videos" and parts[2] == "content" and m == "GET":
@@ -504,8 +549,15 @@ class _Handler(BaseHTTPRequestHandler):
             return self.send_json({"id": parts[1], "object": "model", "created": 1700000000, "owned_by": "openai"})
         if parts == ["responses"] and m == "POST":
             return self.api_responses(body, drop)
+        if parts and parts[0] == "responses":
+            return self.api_stored_response(parts, m, query, drop)
         if parts == ["chat", "completions"] and m == "POST":
             return self.api_chat(body, drop)
+        if len(parts) == 3 and parts[:2] == ["chat", "completions"] and m == "GET":
+            stored = self.fake.chat_completions.get(parts[2])
+            return self.send_json(stored) if stored else self.send_error_json(404, "No such completion")
+        if parts and parts[0] == "videos":
+            return self.api_videos(parts, m, body)
         if parts == ["completions"] and m == "POST":
             return self.api_completions(body, drop)
         if parts == ["embeddings"] and m == "POST":
@@ -519,6 +571,8 @@ class _Handler(BaseHTTPRequestHandler):
         if parts == ["audio", "speech"] and m == "POST":
             return self.send_bytes(4096, "audio/mpeg", b"ID3" + b"\0" * 4093)
         if parts in (["audio", "transcriptions"], ["audio", "translations"]) and m == "POST":
+            if req.body and b'name="response_format"\r\n\r\ntext\r\n' in req.body:
+                return self.send_bytes(6, "text/plain; charset=utf-8", b"hello\n")  # no usage at all
             return self.send_json({"text": "hello", "usage": {"type": "duration", "seconds": 42}})
         if parts == ["realtime", "client_secrets"] and m == "POST":
             session = body.get("session") or {}
@@ -549,10 +603,23 @@ class _Handler(BaseHTTPRequestHandler):
         rid = "resp_" + secrets.token_hex(8)
         n = self.fake.sse_event_count
         base = {"id": rid, "object": "response", "created_at": now(), "model": model,
-                "status": "in_progress", "output": [], "usage": None}
+                "status": "in_progress", "background": bool(body.get("background")), "output": [],
+                "usage": None}
+        if body.get("background"):
+            # Stored and left queued: tests move it on with advance_response().
+            queued = {**base, "status": "queued"}
+            with self.fake.lock:
+                self.fake.responses[rid] = queued
+            if not body.get("stream"):
+                return self.send_json(queued)
+            return self.send_sse([_event("response.created", {"response": queued}, 0),
+                                  _event("response.queued", {"response": queued}, 1)], drop)
         if not body.get("stream"):
             done = {**base, "status": "completed", "output": [_message("Hello from the fake.")],
                     "usage": usage_responses(JSON_OUT_TOKENS)}
+            if body.get("store", True):
+                with self.fake.lock:
+                    self.fake.responses[rid] = done
             return self.send_json(done)
         events = [_event("response.created", {"response": base}, 0),
                   _event("response.in_progress", {"response": base}, 1)]
@@ -569,17 +636,77 @@ class _Handler(BaseHTTPRequestHandler):
         events.append(_event("response.output_text.done", {"item_id": "msg_1", "output_index": 0,
                                                            "content_index": 0, "text": text}, n + 2))
         events.append(_event(f"response.{end}", {"response": done}, n + 3))
+        if body.get("store", True):
+            with self.fake.lock:
+                self.fake.responses[rid] = done
         self.send_sse(events, drop)
+
+    def api_stored_response(self, parts: list[str], m: str, query: dict, drop: int | None) -> None:
+        obj = self.fake.responses.get(parts[1]) if len(parts) > 1 else None
+        if obj is None:
+            return self.send_error_json(404, "No such response", None)
+        if len(parts) == 3 and parts[2] == "cancel" and m == "POST":
+            if not obj.get("background"):
+                return self.send_error_json(400, "Only background responses can be cancelled.")
+            if obj["status"] in ("queued", "in_progress"):
+                # Work done before the cancel is billed: in_progress ones report what they used.
+                self.fake.advance_response(obj["id"], "cancelled",
+                                           output_tokens=3 if obj["status"] == "in_progress" else None)
+            return self.send_json(obj)
+        if len(parts) == 2 and m == "GET":
+            if query.get("stream", [""])[0] == "true":
+                if not obj.get("background"):
+                    return self.send_error_json(400, "Only background responses can be streamed again.")
+                events = [_event("response.created", {"response": {**obj, "status": "queued", "usage": None}}, 0)]
+                if obj["status"] in ("completed", "incomplete", "failed", "cancelled"):
+                    events.append(_event(f"response.{obj['status']}", {"response": obj}, 1))
+                return self.send_sse(events, drop)
+            return self.send_json(obj)
+        if len(parts) == 2 and m == "DELETE":
+            self.fake.responses.pop(parts[1], None)
+            return self.send_json({"id": parts[1], "object": "response", "deleted": True})
+        return self.send_error_json(404, "Invalid URL", "unknown_url")
+
+    def api_videos(self, parts: list[str], m: str, body: dict) -> None:
+        fake = self.fake
+        if (parts == ["videos"] or (len(parts) == 3 and parts[2] == "remix")) and m == "POST":
+            source = fake.videos.get(parts[1]) if len(parts) == 3 else None
+            vid = "video_" + secrets.token_hex(10)
+            obj = {"id": vid, "object": "video", "model": body.get("model") or (source or {}).get("model", "sora-2"),
+                   "status": "queued", "progress": 0, "created_at": now(), "completed_at": None,
+                   "expires_at": None, "prompt": body.get("prompt", ""),
+                   "seconds": str(body.get("seconds") or (source or {}).get("seconds", "4")),
+                   "size": body.get("size") or "720x1280", "remixed_from_video_id": parts[1] if source else None,
+                   "error": None}
+            with fake.lock:
+                fake.videos[vid] = obj
+            return self.send_json(obj)
+        if parts == ["videos"] and m == "GET":
+            items = sorted(fake.videos.values(), key=lambda v: v["created_at"], reverse=True)
+            return self.send_json({"object": "list", "data": items, "has_more": False})
+        obj = fake.videos.get(parts[1]) if len(parts) > 1 else None
+        if obj is None:
+            return self.send_error_json(404, "No such video", None)
+        if len(parts) == 2 and m == "GET":
+            return self.send_json(obj)
+        if len(parts) == 2 and m == "DELETE":
+            fake.videos.pop(parts[1], None)
+            return self.send_json({"id": parts[1], "object": "video.deleted", "deleted": True})
+        return self.send_error_json(404, "Invalid URL", "unknown_url")
 
     def api_chat(self, body: dict, drop: int | None) -> None:
         model = body.get("model", "gpt-4o")
         cid = self.fake.chat_stream_id or "chatcmpl-" + secrets.token_hex(6)
         n = self.fake.sse_event_count
         if not body.get("stream"):
-            return self.send_json({"id": cid, "object": "chat.completion", "created": now(), "model": model,
-                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello."},
-                                                "finish_reason": "stop", "logprobs": None}],
-                                   "usage": usage_chat(JSON_OUT_TOKENS)})
+            completion = {"id": cid, "object": "chat.completion", "created": now(), "model": model,
+                          "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello."},
+                                       "finish_reason": "stop", "logprobs": None}],
+                          "usage": usage_chat(JSON_OUT_TOKENS)}
+            if body.get("store"):
+                with self.fake.lock:
+                    self.fake.chat_completions[cid] = completion
+            return self.send_json(completion)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         def chunk(choices: list, usage: Any = ...) -> bytes:

@@ -13,6 +13,9 @@ os.environ.setdefault("ALLOWED_HOSTS", "*")
 # Each test process journals refused audit writes to a file of its own, never the relay's.
 os.environ.setdefault("RELAY_AUDIT_SPOOL", f"{tempfile.gettempdir()}/relay-test-journal-{os.getpid()}.jsonl")
 
+# A small journal reserve: the tests make disks full through a seam, not by size.
+os.environ.setdefault("RELAY_AUDIT_SPOOL_RESERVE_BYTES", str(64 * 1024))
+
 from relay_project.settings import *  # noqa: E402,F401,F403
 
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405

@@ -199,17 +199,34 @@ def _open(key, path="/v1/files", family="files"):
     return ctx, ApiCall.objects.get(pk=open_call(ctx))
 
 
-def test_a_call_ending_after_it_was_sealed_as_interrupted_leaves_the_sealed_row(issue_key, shipped_prices):
+def test_a_call_ending_after_it_was_sealed_as_interrupted_is_amended_with_its_real_outcome(
+        issue_key, shipped_prices):
+    from audit_app.models import LedgerEntry, LedgerKind
     from audit_app.recorder import close_call
+    from audit_app.usage import Usage
 
     key, _ = issue_key()
-    ctx, call = _open(key)  # e.g. a 512 MB upload still running past RELAY_PENDING_TIMEOUT
+    ctx, call = _open(key, "/v1/responses", "responses")  # e.g. a long stream still running past RELAY_PENDING_TIMEOUT
     call_command("reconcile_calls", "--older-than", "0")
+    assert ApiCall.objects.get(pk=call.pk).billing == "unknown"  # it went upstream: maybe billed
+    assert UsageDaily.objects.get().unknown_calls == 1
     assert seal().calls == 1
-    close_call(call.pk, ctx, outcome=Outcome.OK, status=200, upstream_status=200)
-    assert ApiCall.objects.get(pk=call.pk).outcome == Outcome.INTERRUPTED
+    close_call(call.pk, ctx, outcome=Outcome.OK, status=200, upstream_status=200, model="gpt-4o-mini",
+               usage=Usage(input_tokens=10, output_tokens=5, total_tokens=15))
+    row = ApiCall.objects.get(pk=call.pk)
+    assert (row.outcome, row.total_tokens, row.error) == (Outcome.OK, 15, "")
+    assert row.cost is not None and row.cost > 0
+    assert LedgerEntry.objects.filter(kind=LedgerKind.AMEND, object_id=str(call.pk)).count() == 1
     assert verify(record=False).ok
-    assert list(UsageDaily.objects.values_list("calls", flat=True)) == [1]
+    assert sorted(UsageDaily.objects.values_list("model", "calls", "total_tokens")) == [
+        ("", 0, 0), ("gpt-4o-mini", 1, 15)]
+    # The same completion again (a journal replay) changes nothing.
+    close_call(call.pk, ctx, outcome=Outcome.OK, status=200, upstream_status=200, model="gpt-4o-mini",
+               usage=Usage(input_tokens=10, output_tokens=5, total_tokens=15))
+    assert LedgerEntry.objects.filter(kind=LedgerKind.AMEND).count() == 1
+    assert sum(UsageDaily.objects.values_list("total_tokens", flat=True)) == 15
+    assert sum(UsageDaily.objects.values_list("unknown_calls", flat=True)) == 0
+    assert verify(record=False).ok
 
 
 def test_a_call_ending_after_reconcile_but_before_sealing_keeps_its_real_outcome(issue_key, shipped_prices):

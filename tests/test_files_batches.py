@@ -415,7 +415,7 @@ def test_a_looping_poller_stops_cleanly_on_sigterm(sdk, upstream):
             poller.kill()
     assert poller.returncode == 0, output
     assert "SIGTERM: finishing the current step, then stopping" in output
-    assert output.rstrip().splitlines()[-1].startswith("poll_batches: checked ")
+    assert output.rstrip().splitlines()[-1].startswith("poll_batches: jobs: checked ")
 
 
 def test_a_status_refresh_writes_only_what_upstream_changed(sdk, upstream):

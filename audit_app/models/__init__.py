@@ -2,6 +2,7 @@
 from .admin_actions import AdminAction
 from .batches import BatchRecord, BatchResult, BatchStatus
 from .calls import ApiCall, Billing, Outcome
+from .jobs import AsyncJob, JobKind
 from .files import FileOrigin, FileRecord, UploadRecord
 from .ledger import ChainState, LedgerEntry, LedgerKind, PruneRun
 from .reconciliation import Match, ReconciledCost, ReconciledDay, ReconciledUsage, ReconcileRun
@@ -10,5 +11,6 @@ from .usage import ModelPrice, UsageDaily
 __all__ = [
     "AdminAction",
     "ApiCall", "Billing", "Outcome", "ModelPrice", "UsageDaily", "FileRecord", "FileOrigin", "UploadRecord",
-    "BatchRecord", "BatchResult", "Match", "ReconciledCost", "ReconciledDay", "ReconciledUsage", "ReconcileRun", "BatchStatus", "ChainState", "LedgerEntry", "LedgerKind", "PruneRun",
+    "AsyncJob", "JobKind", "BatchRecord", "BatchResult", "Match", "ReconciledCost", "ReconciledDay", "ReconciledUsage",
+    "ReconcileRun", "BatchStatus", "ChainState", "LedgerEntry", "LedgerKind", "PruneRun",
 ]

@@ -69,6 +69,7 @@ class LedgerKind(models.TextChoices):
     AMEND = "amend", "API call amended"
     FILE = "file", "File record"
     BATCH = "batch", "Batch record"
+    JOB = "job", "Background response or video job"
     PRUNE = "prune", "Prune run"
 
 

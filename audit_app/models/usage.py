@@ -28,6 +28,7 @@ class ModelPrice(models.Model):
     per_image = models.DecimalField(**PRICE)
     per_second = models.DecimalField("per audio second", **PRICE)
     per_character = models.DecimalField("per character", **PRICE)
+    per_video_second = models.DecimalField("per video second", **PRICE)
     source = models.CharField(max_length=64, blank=True, help_text="where the price came from")
 
     class Meta:

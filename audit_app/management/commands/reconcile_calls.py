@@ -7,18 +7,21 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from audit_app import rollups
+from audit_app import rollups, spool
 from audit_app.ledger import call_mac
 from audit_app.management.stoppable import StoppableCommand
-from audit_app.models import ApiCall, Outcome
+from audit_app.models import ApiCall, Billing, Outcome
 from audit_app.recorder import replay_journal
+from proxy_app.operations import billed_on_call
 
 BATCH = 500
 
 
 class Command(StoppableCommand):
     help = (
-        "Replay audit writes the database refused (journaled in RELAY_AUDIT_SPOOL), then mark "
+        "Replay audit writes the database refused (journaled in RELAY_AUDIT_SPOOL; each applied "
+        "exactly once, even after a replay killed part-way; a second run at once leaves the journal "
+        "to the first), keep the journal's reserve against a full disk, then mark "
         "calls still left pending (a worker killed mid-request) as interrupted once they are "
         "older than the pending timeout. Run it from cron. A pending row that does not carry "
         "the relay's MAC (inserted by SQL) is left as it is and reported."
@@ -35,9 +38,16 @@ class Command(StoppableCommand):
     def handle(self, *args, older_than: int | None, dry_run: bool, **options) -> None:
         self.install_stop_handlers()
         if not dry_run:
-            applied, failing = replay_journal()
-            if applied or failing:
-                self.stdout.write(f"journal: {applied} audit writes replayed, {failing} still failing")
+            try:
+                applied, failing = replay_journal()
+            except spool.JournalBusy:
+                self.stdout.write("journal: another reconcile_calls is replaying it; left to that one")
+            else:
+                if applied or failing:
+                    self.stdout.write(f"journal: {applied} audit writes replayed, {failing} still failing")
+            if not spool.ensure_reserve():
+                self.stderr.write(f"journal: no room for its reserve next to {spool.path()}: "
+                                  "a full disk could lose audit writes")
         seconds = settings.RELAY_PENDING_TIMEOUT_SECONDS if older_than is None else older_than
         now = timezone.now()
         stale = ApiCall.objects.filter(
@@ -63,10 +73,13 @@ class Command(StoppableCommand):
                         continue
                     row.outcome, row.finished_at = Outcome.INTERRUPTED, now
                     row.error = "interrupted: the relay stopped before the call finished"
+                    # A generating call went upstream and may have been billed: usage unknown, never free.
+                    row.billing = Billing.UNKNOWN if billed_on_call(row.method, row.path) else Billing.FREE
                     row.row_mac = call_mac(row)  # the relay's own write: keep the row verifiable
                     # Only if still pending: the call may have ended since it was read.
                     if ApiCall.objects.filter(pk=row.pk, outcome=Outcome.PENDING).update(
-                            outcome=row.outcome, finished_at=now, error=row.error, row_mac=row.row_mac):
+                            outcome=row.outcome, finished_at=now, error=row.error, billing=row.billing,
+                            row_mac=row.row_mac):
                         rollups.add_call(row)  # a finished call with a key is in the rollups
                         count += 1
             self.progress(f"  {count} interrupted so far")

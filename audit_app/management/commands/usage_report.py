@@ -11,7 +11,7 @@ from audit_app.models import UsageDaily
 
 _GROUPS = {"user": "user__username", "model": "model", "key": "key__prefix", "team": "key__team__group__name"}
 _SUMS = ("calls", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
-         "total_tokens", "cost", "unpriced_calls")
+         "total_tokens", "cost", "unpriced_calls", "unknown_calls")
 
 
 class Command(BaseCommand):
@@ -56,12 +56,12 @@ class Command(BaseCommand):
 
     def _table(self, first: date, by: str, rows: list[dict], totals: dict) -> None:
         self.stdout.write(f"Usage statement for {first:%B %Y}, by {by}")
-        header = f"{by:<28} {'calls':>9} {'input':>12} {'cached':>12} {'output':>12} {'cost USD':>14} {'unpriced':>9}"
+        header = f"{by:<28} {'calls':>9} {'input':>12} {'cached':>12} {'output':>12} {'cost USD':>14} {'unpriced':>9} {'unknown':>9}"
         self.stdout.write(header)
         self.stdout.write("-" * len(header))
         for r in [*rows, {"name": "TOTAL", **totals}]:
             self.stdout.write(
                 f"{(r['name'] or '-')[:28]:<28} {r['calls'] or 0:>9} {r['input_tokens'] or 0:>12} "
                 f"{r['cached_input_tokens'] or 0:>12} {r['output_tokens'] or 0:>12} "
-                f"{(r['cost'] or 0):>14.6f} {r['unpriced_calls'] or 0:>9}"
+                f"{(r['cost'] or 0):>14.6f} {r['unpriced_calls'] or 0:>9} {r['unknown_calls'] or 0:>9}"
             )
