@@ -16,6 +16,8 @@ from django.db import DatabaseError, close_old_connections, connection, transact
 from django.dispatch import Signal
 from django.utils import timezone
 
+from relay_project.redact import scrub_keys, storable
+
 from . import call_rows, ledger, pricing, rollups, spool
 from .models import ApiCall, Billing, Outcome
 from .usage import Usage
@@ -50,13 +52,13 @@ class CallContext:
 def _base_fields(ctx: CallContext) -> dict[str, Any]:
     return dict(
         started_at=ctx.started_at,
-        method=ctx.method[:10],
-        path=ctx.path[:2048],
-        family=ctx.family,
+        method=storable(ctx.method[:10]),
+        path=storable(ctx.path[:2048]),
+        family=storable(ctx.family),
         key=ctx.key,
         user=ctx.user,
         client_ip=ctx.client_ip,
-        user_agent=ctx.user_agent[:_UA_MAX],
+        user_agent=storable(ctx.user_agent[:_UA_MAX]),
         relay_request_id=ctx.request_id,
     )
 
@@ -78,7 +80,15 @@ def open_call(ctx: CallContext) -> int:
 
 
 def _with_mac(ctx: CallContext, fields: dict[str, Any]) -> dict[str, Any]:
-    """The fields plus the MAC of the whole finished row (see audit_app.ledger)."""
+    """The fields plus the MAC of the whole finished row (see audit_app.ledger).
+
+    Every text field is made storable (no NUL, no lone surrogate) and the error
+    free of key-like strings here, before the MAC: whatever path a write takes
+    (now, or replayed from the journal), the row holds what its MAC covers.
+    """
+    fields = {name: storable(value) if isinstance(value, str) else value for name, value in fields.items()}
+    if fields.get("error"):
+        fields["error"] = scrub_keys(fields["error"])[:_ERROR_MAX]
     values = {**_base_fields(ctx), **fields}
     for fk in ("key", "user", "price"):
         if fk in values:
@@ -136,6 +146,10 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
     """
     if "error" in fields:
         fields["error"] = (fields["error"] or "")[:_ERROR_MAX]
+    # Storable before anything reads them: a lone surrogate in a model name failed the
+    # price lookup's query itself, which left the row pending.
+    fields = {name: storable(value) if isinstance(value, str) else value for name, value in fields.items()}
+    response_model = storable(response_model)
     fields.update(_finish_fields(ctx))
     if usage is not None or usage_hint is not None:
         usage = (usage or Usage()).merge(usage_hint)
@@ -154,6 +168,9 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
 
 def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usage | None,
               response_model: str) -> None:
+    # Again here: journal entries written before the fields were made storable replay through this.
+    fields = {name: storable(value) if isinstance(value, str) else value for name, value in fields.items()}
+    response_model = storable(response_model or "")
     if usage is not None:
         # The model upstream reports is the most specific name (a dated snapshot).
         fields.update(priced_fields(usage, response_model or fields.get("model", ""), ctx.started_at))

@@ -179,7 +179,9 @@ class RelayKeyAdmin(admin.ModelAdmin):
         response["Cache-Control"] = "no-store"
         return response
 
-    @admin.action(description="Revoke selected keys")
+    # Revoking changes the key: a view-only staff user must not see or run it
+    # (Django offers an action only to users with every one of its permissions).
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_keys(self, request, queryset) -> None:
         count = 0
         # One by one, so that each revocation lands in the action log.

@@ -46,6 +46,8 @@ def unwrap(request: HttpRequest) -> InnerCall:
         raise EnvelopeError(f"The envelope is larger than {MAX_ENVELOPE_BYTES} bytes.", status=413)
     try:
         envelope = json.loads(raw)
+    except RecursionError:
+        raise EnvelopeError("The envelope is nested too deeply for the relay to read.") from None
     except ValueError:
         raise EnvelopeError("The envelope is not valid JSON.") from None
     if not isinstance(envelope, dict):
@@ -76,7 +78,11 @@ def check_path(path: Any) -> str:
     if _FORBIDDEN.search(path):
         raise EnvelopeError("path may not contain backslashes, control characters, '?', '#' or "
                             "encoded separators; put query parameters in 'query'.", param="path")
-    decoded = unquote(path)
+    try:
+        path.encode("utf-8")  # a lone surrogate ("\ud800") cannot be a path
+        decoded = unquote(path, errors="strict")  # nor can bytes that are not UTF-8 (%FF)
+    except UnicodeError:
+        raise EnvelopeError("path must be valid UTF-8, also once percent-decoded.", param="path") from None
     if ".." in decoded.split("/") or "." in decoded.split("/"):
         raise EnvelopeError("path may not contain dot segments.", param="path")
     if not path.startswith("/v1/"):
@@ -106,11 +112,14 @@ def encode_query(query: Any) -> str:
 
 def inner_request(outer: HttpRequest, call: InnerCall) -> WSGIRequest:
     """The envelope's call as a request of its own, with the outer one's headers."""
-    environ = {k: v for k, v in outer.META.items() if k not in ("CONTENT_LENGTH", "CONTENT_TYPE")}
+    environ = {k: v for k, v in outer.META.items()
+               if k not in ("CONTENT_LENGTH", "CONTENT_TYPE", "RAW_URI", "REQUEST_URI")}
     body = call.body or b""
     environ.update({
         "REQUEST_METHOD": call.method,
-        "PATH_INFO": call.path,
+        # WSGI carries the path as UTF-8 bytes in a latin-1 str, which Django decodes
+        # back: a non-ASCII path put in as it is gave a 500, or another path.
+        "PATH_INFO": call.path.encode("utf-8", "surrogatepass").decode("latin-1"),
         "QUERY_STRING": call.query,
         "wsgi.input": io.BytesIO(body),
         "HTTP_ACCEPT": "application/json",

@@ -23,7 +23,7 @@ from audit_app.models import Outcome
 from audit_app.recorder import AUDIT_WRITE_FAILED, CallContext, close_call, open_call, release_connection
 
 from . import headers as header_rules
-from . import policy, telemetry, upstream
+from . import access, policy, telemetry, upstream
 from .errors import AuditUnavailable, BodyTooLarge, RelayError, UpstreamTimeout, UpstreamUnreachable
 from .inspection import inspect_body
 from .observers import Observer, observers_for
@@ -204,6 +204,12 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     content_type = request.META.get("CONTENT_TYPE", "")
     policy.check_body(content_type, length, chunked)
     source, length = inspect_body(ctx, api_path, request.method, content_type, source, length)
+    try:
+        access.check_rate_limit(api_path, request.method, ctx)  # last: only admitted requests count
+    except RelayError:
+        if source is not None and hasattr(source, "close") and source is not request:
+            source.close()  # a spool
+        raise
     observers = observers_for(api_path, request.method, content_type, ctx)
 
     try:

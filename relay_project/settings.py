@@ -42,7 +42,9 @@ UPSTREAM_POOL_SIZE = env.int("UPSTREAM_POOL_SIZE", default=100)
 RELAY_MAX_BODY_BYTES = env.int("RELAY_MAX_BODY_BYTES", default=540 * 1024 * 1024)
 RELAY_BLOCKED_PATH_PREFIXES = env.list(
     "RELAY_BLOCKED_PATH_PREFIXES",
-    default=["/v1/fine_tuning", "/v1/evals", "/v1/organization"],
+    # Fine-tuning and evals spend without a model scope's say; /v1/organization and
+    # /v1/projects are the admin-key APIs (users, service accounts, API keys, roles).
+    default=["/v1/fine_tuning", "/v1/evals", "/v1/organization", "/v1/projects"],
 )
 # JSON bodies up to this size are checked (they must parse, as an object) before
 # anything is forwarded; larger ones stream through and upstream judges them.
@@ -243,8 +245,16 @@ if HTTPS:
     CSRF_COOKIE_SECURE = True
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
-# Trust X-Forwarded-For for the audit's client IP only when a proxy sets it.
+# The audit's client IP: how many proxies in front of the relay append to
+# X-Forwarded-For (nginx alone: 1), or the networks they live in. The client is
+# read from the right of the header, past those proxies; 0 and no networks
+# ignores the header. RELAY_TRUST_X_FORWARDED_FOR=true (the old switch) means 1.
 RELAY_TRUST_X_FORWARDED_FOR = env.bool("RELAY_TRUST_X_FORWARDED_FOR", default=False)
+RELAY_TRUSTED_PROXIES = env.int("RELAY_TRUSTED_PROXIES", default=1 if RELAY_TRUST_X_FORWARDED_FOR else 0)
+RELAY_TRUSTED_PROXY_NETWORKS = env.list("RELAY_TRUSTED_PROXY_NETWORKS", default=[])
+# Failed authentications (401) answered per client address and minute before the
+# relay answers 429 without looking the key up or writing an audit row.
+RELAY_UNAUTHENTICATED_PER_MINUTE = env.int("RELAY_UNAUTHENTICATED_PER_MINUTE", default=30)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["proxy_app.auth.RelayKeyAuthentication"],

@@ -97,7 +97,7 @@ CASES = [
     Hostile("no key", raw("GET", "/v1/models", key=None), 401),
     Hostile("key without Bearer", raw("GET", "/v1/models", key=None, headers={"Authorization": "KEY"}), 401),
     Hostile("key as api-key header", raw("GET", "/v1/models", key=None, headers={"Api-Key": "KEY"}), 401),
-    Hostile("key in query string", raw("GET", "/v1/models?api_key=KEY", key=None), 401),
+    Hostile("key in query string", raw("GET", "/v1/models?api_key=KEY", key=None), 400),
     Hostile("key in cookie", raw("GET", "/v1/models", key=None, headers={"Cookie": "key=KEY"}), 401),
     Hostile("basic auth", raw("GET", "/v1/models", key=None,
                               headers={"Authorization": "Basic dXNlcjpLRVk="}), 401),
