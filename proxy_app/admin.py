@@ -212,3 +212,17 @@ class UserLimitAdmin(admin.ModelAdmin):
     def keys_link(self, obj: UserLimit) -> str:
         return format_html("{} · {}", link(changelist_url(RelayKey, owner__id__exact=obj.user_id), "keys"),
                            link(changelist_url(ApiCall, user__id__exact=obj.user_id), "calls"))
+
+
+def _guard_third_party_actions() -> None:
+    """django-axes offers "Clean up expired attempts" with no permission of its own,
+    so a view-only staff user could delete login records. Every admin action here
+    needs the permission of what it does; this one deletes."""
+    from axes.admin import AccessAttemptAdmin
+
+    action = AccessAttemptAdmin.cleanup_expired_attempts
+    if not getattr(action, "allowed_permissions", None):
+        action.allowed_permissions = ("delete",)
+
+
+_guard_third_party_actions()

@@ -383,3 +383,68 @@ def test_a_disallowed_host_gets_an_openai_shaped_400(relay_url, relay_key, upstr
     response = requests.get(f"{relay_url}/v1/models", headers={**auth(relay_key), "Host": "evil.example"},
                             timeout=30)
     refused(response, upstream, 400)
+
+
+# --- 10. admin actions need their permission ----------------------------------------------------------------
+
+
+@pytest.fixture
+def view_only_staff(django_user_model):
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("viewer", password="unused", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
+    return user
+
+
+def test_a_view_only_staff_user_can_run_no_admin_action(client, view_only_staff, issue_key):
+    from django.contrib import admin
+    from django.test import RequestFactory
+
+    from proxy_app.models import RelayKey
+
+    key, _ = issue_key("alice")
+    client.force_login(view_only_staff)
+    response = client.post("/admin/proxy_app/relaykey/", {"action": "revoke_keys", "_selected_action": [key.pk]})
+    assert response.status_code in (200, 302, 403)
+    key.refresh_from_db()
+    assert key.revoked_at is None
+    # Every action of every registered admin, not only revoke: none is offered to a view-only user.
+    request = RequestFactory().get("/admin/")
+    request.user = view_only_staff
+    offered = {f"{model._meta.label}.{name}" for model, model_admin in admin.site._registry.items()
+               for name in (model_admin.get_actions(request) or {})}
+    assert offered == set(), offered
+    assert RelayKey.objects.get(pk=key.pk).revoked_at is None
+
+
+# --- 19. verify_audit reports every finding --------------------------------------------------------------------
+
+
+def test_verify_audit_reports_every_edit_not_only_the_first(relay_url, relay_key, upstream):
+    from django.core.management import call_command
+    from django.db import connection
+
+    from audit_app.ledger import seal, verify
+
+    for i in range(4):
+        requests.post(f"{relay_url}/v1/responses", json={"model": "gpt-4o-mini", "input": str(i)},
+                      headers=auth(relay_key), timeout=30)
+    finished_calls(4)
+    settle()
+    assert seal().calls == 4
+    rows = list(ApiCall.objects.order_by("pk"))
+    with connection.cursor() as cursor:
+        for row in (rows[0], rows[2]):
+            cursor.execute(f"UPDATE {ApiCall._meta.db_table} SET status = 299 WHERE id = %s", [row.pk])
+    result = verify(record=False)
+    assert result.count == 2
+    assert [f"call {rows[0].pk}" in result.findings[0], f"call {rows[2].pk}" in result.findings[1]] == [True, True]
+    from io import StringIO
+
+    err = StringIO()
+    with pytest.raises(SystemExit) as stopped:
+        call_command("verify_audit", stdout=StringIO(), stderr=err)
+    assert stopped.value.code == 1
+    assert f"call {rows[0].pk}" in err.getvalue() and f"call {rows[2].pk}" in err.getvalue()
+    assert "2 finding(s)" in err.getvalue()
