@@ -97,15 +97,18 @@ def _with_mac(ctx: CallContext, fields: dict[str, Any]) -> dict[str, Any]:
     return {**fields, "row_mac": ledger.call_mac(values)}
 
 
-def record_rejected(ctx: CallContext, status: int, message: str) -> None:
+def record_rejected(ctx: CallContext, status: int, message: str, *, database: bool = True) -> None:
     """One finished row for a request the relay answered itself.
 
     Never raises: a failing audit write must not turn a clear 4xx into a 500;
-    the row goes to the journal instead.
+    the row goes to the journal instead. `database=False` (the database is known
+    to be down) journals it without trying.
     """
     fields = {**_finish_fields(ctx), "status": status, "outcome": Outcome.REJECTED,
               "error": message[:_ERROR_MAX], "billing": Billing.FREE}
     try:
+        if not database:
+            raise DatabaseError("the database is unavailable")
         _insert_finished(ctx, fields)
     except DatabaseError:
         AUDIT_WRITE_FAILED.send(sender=ApiCall)

@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlencode
 from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpRequest
 
+from . import bodyread
 from .errors import PolicyDenied, RelayError
 
 ENVELOPE_PATH = "/v1/proxy"
@@ -41,7 +42,7 @@ class InnerCall:
 
 
 def unwrap(request: HttpRequest) -> InnerCall:
-    raw = request.read(MAX_ENVELOPE_BYTES + 1)
+    raw = bodyread.read_exactly(request, MAX_ENVELOPE_BYTES + 1)
     if len(raw) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(f"The envelope is larger than {MAX_ENVELOPE_BYTES} bytes.", status=413)
     try:

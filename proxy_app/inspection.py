@@ -25,7 +25,7 @@ from django.conf import settings
 
 from audit_app.recorder import CallContext
 
-from . import access
+from . import access, bodyread
 from .errors import BodyTooLarge, RelayError
 from .model_endpoints import model_field
 from .paths import ApiPath
@@ -54,7 +54,7 @@ def inspect_body(ctx: CallContext, api_path: ApiPath, method: str, content_type:
         return source, length
     as_json = kind == "application/json" or (takes_model is not None and kind != "multipart/form-data")
     if as_json and length is not None and length <= settings.RELAY_INSPECT_MAX_BYTES:
-        raw = source.read(length)
+        raw = bodyread.read_exactly(source, length)
         fields = _json_object(raw, strict=scoped)
         access.check_model_scope(ctx, api_path, method, fields, takes_model=takes_model)
         return io.BytesIO(raw), len(raw)
@@ -121,7 +121,14 @@ def _json_object(raw: bytes, *, strict: bool = False) -> dict:
 def _spool(source: BinaryIO, sniffer: JsonFieldSniffer | MultipartFieldSniffer):
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
     total = 0
-    while chunk := source.read(64 * 1024):
+    while True:
+        try:
+            chunk = bodyread.read(source, 64 * 1024)
+        except BaseException:
+            spool.close()
+            raise
+        if not chunk:
+            break
         total += len(chunk)
         if total > settings.RELAY_MAX_BODY_BYTES:
             spool.close()

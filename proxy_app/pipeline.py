@@ -23,7 +23,8 @@ from audit_app.models import Outcome
 from audit_app.recorder import AUDIT_WRITE_FAILED, CallContext, close_call, open_call, release_connection
 
 from . import headers as header_rules
-from . import access, policy, telemetry, upstream
+from . import access, bodyread, policy, telemetry, upstream
+from .bodyread import BodyTimeout
 from .errors import AuditUnavailable, BodyTooLarge, RelayError, UpstreamTimeout, UpstreamUnreachable
 from .inspection import inspect_body
 from .observers import Observer, observers_for
@@ -74,7 +75,10 @@ class RequestBody:
         limit = settings.RELAY_MAX_BODY_BYTES
         while True:
             try:
-                chunk = self.source.read(self.read_size)
+                chunk = bodyread.read(self.source, self.read_size)
+            except BodyTimeout as exc:
+                self.error = exc
+                raise exc from None
             except Exception as exc:  # the server's own parse errors, a client gone mid-body
                 self.error = RelayError(f"The request body could not be read: {exc}", code="invalid_body")
                 raise self.error from None
@@ -203,6 +207,10 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     source, length, chunked = _body_framing(request)
     content_type = request.META.get("CONTENT_TYPE", "")
     policy.check_body(content_type, length, chunked)
+    if source is not None:
+        # No database connection is held while a body streams in: a client may
+        # take its time, and ten slow ones used to hold ten pooled connections.
+        release_connection()
     source, length = inspect_body(ctx, api_path, request.method, content_type, source, length)
     try:
         access.check_rate_limit(api_path, request.method, ctx)  # last: only admitted requests count
@@ -220,6 +228,8 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
         raise AuditUnavailable() from None
 
     body = None
+    if source is not None:
+        release_connection()  # again, for the upload to upstream: close_call takes one back
     try:
         if source is not None:
             for observer in observers:

@@ -4,17 +4,18 @@ from __future__ import annotations
 import ipaddress
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, JsonResponse
 from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from audit_app.recorder import CallContext, record_rejected
+from audit_app.recorder import CallContext, record_rejected, release_connection
 
 from . import actions_schema, envelope, guard, paths, pipeline, policy, telemetry
 from .auth import HasRelayKey
-from .errors import error_response, render_exception
+from .errors import AuditUnavailable, error_response, render_exception
 from .guard import refuse_key_in_query
 
 
@@ -142,6 +143,7 @@ class RelayView(APIView):
     def _unwrap(self, outer: HttpRequest) -> HttpRequest:
         if outer.method != "POST":
             raise MethodNotAllowed(outer.method)
+        release_connection()  # not held while the envelope's body comes in
         call = envelope.unwrap(outer)
         # From here on the call is what the envelope asked for, in the audit too.
         self.ctx.method, self.ctx.path, self.ctx.family = call.method, call.path, paths.family_hint(call.path)
@@ -169,7 +171,10 @@ class RelayView(APIView):
                 guard.failed_auth(self.ctx.client_ip)
             response["x-relay-request-id"] = self.ctx.request_id
             if not getattr(exc, "audited", False):
-                record_rejected(self.ctx, response.status_code, response.relay_error)
+                # With the database down, straight to the journal: a second wait for a
+                # connection would double the time the client waits for its 503.
+                record_rejected(self.ctx, response.status_code, response.relay_error,
+                                database=not isinstance(exc, (DatabaseError, AuditUnavailable)))
                 telemetry.call_finished(self.ctx, status=response.status_code, outcome="rejected",
                                         error=response.relay_error)
         return response

@@ -213,6 +213,7 @@ def test_a_crlf_batch_file_of_allowed_models_runs(relay_url, scoped, upstream):
 def test_the_client_address_is_read_from_the_right_and_validated(relay_url, relay_key, upstream, settings,
                                                                  forwarded, trusted, recorded):
     settings.RELAY_TRUSTED_PROXIES = trusted
+    settings.RELAY_TRUST_X_FORWARDED_FOR = bool(trusted)  # the old switch, which believed the leftmost entry
     response = requests.get(f"{relay_url}/v1/models", timeout=30,
                             headers={**auth(relay_key), "X-Forwarded-For": forwarded})
     assert response.status_code == 200

@@ -88,6 +88,16 @@ CASES = [
     Hostile("broken chunk size", raw("POST", "/v1/files", headers={
         "Content-Type": "application/octet-stream", "Transfer-Encoding": "chunked"}, body=b"zz\r\nabc\r\n"),
         400),
+    Hostile("deeply nested JSON", raw("POST", "/v1/responses", headers=JSON,
+                                      body=b'{"input": ' + b"[" * 2000 + b"]" * 2000 + b"}"), 400),
+    Hostile("envelope nested deeply", raw("POST", "/v1/proxy", headers=JSON,
+                                          body=b'{"body": ' + b'{"a":' * 2000 + b"1" + b"}" * 2001), 400),
+    Hostile("non-UTF-8 envelope path", raw("POST", "/v1/proxy", headers=JSON,
+                                           body=b'{"method": "GET", "path": "/v1/files/\\ud800"}'), 400),
+    # Admin-key APIs and addresses.
+    Hostile("admin-key API under /v1/projects", raw("GET", "/v1/projects/proj_1/api_keys"), 403),
+    Hostile("X-Forwarded-For not an address", raw("GET", "/v1/models", headers={
+        "X-Forwarded-For": "not-an-ip, 1.2.3.4:5678"}), 200, forwarded=True),
     # Methods.
     Hostile("TRACE", raw("TRACE", "/v1/models"), 405),
     Hostile("PROPFIND", raw("PROPFIND", "/v1/models"), 405),
@@ -142,7 +152,8 @@ def test_hostile_requests(start_gunicorn, issue_key, upstream):
     revoked_key.revoke()
     bob_key, _ = issue_key("bob")
     secrets = {b"KEY": plaintext, b"EXPIRED": expired, b"REVOKED": revoked, b"PREFIX": bob_key.prefix}
-    relay = start_gunicorn(GUNICORN_WORKERS="1")
+    # Behind one proxy, as in production: X-Forwarded-For is read (and must be validated).
+    relay = start_gunicorn(GUNICORN_WORKERS="1", RELAY_TRUSTED_PROXIES="1", RELAY_TRUST_X_FORWARDED_FOR="true")
     port = int(relay.url.rsplit(":", 1)[1])
     failures = []
     for case in CASES:
