@@ -25,6 +25,14 @@ class TooManyFailedAuthentications(RelayError):
     # Not written to the audit: the point is that a flood of bad keys costs no rows.
     audited = True
 
+    @classmethod
+    def now(cls) -> "TooManyFailedAuthentications":
+        limit = settings.RELAY_UNAUTHENTICATED_PER_MINUTE
+        retry = 60 - int(time.time() % 60)
+        return cls(f"Too many requests without a valid relay key from this address "
+                   f"(limit: RELAY_UNAUTHENTICATED_PER_MINUTE={limit} a minute). Retry in {retry}s.",
+                   headers={"Retry-After": str(retry)})
+
 
 def refuse_key_in_query(request: HttpRequest) -> None:
     """A key in the URL ends up in access logs and proxies' logs, and was forwarded
@@ -45,23 +53,23 @@ def _bucket(ip: str | None) -> str:
     return f"relay:authfail:{ip or '-'}:{int(time.time() // 60)}"
 
 
-def check_failed_auth(ip: str | None) -> None:
-    """Refuse a client address that failed to authenticate too often this minute."""
+def failed_auth(ip: str | None) -> bool:
+    """Count a failed authentication from `ip`; True when it is past this minute's limit.
+
+    Counted only when authentication fails, so a valid call pays nothing for it.
+    Past the limit the answer is a 429 with no audit row: an unthrottled flood of
+    bad keys used to write a row each.
+    """
     limit = settings.RELAY_UNAUTHENTICATED_PER_MINUTE
-    if limit and (cache.get(_bucket(ip)) or 0) >= limit:
-        retry = 60 - int(time.time() % 60)
-        raise TooManyFailedAuthentications(
-            f"Too many requests without a valid relay key from this address "
-            f"(limit: RELAY_UNAUTHENTICATED_PER_MINUTE={limit}). Retry in {retry}s.",
-            headers={"Retry-After": str(retry)})
-
-
-def failed_auth(ip: str | None) -> None:
-    if not settings.RELAY_UNAUTHENTICATED_PER_MINUTE:
-        return
+    if not limit:
+        return False
     name = _bucket(ip)
-    if not cache.add(name, 1, timeout=120):
+    if cache.add(name, 1, timeout=120):
+        count = 1
+    else:
         try:
-            cache.incr(name)
+            count = cache.incr(name)
         except ValueError:
             cache.add(name, 1, timeout=120)
+            count = 1
+    return count > limit

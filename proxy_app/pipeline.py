@@ -9,7 +9,9 @@ Bodies move in chunks both ways: nothing here holds a whole body.
 from __future__ import annotations
 
 import errno
+import io
 import logging
+import tempfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -215,8 +217,8 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     try:
         access.check_rate_limit(api_path, request.method, ctx)  # last: only admitted requests count
     except RelayError:
-        if source is not None and hasattr(source, "close") and source is not request:
-            source.close()  # a spool
+        if isinstance(source, (io.BytesIO, tempfile.SpooledTemporaryFile)):
+            source.close()  # the inspected body's copy, never the client's stream
         raise
     observers = observers_for(api_path, request.method, content_type, ctx)
 

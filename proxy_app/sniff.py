@@ -296,7 +296,9 @@ class MultipartFieldSniffer:
     - `complete` is False until the closing delimiter has been read.
 
     The parser finds delimiters with `bytes.find`, so file content costs one
-    C-speed search per chunk.
+    C-speed search per chunk: a 100 MB upload in 256 KiB chunks went through at
+    ~370 MB/s against ~470 MB/s for the old pattern (best of 3, on a shared
+    2-core machine): well under a second of CPU for OpenAI's largest file.
     """
 
     _MAX_VALUE = 512

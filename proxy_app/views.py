@@ -6,7 +6,7 @@ import ipaddress
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, JsonResponse
-from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated
+from rest_framework.exceptions import AuthenticationFailed, MethodNotAllowed, NotAuthenticated
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -102,9 +102,10 @@ class RelayView(APIView):
     nothing refused is forwarded:
 
     1. no relay key in the query string (400), before anything is logged or looked up;
-    2. failed authentications per client address (429 past RELAY_UNAUTHENTICATED_PER_MINUTE);
-    3. authentication: the relay key (401), `authentication_classes`;
-    4. `permission_classes`: a valid key is present (401);
+    2. authentication: the relay key (401), `authentication_classes`;
+    3. `permission_classes`: a valid key is present (401);
+    4. past RELAY_UNAUTHENTICATED_PER_MINUTE failures from the client's address this
+       minute, a 401 becomes a 429 with no audit row (proxy_app.guard);
     5. the envelope, for /v1/proxy (400);
     6. the path: validated and outside RELAY_BLOCKED_PATH_PREFIXES (400/403);
     7. request rules (policy.REQUEST_RULES): family scope (403), budgets (429);
@@ -130,7 +131,6 @@ class RelayView(APIView):
             user_agent=django_request.META.get("HTTP_USER_AGENT", ""),
         )
         refuse_key_in_query(django_request)
-        guard.check_failed_auth(self.ctx.client_ip)
         super().initial(request, *args, **kwargs)  # authentication, permissions
         self.ctx.key, self.ctx.user = request.auth, request.user
         self.forwarded = django_request
@@ -161,14 +161,15 @@ class RelayView(APIView):
     get = post = put = patch = delete = head = options = relay
 
     def handle_exception(self, exc: Exception):
+        if hasattr(self, "ctx") and isinstance(exc, (NotAuthenticated, AuthenticationFailed)) \
+                and guard.failed_auth(self.ctx.client_ip):
+            exc = guard.TooManyFailedAuthentications.now()  # counted, not audited
         response = render_exception(exc)
         if hasattr(self, "ctx"):
             if (known := getattr(exc, "relay_key", None)) is not None:
                 # A revoked or expired key: the row says whose it was, so that the
                 # use of a leaked key shows in the admin.
                 self.ctx.key, self.ctx.user = known, known.owner
-            if response.status_code == 401:
-                guard.failed_auth(self.ctx.client_ip)
             response["x-relay-request-id"] = self.ctx.request_id
             if not getattr(exc, "audited", False):
                 # With the database down, straight to the journal: a second wait for a
