@@ -65,7 +65,10 @@ def parse(path: str, raw: str | None = None) -> ApiPath:
     encoded = None
     if raw and "%2f" in raw.lower():
         raw_segments = raw.split("/")
-        decoded = [unquote(seg, errors="strict") for seg in raw_segments]
+        try:
+            decoded = [unquote(seg, errors="strict") for seg in raw_segments]
+        except UnicodeDecodeError:
+            raise RelayError("The path is not UTF-8 once percent-decoded.", code="invalid_path") from None
         if "/".join(decoded) != path or raw_segments[:2] != ["", "v1"]:
             raise RelayError("The path could not be read the same way twice.", code="invalid_path")
         encoded = "/" + "/".join(quote(seg, safe=_SAFE.replace("/", "")) for seg in decoded[2:])

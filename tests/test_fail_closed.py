@@ -449,3 +449,26 @@ def test_verify_audit_reports_every_edit_not_only_the_first(relay_url, relay_key
     assert stopped.value.code == 1
     assert f"call {rows[0].pk}" in err.getvalue() and f"call {rows[2].pk}" in err.getvalue()
     assert "2 finding(s)" in err.getvalue()
+
+
+# --- the redaction rules themselves ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, kept, gone", [
+    ("Incorrect API key provided: sk-proj-****************abcd. You can find it", "sk-[redacted]", "abcd"),
+    ("key tr-AbCdEf0123456789_-xyz was refused", "tr-[redacted]", "AbCdEf"),
+    ("GET /v1/models?limit=2&api_key=tr-secret123 HTTP/1.1", "limit=2&api_key=[redacted] HTTP", "secret123"),
+    ("model gpt-4o-mini and task-runner are not keys", "gpt-4o-mini and task-runner", "[redacted]"),
+])
+def test_key_like_strings_are_scrubbed_and_nothing_else(text, kept, gone):
+    from relay_project.redact import scrub_keys
+
+    assert kept in scrub_keys(text) and gone not in scrub_keys(text)
+
+
+def test_text_is_made_storable_for_postgresql():
+    from relay_project.redact import storable
+
+    assert storable("a\x00b\ud800c") == "a?b?c"
+    assert storable("fïlé") == "fïlé"
+

@@ -94,6 +94,7 @@ CASES = [
                                           body=b'{"body": ' + b'{"a":' * 2000 + b"1" + b"}" * 2001), 400),
     Hostile("non-UTF-8 envelope path", raw("POST", "/v1/proxy", headers=JSON,
                                            body=b'{"method": "GET", "path": "/v1/files/\\ud800"}'), 400),
+    Hostile("encoded slash with bytes that are not UTF-8", raw("GET", "/v1/files/a%2F%FF"), (400, 404)),
     # Admin-key APIs and addresses.
     Hostile("admin-key API under /v1/projects", raw("GET", "/v1/projects/proj_1/api_keys"), 403),
     Hostile("X-Forwarded-For not an address", raw("GET", "/v1/models", headers={
