@@ -147,7 +147,9 @@ class RelayView(APIView):
         call = envelope.unwrap(outer)
         # From here on the call is what the envelope asked for, in the audit too.
         self.ctx.method, self.ctx.path, self.ctx.family = call.method, call.path, paths.family_hint(call.path)
-        return envelope.inner_request(outer, call)
+        inner = envelope.inner_request(outer, call)
+        refuse_key_in_query(inner)  # the envelope's `query` would put it in the URL upstream
+        return inner
 
     def permission_denied(self, request: Request, message: str | None = None, code: str | None = None):
         # DRF drops the permission's message when nobody authenticated.

@@ -311,6 +311,12 @@ def test_a_key_in_the_query_string_is_refused_and_never_forwarded(relay_url, rel
     assert relay_key not in response.text
 
 
+def test_a_key_in_the_envelopes_query_is_refused_too(relay_url, relay_key, upstream):
+    response = requests.post(f"{relay_url}/v1/proxy", headers=auth(relay_key), timeout=30,
+                             json={"method": "GET", "path": "/v1/models", "query": {"api_key": relay_key}})
+    assert refused(response, upstream, 400)["code"] == "key_in_query_string"
+
+
 def test_the_access_log_never_shows_a_key_from_the_url(start_gunicorn, relay_key, upstream):
     relay = start_gunicorn(GUNICORN_ACCESSLOG="-", GUNICORN_LOGLEVEL="info")
     response = requests.get(f"{relay.url}/v1/models?api_key={relay_key}&limit=2", timeout=30)
