@@ -2,6 +2,7 @@
 and clients that keep failing to authenticate."""
 from __future__ import annotations
 
+import logging
 import time
 from urllib.parse import parse_qsl
 
@@ -12,6 +13,8 @@ from django.http import HttpRequest
 from relay_project.redact import KEY_PARAMS
 
 from .errors import RelayError
+
+log = logging.getLogger(__name__)
 
 
 class KeyInQuery(RelayError):
@@ -64,12 +67,16 @@ def failed_auth(ip: str | None) -> bool:
     if not limit:
         return False
     name = _bucket(ip)
-    if cache.add(name, 1, timeout=120):
-        count = 1
-    else:
-        try:
-            count = cache.incr(name)
-        except ValueError:
-            cache.add(name, 1, timeout=120)
+    try:
+        if cache.add(name, 1, timeout=120):
             count = 1
+        else:
+            try:
+                count = cache.incr(name)
+            except ValueError:  # expired between add and incr
+                cache.add(name, 1, timeout=120)
+                count = 1
+    except Exception:  # the cache is down: the 401 stands, only the flood guard is lost
+        log.warning("relay: cannot count failed authentications", exc_info=True)
+        return False
     return count > limit

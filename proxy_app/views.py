@@ -1,6 +1,7 @@
 """Thin views: the relay's own endpoints and the one view that forwards /v1."""
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from django.conf import settings
@@ -62,7 +63,12 @@ def _valid_ip(value: str) -> str | None:
 
 def _in_networks(address: str, networks: list[str]) -> bool:
     ip = ipaddress.ip_address(address)
-    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
+    return any(ip in net for net in _parsed_networks(tuple(networks)))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_networks(networks: tuple[str, ...]) -> tuple:
+    return tuple(ipaddress.ip_network(net.strip(), strict=False) for net in networks if net.strip())
 
 
 class LocalView(APIView):

@@ -6,6 +6,7 @@ variable. Defaults are safe for production except where noted.
 """
 from __future__ import annotations
 
+import ipaddress
 import multiprocessing
 from pathlib import Path
 
@@ -275,6 +276,11 @@ X_FRAME_OPTIONS = "DENY"
 RELAY_TRUST_X_FORWARDED_FOR = env.bool("RELAY_TRUST_X_FORWARDED_FOR", default=False)
 RELAY_TRUSTED_PROXIES = env.int("RELAY_TRUSTED_PROXIES", default=1 if RELAY_TRUST_X_FORWARDED_FOR else 0)
 RELAY_TRUSTED_PROXY_NETWORKS = env.list("RELAY_TRUSTED_PROXY_NETWORKS", default=[])
+for _network in RELAY_TRUSTED_PROXY_NETWORKS:  # refused at start, not with a 500 per request
+    try:
+        ipaddress.ip_network(_network.strip(), strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"RELAY_TRUSTED_PROXY_NETWORKS: {_exc}") from None
 # Failed authentications (401) answered per client address and minute before the
 # relay answers 429 without looking the key up or writing an audit row.
 RELAY_UNAUTHENTICATED_PER_MINUTE = env.int("RELAY_UNAUTHENTICATED_PER_MINUTE", default=30)
