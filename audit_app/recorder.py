@@ -197,7 +197,7 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
                             outcome=Outcome.INTERRUPTED, unsealed=True):
             if bucket is not None:  # move the call out of its interrupted bucket into its real one
                 rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
-                            model="", family=ctx.family, calls=-1)
+                            model="", family=storable(ctx.family), calls=-1)
                 rollups.upsert(bucket)
             return
     log.warning("audit: call %s finished (%s, status %s) after it was sealed as interrupted; "
@@ -209,8 +209,11 @@ def _bucket(ctx: CallContext, fields: dict[str, Any]) -> list[Any] | None:
     if ctx.key is None or ctx.user is None:
         return None  # rejected before authentication: nobody's usage
     values = {k: v for k, v in fields.items() if k in _ROLLUP_FIELDS}
+    # Storable here too: a rejected call's bucket is built from the context (a NUL in a
+    # path's first segment once journaled a rollup write that failed on every replay).
     return rollups.bucket_values(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
-                                 model=values.pop("model", ""), family=ctx.family, calls=1,
+                                 model=storable(values.pop("model", "") or ""), family=storable(ctx.family),
+                                 calls=1,
                                  unpriced=1 if values.pop("unpriced", False) else 0,
                                  unknown=1 if values.pop("billing", "") == Billing.UNKNOWN else 0, **values)
 

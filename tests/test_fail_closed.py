@@ -242,6 +242,17 @@ def test_a_model_name_postgresql_cannot_store_still_finishes_the_row(relay_url, 
     row.model.encode("utf-8")  # no lone surrogate
 
 
+def test_a_refused_path_with_a_nul_is_recorded_not_journaled(relay_url, relay_key, upstream):
+    # The rollup bucket of a rejected call is named after the path's first segment.
+    response = requests.get(f"{relay_url}/v1/mo%00dels", headers=auth(relay_key), timeout=30)
+    refused(response, upstream, 400)
+    row = finished_calls(1)[0]
+    assert row.outcome == Outcome.REJECTED and "\x00" not in row.path and "\x00" not in row.family
+    from audit_app.models import UsageDaily
+
+    assert UsageDaily.objects.get().family == "mo?dels"
+
+
 # --- 8. the rate limit counts admitted requests only ------------------------------------------------
 
 
