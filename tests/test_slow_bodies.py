@@ -76,9 +76,12 @@ def test_slow_bodies_hold_no_connection_and_stall_out_while_others_are_served(
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the pool is PostgreSQL's")
-def test_with_the_database_down_a_client_gets_503_within_about_two_seconds(start_gunicorn, issue_key, upstream):
+def test_with_the_database_down_a_client_gets_503_within_about_two_seconds(start_gunicorn, issue_key, upstream,
+                                                                           tmp_path):
     _, key = issue_key()
-    relay = start_gunicorn(GUNICORN_WORKERS="1", DATABASE_URL="postgres://postgres@127.0.0.1:1/relay_down")
+    journal = tmp_path / "journal.jsonl"  # the server's own: this process's journal is replayed by other tests
+    relay = start_gunicorn(GUNICORN_WORKERS="1", DATABASE_URL="postgres://postgres@127.0.0.1:1/relay_down",
+                           RELAY_AUDIT_SPOOL=str(journal))
     started = time.monotonic()
     response = requests.get(f"{relay.url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=30)
     elapsed = time.monotonic() - started
@@ -86,6 +89,8 @@ def test_with_the_database_down_a_client_gets_503_within_about_two_seconds(start
     assert response.json()["error"]["code"] == "audit_unavailable"
     assert elapsed < 3.5, elapsed
     assert upstream.requests == []
+    # The refusal's row went straight to the journal, to be replayed when the database is back.
+    assert json.loads(journal.read_text().splitlines()[-1])["fields"]["status"] == 503
 
 
 def test_default_pool_sizes_fit_postgresqls_default_connection_limit(monkeypatch):
