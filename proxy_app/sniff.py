@@ -408,7 +408,8 @@ _NAME_PARAM = re.compile(rb"(?:^|[;\s])name\s*\*?\s*=", re.IGNORECASE)
 
 def _loosely_names(raw: bytes, field: str) -> bool:
     """Whether any reading of a disposition, however lax, could name `field`."""
-    pattern = rb"(?:^|[;\s])name\s*\*?\s*=\s*(?:[\w-]*\'[\w-]*\')?\"?\s*" + re.escape(field.encode()) + rb"\s*\"?\s*(?:;|$)"
+    pattern = (rb"(?:^|[;\s])name\s*\*?\s*=\s*(?:[\w-]*\'[\w-]*\')?\"?\s*"  # name=, name*=UTF-8'', quotes
+               + re.escape(field.encode()) + rb"\s*\"?\s*(?:;|$)")
     return re.search(pattern, raw, re.IGNORECASE) is not None
 
 

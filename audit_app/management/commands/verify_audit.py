@@ -13,8 +13,8 @@ class Command(StoppableCommand):
     help = (
         "Walk the tamper-evident ledger and check every entry and the rows it seals, then "
         "the file, batch and prune records and the calls not sealed yet. Reports every record "
-        "that was edited, deleted or inserted out of order (the first 100 listed, all counted). Exit status: 0 verified, "
-        "1 a problem was found, 2 stopped (SIGTERM/SIGINT) before the end: no problem so far, "
+        "that was edited, deleted or inserted out of order (the first 100 listed, all counted). "
+        "Exit status: 0 verified, 1 a problem was found, 2 stopped (SIGTERM/SIGINT) before the end: no problem so far, "
         "but not a verification (and not recorded as one)."
     )
 
