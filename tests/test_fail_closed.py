@@ -489,3 +489,15 @@ def test_text_is_made_storable_for_postgresql():
     assert storable("a\x00b\ud800c") == "a?b?c"
     assert storable("fïlé") == "fïlé"
 
+
+
+def test_verify_audit_lists_a_bounded_number_of_findings_and_counts_them_all():
+    from audit_app.ledger import FINDINGS_LISTED, Verification
+
+    out = Verification(checked=500)
+    for i in range(FINDINGS_LISTED + 50):
+        out.add(f"call {i} was edited after it was sealed")
+    out.add("")  # no finding
+    assert out.count == FINDINGS_LISTED + 50 and len(out.findings) == FINDINGS_LISTED
+    assert not out.ok and out.problem == "call 0 was edited after it was sealed"
+    assert out.summary().startswith(f"{FINDINGS_LISTED + 50} finding(s) (the first {FINDINGS_LISTED} listed)")
