@@ -11,6 +11,8 @@ from django.db import transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from relay_project.redact import scrub_keys, storable
+
 from . import pricing, rollups
 from .file_records import from_epoch, record_file
 from .models import BatchRecord, BatchResult, FileOrigin
@@ -82,7 +84,9 @@ def result_from_line(batch: BatchRecord, line: dict[str, Any], from_error_file: 
         batch=batch, custom_id=custom_id[:512], request_id=str(response.get("request_id") or "")[:128],
         status_code=response.get("status_code") if isinstance(response.get("status_code"), int) else None,
         model=str(body.get("model") or "")[:128],
-        error_code=str(error.get("code") or "")[:128], error_message=str(error.get("message") or "")[:1024],
+        error_code=str(error.get("code") or "")[:128],
+        # Upstream's words, shown in the admin: never a key they quote (docs/security.md).
+        error_message=scrub_keys(storable(str(error.get("message") or "")))[:1024],
         from_error_file=from_error_file,
     )
     usage = Usage.from_api(body.get("usage"))

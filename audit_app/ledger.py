@@ -238,24 +238,51 @@ def _rejected_ids(result: SealResult) -> list[int]:
 # --- verification ----------------------------------------------------------------------
 
 
+# Findings listed in full; past this many they are only counted. An edit visible
+# to anyone must not hide the others, and a wholesale rewrite of the table must
+# not print a million lines.
+FINDINGS_LISTED = 100
+
+
 @dataclass
 class Verification:
     checked: int = 0
-    problem: str = ""
+    findings: list[str] = field(default_factory=list)  # the first FINDINGS_LISTED
+    count: int = 0  # every finding, listed or not
     stopped: bool = False  # asked to stop before the end: no problem found so far, but not a pass
 
     @property
     def ok(self) -> bool:
-        return not self.problem and not self.stopped
+        return not self.count and not self.stopped
+
+    @property
+    def problem(self) -> str:
+        """The first finding ("" when none)."""
+        return self.findings[0] if self.findings else ""
+
+    def add(self, finding: str) -> None:
+        if finding:
+            self.count += 1
+            if len(self.findings) < FINDINGS_LISTED:
+                self.findings.append(finding)
+
+    def summary(self) -> str:
+        if not self.count:
+            return f"{self.checked} entries verified"
+        more = f" (the first {len(self.findings)} listed)" if self.count > len(self.findings) else ""
+        return f"{self.count} finding(s){more}: " + "; ".join(self.findings)
 
 
 def verify(since: datetime | None = None, *, record: bool = True,
            progress: Callable[[str], None] | None = None, progress_every: int = 100_000,
            stop: Callable[[], bool] = lambda: False) -> Verification:
-    """Walk the chain and report the first entry or row that does not hold.
+    """Walk the chain and report every entry or row that does not hold.
 
-    `progress` gets a line every `progress_every` entries and at each later phase;
-    `stop()` is polled between chunks, and a stopped walk is recorded nowhere.
+    The walk goes on past a finding: one visible edit must not hide the rest (a
+    missing or altered entry is reported and the walk resynchronises on the
+    entry it has). `progress` gets a line every `progress_every` entries and at
+    each later phase; `stop()` is polled between chunks, and a stopped walk is
+    recorded nowhere.
     """
     out = Verification()
     say = progress or (lambda message: None)
@@ -283,7 +310,7 @@ def verify(since: datetime | None = None, *, record: bool = True,
     latest_records: dict[tuple[str, str], LedgerEntry] = {}
     chunk: list[LedgerEntry] = []
 
-    def check_calls(batch: list[LedgerEntry]) -> str:
+    def check_calls(batch: list[LedgerEntry]) -> None:
         batch = [e for e in batch if e.kind in _CALL_KINDS]
         rows = ApiCall.objects.in_bulk([int(e.object_id) for e in batch])
         # A row amended later points at its latest entry; that entry must be its own.
@@ -297,63 +324,57 @@ def verify(since: datetime | None = None, *, record: bool = True,
                 i = bisect_right(run_starts, int(e.object_id)) - 1
                 run = pruned[i] if i >= 0 and int(e.object_id) <= pruned[i].last_call_id else None
                 if run is None:
-                    return f"call {e.object_id} (ledger #{e.seq}) was deleted"
-                missing_per_run[run.pk].add(e.object_id)
+                    out.add(f"call {e.object_id} (ledger #{e.seq}) was deleted")
+                else:
+                    missing_per_run[run.pk].add(e.object_id)
             elif row.chain_seq is None or row.chain_seq < e.seq or later.get(row.chain_seq) != e.object_id:
-                return f"call {e.object_id} (ledger #{e.seq}) carries sequence {row.chain_seq}: rows were reordered"
+                out.add(f"call {e.object_id} (ledger #{e.seq}) carries sequence {row.chain_seq}: rows were reordered")
             elif row.chain_seq > e.seq:
                 continue  # amended since: checked against its latest entry
             elif call_content_hash(row) != e.content_hash or row.row_mac != call_mac(row):
-                return f"call {e.object_id} (ledger #{e.seq}) was edited after it was sealed"
-        return ""
+                out.add(f"call {e.object_id} (ledger #{e.seq}) was edited after it was sealed")
 
     for entry in entries.iterator(chunk_size=2000):
         if entry.seq != expected:
-            out.problem = f"ledger entry #{expected} is missing (deleted)"
-            break
-        if entry.prev_hash != prev_hash or entry.entry_hash != entry_hash(
+            gap = f"#{expected}" if entry.seq == expected + 1 else f"#{expected} to #{entry.seq - 1}"
+            out.add(f"ledger entry {gap} is missing (deleted)")
+        if (entry.seq == expected and entry.prev_hash != prev_hash) or entry.entry_hash != entry_hash(
                 entry.seq, entry.kind, entry.object_id, entry.content_hash, entry.prev_hash):
-            out.problem = f"ledger entry #{entry.seq} ({entry.kind} {entry.object_id}) was altered"
-            break
+            out.add(f"ledger entry #{entry.seq} ({entry.kind} {entry.object_id}) was altered")
         if entry.kind in _RECORDS:
             latest_records[(entry.kind, entry.object_id)] = entry
         chunk.append(entry)
         if len(chunk) >= 2000:
-            out.problem = check_calls(chunk)
-            if out.problem:
-                break
+            check_calls(chunk)
             chunk = []
             if stop():
                 out.stopped = True
                 return out
-        prev_hash, expected = entry.entry_hash, expected + 1
+        prev_hash, expected = entry.entry_hash, entry.seq + 1
         out.checked += 1
         if out.checked % progress_every == 0:
             say(f"  {out.checked} ledger entries verified")
-    if not out.problem and chunk:
-        out.problem = check_calls(chunk)
-    if not out.problem:
-        out.problem = _check_head(expected - 1, prev_hash, since is None)
-    if not out.problem and since is None:
+    if chunk:
+        check_calls(chunk)
+    out.add(_check_head(expected - 1, prev_hash, since is None))
+    if since is None:
         for run in pruned:
             if len(missing_per_run[run.pk]) != run.deleted_calls:
-                out.problem = (f"{len(missing_per_run[run.pk])} calls are missing in the range of prune run "
-                               f"{run.pk}, which removed {run.deleted_calls}: calls were deleted")
-                break
+                out.add(f"{len(missing_per_run[run.pk])} calls are missing in the range of prune run "
+                        f"{run.pk}, which removed {run.deleted_calls}: calls were deleted")
     for phase, check in (("file, batch and prune records", lambda: _check_records(latest_records)),
                          ("calls not sealed yet", _check_unsealed_calls)):
-        if out.problem:
-            break
         if stop():
             out.stopped = True
             return out
         say(f"  {out.checked} ledger entries verified; checking {phase}")
-        out.problem = check()
+        for finding in check():
+            out.add(finding)
     if record:
         ChainState.load()
         ChainState.objects.filter(pk=1).update(
             last_verified_at=timezone.now(), last_verified_ok=out.ok,
-            last_verification=(out.problem or f"{out.checked} entries verified")[:1024],
+            last_verification=out.summary()[:1024],
         )
     return out
 
@@ -367,7 +388,7 @@ def _check_head(last_seq: int, last_hash: str, from_start: bool) -> str:
     return ""
 
 
-def _check_records(latest: dict[tuple[str, str], LedgerEntry]) -> str:
+def _check_records(latest: dict[tuple[str, str], LedgerEntry]) -> Iterator[str]:
     """Every sealed record still exists; every record carries the app's MAC.
 
     A record whose content moved on since its latest entry is fine while its MAC
@@ -382,15 +403,13 @@ def _check_records(latest: dict[tuple[str, str], LedgerEntry]) -> str:
                 entry = latest.get((kind, object_id))
                 if entry is not None and record_content_hash(obj) == entry.content_hash:
                     continue  # sealed as it is (before record MACs existed)
-                return f"{kind} {object_id} was changed or inserted outside the relay (its MAC does not match)"
-        if ids:
-            return f"{kind} {min(ids)} was deleted"
-    return ""
+                yield f"{kind} {object_id} was changed or inserted outside the relay (its MAC does not match)"
+        for object_id in sorted(ids):
+            yield f"{kind} {object_id} was deleted"
 
 
-def _check_unsealed_calls() -> str:
+def _check_unsealed_calls() -> Iterator[str]:
     """Rows not yet sealed, pending or finished, must still carry a valid MAC."""
     for row in ApiCall.objects.filter(chain_seq__isnull=True).order_by("pk").iterator(2000):
         if not hmac.compare_digest(row.row_mac, call_mac(row)):
-            return f"call {row.pk} was not written by the relay (forged or edited before sealing)"
-    return ""
+            yield f"call {row.pk} was not written by the relay (forged or edited before sealing)"

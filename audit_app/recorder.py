@@ -16,6 +16,8 @@ from django.db import DatabaseError, close_old_connections, connection, transact
 from django.dispatch import Signal
 from django.utils import timezone
 
+from relay_project.redact import scrub_keys, storable
+
 from . import call_rows, ledger, pricing, rollups, spool
 from .models import ApiCall, Billing, Outcome
 from .usage import Usage
@@ -50,13 +52,13 @@ class CallContext:
 def _base_fields(ctx: CallContext) -> dict[str, Any]:
     return dict(
         started_at=ctx.started_at,
-        method=ctx.method[:10],
-        path=ctx.path[:2048],
-        family=ctx.family,
+        method=storable(ctx.method[:10]),
+        path=storable(ctx.path[:2048]),
+        family=storable(ctx.family),
         key=ctx.key,
         user=ctx.user,
         client_ip=ctx.client_ip,
-        user_agent=ctx.user_agent[:_UA_MAX],
+        user_agent=storable(ctx.user_agent[:_UA_MAX]),
         relay_request_id=ctx.request_id,
     )
 
@@ -78,7 +80,15 @@ def open_call(ctx: CallContext) -> int:
 
 
 def _with_mac(ctx: CallContext, fields: dict[str, Any]) -> dict[str, Any]:
-    """The fields plus the MAC of the whole finished row (see audit_app.ledger)."""
+    """The fields plus the MAC of the whole finished row (see audit_app.ledger).
+
+    Every text field is made storable (no NUL, no lone surrogate) and the error
+    free of key-like strings here, before the MAC: whatever path a write takes
+    (now, or replayed from the journal), the row holds what its MAC covers.
+    """
+    fields = {name: storable(value) if isinstance(value, str) else value for name, value in fields.items()}
+    if fields.get("error"):
+        fields["error"] = scrub_keys(fields["error"])[:_ERROR_MAX]
     values = {**_base_fields(ctx), **fields}
     for fk in ("key", "user", "price"):
         if fk in values:
@@ -87,15 +97,18 @@ def _with_mac(ctx: CallContext, fields: dict[str, Any]) -> dict[str, Any]:
     return {**fields, "row_mac": ledger.call_mac(values)}
 
 
-def record_rejected(ctx: CallContext, status: int, message: str) -> None:
+def record_rejected(ctx: CallContext, status: int, message: str, *, database: bool = True) -> None:
     """One finished row for a request the relay answered itself.
 
     Never raises: a failing audit write must not turn a clear 4xx into a 500;
-    the row goes to the journal instead.
+    the row goes to the journal instead. `database=False` (the database is known
+    to be down) journals it without trying.
     """
     fields = {**_finish_fields(ctx), "status": status, "outcome": Outcome.REJECTED,
               "error": message[:_ERROR_MAX], "billing": Billing.FREE}
     try:
+        if not database:
+            raise DatabaseError("the database is unavailable")
         _insert_finished(ctx, fields)
     except DatabaseError:
         AUDIT_WRITE_FAILED.send(sender=ApiCall)
@@ -146,6 +159,10 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
     """
     if "error" in fields:
         fields["error"] = (fields["error"] or "")[:_ERROR_MAX]
+    # Storable before anything reads them: a lone surrogate in a model name failed the
+    # price lookup's query itself, which left the row pending.
+    fields = {name: storable(value) if isinstance(value, str) else value for name, value in fields.items()}
+    response_model = storable(response_model)
     fields.update(_finish_fields(ctx))
     if billed is None:
         billed = _billed_by_default(ctx, fields)
@@ -177,6 +194,9 @@ def _billed_by_default(ctx: CallContext, fields: dict[str, Any]) -> bool:
 
 def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usage | None,
               response_model: str) -> None:
+    # Again here: journal entries written before the fields were made storable replay through this.
+    fields = {name: storable(value) if isinstance(value, str) else value for name, value in fields.items()}
+    response_model = storable(response_model or "")
     if usage is not None:
         # The model upstream reports is the most specific name (a dated snapshot).
         fields.update(priced_fields(usage, response_model or fields.get("model", ""), ctx.started_at))
@@ -210,7 +230,7 @@ def _leave_interrupted_bucket(ctx: CallContext) -> None:
     from proxy_app.operations import billed_on_call
 
     rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk, model="",
-                family=ctx.family, calls=-1, unknown=-1 if billed_on_call(ctx.method, ctx.path) else 0)
+                family=storable(ctx.family), calls=-1, unknown=-1 if billed_on_call(ctx.method, ctx.path) else 0)
 
 
 def _amend_sealed(call_id: int, ctx: CallContext, fields: dict[str, Any], bucket: list[Any] | None) -> None:
@@ -244,8 +264,11 @@ def _bucket(ctx: CallContext, fields: dict[str, Any]) -> list[Any] | None:
     if ctx.key is None or ctx.user is None:
         return None  # rejected before authentication: nobody's usage
     values = {k: v for k, v in fields.items() if k in _ROLLUP_FIELDS}
+    # Storable here too: a rejected call's bucket is built from the context (a NUL in a
+    # path's first segment once journaled a rollup write that failed on every replay).
     return rollups.bucket_values(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
-                                 model=values.pop("model", ""), family=ctx.family, calls=1,
+                                 model=storable(values.pop("model", "") or ""), family=storable(ctx.family),
+                                 calls=1,
                                  unpriced=1 if values.pop("unpriced", False) else 0,
                                  unknown=1 if values.pop("billing", "") == Billing.UNKNOWN else 0, **values)
 

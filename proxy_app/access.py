@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
 
+import requests
 from django.core.cache import cache
 from django.db.models import Sum
 from django.utils import timezone
@@ -58,13 +60,41 @@ def has_model_scope(ctx: CallContext) -> bool:
     return ctx.key is not None and bool(ctx.key.allowed_models)
 
 
-def check_model_scope(ctx: CallContext, api_path: ApiPath, method: str, fields: dict) -> None:
-    """The body's model, and for a new batch the models inside its input file."""
+def check_model_scope(ctx: CallContext, api_path: ApiPath, method: str, fields: dict, *,
+                      takes_model: str | None = None, unreadable: str | None = None) -> None:
+    """The body's model, and for a new batch the models inside its input file.
+
+    `takes_model` ('required' or 'optional', from proxy_app.model_endpoints) says
+    the endpoint names a model; `unreadable` why the relay's reading of the body
+    may differ from upstream's. Either way a scoped key is refused rather than
+    forwarded on a guess.
+    """
     if not has_model_scope(ctx):
         return
-    _check_model(ctx, fields.get("model"))
+    if unreadable:
+        _refuse_unread(ctx, f"the relay could not read this body as upstream will: {unreadable}")
+    model = fields.get("model", _MISSING)
+    if model is _MISSING:
+        if takes_model == "required":
+            _refuse_unread(ctx, "this endpoint takes a model and the body names none "
+                                "(upstream would pick its default)")
+    elif not isinstance(model, str):
+        _refuse_unread(ctx, f"its model is a {type(model).__name__}, not a string")
+    else:
+        _check_model(ctx, model)
     if api_path.path == "/v1/batches" and method == "POST":
         _check_batch_input(ctx, fields)
+
+
+_MISSING = object()
+
+
+def _refuse_unread(ctx: CallContext, why: str, param: str = "model") -> None:
+    raise PolicyDenied(
+        f"Relay key {ctx.key.prefix}… may only use these models: {', '.join(ctx.key.allowed_models)} "
+        f"(scope: allowed_models), and {why}; nothing was forwarded.",
+        code="outside_key_scope", param=param,
+    )
 
 
 def _check_model(ctx: CallContext, model: object, where: str = "") -> None:
@@ -72,13 +102,24 @@ def _check_model(ctx: CallContext, model: object, where: str = "") -> None:
     if allowed and isinstance(model, str) and model not in allowed:
         raise PolicyDenied(
             f"Relay key {ctx.key.prefix}… may only use these models: {', '.join(allowed)} "
-            f"(scope: allowed_models); {where}'{model}' is not one of them.",
+            f"(scope: allowed_models); {where}'{model[:200]}' is not one of them.",
             code="outside_key_scope", param="model",
         )
 
 
+# A batch input line is held whole to parse it; OpenAI's own limit on a batch
+# file is 200 MB, and a line holds one request body.
+BATCH_LINE_MAX_BYTES = 32 * 1024 * 1024
+
+
 def _check_batch_input(ctx: CallContext, values: dict) -> None:
-    """A batch runs the models named in its input file: read them before it starts."""
+    """A batch runs the models named in its input file: read them before it starts.
+
+    The file is read as upstream reads JSONL: lines end at `\n` only (a bare
+    `\r` is JSON whitespace inside a line, and splitting there let a denied
+    model through), and every non-blank line must be a JSON object whose
+    `body.model` is a string: a line the relay cannot read refuses the batch.
+    """
     endpoint = values.get("endpoint")
     if isinstance(endpoint, str) and ctx.key.allowed_families:
         family = family_hint(endpoint)
@@ -89,8 +130,9 @@ def _check_batch_input(ctx: CallContext, values: dict) -> None:
                 f"this batch runs '{family}'.", code="outside_key_scope", param="endpoint",
             )
     file_id = values.get("input_file_id")
-    if not isinstance(file_id, str) or not file_id or "/" in file_id:
-        return  # upstream will refuse the batch itself
+    if not isinstance(file_id, str) or not file_id or "/" in file_id or "?" in file_id or "#" in file_id:
+        _refuse_unread(ctx, "the batch's input_file_id is missing or not a plain file id",
+                       param="input_file_id")
     try:
         with upstream.get(f"/files/{file_id}/content", stream=True, project=ctx.key.openai_project) as resp:
             if resp.status_code != 200:
@@ -99,17 +141,41 @@ def _check_batch_input(ctx: CallContext, values: dict) -> None:
                     f"against this key's scope (upstream said {resp.status_code}).",
                     code="outside_key_scope", param="input_file_id",
                 )
-            for number, line in enumerate(resp.iter_lines(chunk_size=64 * 1024), start=1):
+            for number, line in enumerate(_jsonl_lines(resp.iter_content(64 * 1024)), start=1):
+                if line is None:
+                    _refuse_unread(ctx, f"line {number} of {file_id} is longer than "
+                                        f"{BATCH_LINE_MAX_BYTES} bytes", param="input_file_id")
                 if not line.strip():
                     continue
                 try:
-                    model = json.loads(line).get("body", {}).get("model")
-                except (ValueError, AttributeError):
-                    continue  # upstream validates the file's format
+                    request = json.loads(line.decode("utf-8"))
+                    model = request["body"]["model"]
+                except (ValueError, RecursionError, TypeError, KeyError):
+                    model = None
+                if not isinstance(model, str):
+                    _refuse_unread(ctx, f"line {number} of {file_id} is not a request with a string "
+                                        "body.model", param="input_file_id")
                 _check_model(ctx, model, where=f"line {number} of {file_id} uses ")
-    except OSError as exc:
+    except (OSError, requests.RequestException) as exc:
         raise PolicyDenied(f"The relay could not read batch input file {file_id}: {type(exc).__name__}.",
                            code="outside_key_scope", param="input_file_id") from None
+
+
+def _jsonl_lines(chunks) -> Iterator[bytes | None]:
+    """Lines split at `\n` only, each without it; None for a line over the limit."""
+    pending = bytearray()
+    for chunk in chunks:
+        pending += chunk
+        start = 0
+        while (end := pending.find(b"\n", start)) != -1:
+            yield bytes(pending[start:end])
+            start = end + 1
+        del pending[:start]
+        if len(pending) > BATCH_LINE_MAX_BYTES:
+            yield None
+            return
+    if pending:
+        yield bytes(pending)
 
 
 # --- budgets ------------------------------------------------------------------
@@ -185,7 +251,9 @@ def check_rate_limit(api_path: ApiPath, method: str, ctx: CallContext) -> None:
     than a minute, so a client that keeps to its limit over any minute is never
     refused; never less than 55 seconds, so no 55 seconds hold more than the
     limit. A fixed per-minute window would let a key send its whole limit at
-    0:59 and again at 1:00. Refused requests are not counted.
+    0:59 and again at 1:00. Refused requests are not counted: this check runs
+    after every other one (path, scopes, budget, the body's model), so a request
+    refused for any reason never spends the allowance.
     """
     key = ctx.key
     if key is None or not key.requests_per_minute:
@@ -235,4 +303,6 @@ def _seconds_until_admitted(limit: int, counts: list[int], into: float) -> int:
     return max(1, math.ceil(steps * BUCKET_SECONDS - into))
 
 
-REQUEST_RULES.extend([check_family_scope, check_rate_limit, check_budgets])
+# The rate limit is not among these: it runs last of all, after the body's checks
+# (proxy_app.pipeline.forward), so that only admitted requests spend the allowance.
+REQUEST_RULES.extend([check_family_scope, check_budgets])

@@ -29,7 +29,7 @@ _SEGMENT = r"(?!\.\.?(?:/|$))[^/\x00-\x1f\x7f\\?#]+"
 # Lookaheads scan with [\s\S], not ".", which stops at line terminators (and
 # differently in ECMA-262 and Python).
 ENVELOPE_PATH_PATTERN = (r"^(?![\s\S]*[\x00-\x1f\x7f])(?![\s\S]*://)"
-                         r"(?![\s\S]*%(?:2[eEfF3]|5[cC]|3[fF]|[01][0-9a-fA-F]|7[fF]))"
+                         r"(?![\s\S]*%(?:2[eEfF3]|5[cC]|3[fF]|[01][0-9a-fA-F]|7[fF]|[89a-fA-F][0-9a-fA-F]))"
                          rf"/v1/(?:{_SEGMENT}/)*(?:{_SEGMENT})?$")
 # Scalars a query parameter may take (a list of them repeats the parameter).
 _SCALAR = {"type": ["string", "number", "integer", "boolean"]}

@@ -191,7 +191,9 @@ class RelayKeyAdmin(admin.ModelAdmin):
         response["Cache-Control"] = "no-store"
         return response
 
-    @admin.action(description="Revoke selected keys")
+    # Revoking changes the key: a view-only staff user must not see or run it
+    # (Django offers an action only to users with every one of its permissions).
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_keys(self, request, queryset) -> None:
         count = 0
         # One by one, so that each revocation lands in the action log.
@@ -243,3 +245,17 @@ class TeamAdmin(admin.ModelAdmin):
     @admin.display(description="keys")
     def keys_link(self, obj: Team) -> str:
         return link(changelist_url(RelayKey, team__id__exact=obj.pk), "keys")
+
+
+def _guard_third_party_actions() -> None:
+    """django-axes offers "Clean up expired attempts" with no permission of its own,
+    so a view-only staff user could delete login records. Every admin action here
+    needs the permission of what it does; this one deletes."""
+    from axes.admin import AccessAttemptAdmin
+
+    action = AccessAttemptAdmin.cleanup_expired_attempts
+    if not getattr(action, "allowed_permissions", None):
+        action.allowed_permissions = ("delete",)
+
+
+_guard_third_party_actions()

@@ -33,17 +33,25 @@ class RelayKeyAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed("Incorrect relay key provided.")
         now = timezone.now()
         if key.is_revoked:
-            raise exceptions.AuthenticationFailed(f"Relay key {key.prefix}… has been revoked.")
+            raise _refused(key, f"Relay key {key.prefix}… has been revoked.")
         if key.is_expired(now):
-            raise exceptions.AuthenticationFailed(f"Relay key {key.prefix}… has expired.")
+            raise _refused(key, f"Relay key {key.prefix}… has expired.")
         if not key.owner.is_active:
-            raise exceptions.AuthenticationFailed(f"The owner of relay key {key.prefix}… is disabled.")
+            raise _refused(key, f"The owner of relay key {key.prefix}… is disabled.")
         key.touch(now)
         return key.owner, key
 
     def authenticate_header(self, request: Request) -> str:
         # Makes DRF answer 401 (not 403) when the key is missing or wrong.
         return 'Bearer realm="team-relay"'
+
+
+def _refused(key: RelayKey, message: str) -> exceptions.AuthenticationFailed:
+    """The refusal, carrying the key it refused: the audit row records the key and
+    its owner (proxy_app.views.RelayView.handle_exception)."""
+    exc = exceptions.AuthenticationFailed(message)
+    exc.relay_key = key  # type: ignore[attr-defined]
+    return exc
 
 
 class HasRelayKey(BasePermission):

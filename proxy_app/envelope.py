@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlencode
 from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpRequest
 
+from . import bodyread
 from .errors import PolicyDenied, RelayError
 
 ENVELOPE_PATH = "/v1/proxy"
@@ -26,6 +27,9 @@ METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH"})
 # The relay's own endpoints: never reached through the envelope.
 LOCAL_PATHS = ("/v1/proxy", "/v1/health", "/v1/actions")
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\?#]|%(?:2e|2f|5c|00|0a|0d|23|3f)", re.IGNORECASE)
+# Percent-escaped bytes past ASCII: whether they are UTF-8 is more than the Actions
+# schema's pattern can say, so the envelope takes such characters as they are.
+_ESCAPED_NON_ASCII = re.compile(r"%[89a-f][0-9a-f]", re.IGNORECASE)
 
 
 class EnvelopeError(RelayError):
@@ -41,11 +45,13 @@ class InnerCall:
 
 
 def unwrap(request: HttpRequest) -> InnerCall:
-    raw = request.read(MAX_ENVELOPE_BYTES + 1)
+    raw = bodyread.read_exactly(request, MAX_ENVELOPE_BYTES + 1)
     if len(raw) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(f"The envelope is larger than {MAX_ENVELOPE_BYTES} bytes.", status=413)
     try:
         envelope = json.loads(raw)
+    except RecursionError:
+        raise EnvelopeError("The envelope is nested too deeply for the relay to read.") from None
     except ValueError:
         raise EnvelopeError("The envelope is not valid JSON.") from None
     if not isinstance(envelope, dict):
@@ -80,7 +86,14 @@ def check_path(path: Any) -> str:
     if _FORBIDDEN.search(path):
         raise EnvelopeError("path may not contain backslashes, control characters, '?', '#' or "
                             "encoded separators; put query parameters in 'query'.", param="path")
-    decoded = unquote(path)
+    if _ESCAPED_NON_ASCII.search(path):
+        raise EnvelopeError("path may not percent-encode non-ASCII bytes; write such characters as they are.",
+                            param="path")
+    try:
+        path.encode("utf-8")  # a lone surrogate ("\ud800") cannot be a path
+        decoded = unquote(path, errors="strict")  # nor can bytes that are not UTF-8 (%FF)
+    except UnicodeError:
+        raise EnvelopeError("path must be valid UTF-8, also once percent-decoded.", param="path") from None
     if ".." in decoded.split("/") or "." in decoded.split("/"):
         raise EnvelopeError("path may not contain dot segments.", param="path")
     if not path.startswith("/v1/"):
@@ -110,12 +123,14 @@ def encode_query(query: Any) -> str:
 
 def inner_request(outer: HttpRequest, call: InnerCall) -> WSGIRequest:
     """The envelope's call as a request of its own, with the outer one's headers."""
-    environ = {k: v for k, v in outer.META.items() if k not in ("CONTENT_LENGTH", "CONTENT_TYPE")}
+    environ = {k: v for k, v in outer.META.items()
+               if k not in ("CONTENT_LENGTH", "CONTENT_TYPE", "RAW_URI", "REQUEST_URI")}
     body = call.body or b""
     environ.update({
         "REQUEST_METHOD": call.method,
-        # WSGI carries the path's UTF-8 bytes as a latin-1 string (PEP 3333); Django decodes it back.
-        "PATH_INFO": call.path.encode("utf-8").decode("iso-8859-1"),
+        # WSGI carries the path as UTF-8 bytes in a latin-1 str, which Django decodes
+        # back: a non-ASCII path put in as it is gave a 500, or another path.
+        "PATH_INFO": call.path.encode("utf-8", "surrogatepass").decode("latin-1"),
         "QUERY_STRING": call.query,
         "wsgi.input": io.BytesIO(body),
         "HTTP_ACCEPT": "application/json",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 _MAX_SCALAR = 512  # a model name is ~40 bytes
 _MAX_CONTAINER = 64 * 1024  # a usage object is ~300 bytes
@@ -42,6 +43,9 @@ class JsonFieldSniffer:
         self.containers = containers
         self.limits = limits or {}
         self._values: dict[str, object] = {}
+        # Wanted keys met at the top level, kept or not: a value too long to keep
+        # is not the same as no value.
+        self._seen: set[str] = set()
         self._small: bytearray | None = bytearray() if small > 0 else None
         self._small_limit = small
         self._is_object: bool | None = None
@@ -63,6 +67,11 @@ class JsonFieldSniffer:
         """Whether the body is a JSON object (None until its first non-blank byte)."""
         self.values  # noqa: B018  (settles a held small body)
         return self._is_object
+
+    @property
+    def seen(self) -> set[str]:
+        self.values  # noqa: B018  (settles a held small body)
+        return self._seen
 
     @property
     def values(self) -> dict[str, object]:
@@ -94,6 +103,8 @@ class JsonFieldSniffer:
             return True
         picked: dict[str, object] = {}
         for key, value in doc.items():
+            if key in self.wanted or key in self.containers:
+                self._seen.add(key)
             if isinstance(value, (dict, list)):
                 if key in self.containers:
                     # The scanner measures a container's raw bytes, which no longer
@@ -213,6 +224,11 @@ class JsonFieldSniffer:
         if self._buf_is_key:
             self._key = self._decode(b'"' + bytes(self._buf or b"") + b'"')
             self._buf_is_key = False
+            if self._key in self.wanted or self._key in self.containers:
+                # A repeated key: only its last value counts, as upstream reads it,
+                # even when that one is too long to keep.
+                self._values.pop(self._key, None)
+                self._seen.add(self._key)
         elif self._key is not None:
             if self._buf is not None:
                 self._values[self._key] = self._decode(bytes(self._buf) + b'"')
@@ -265,33 +281,145 @@ def _raw_string_fits(value: str, limit: int) -> bool | None:
 class MultipartFieldSniffer:
     """Collects small form fields (`model`, `purpose`) from a multipart body.
 
-    Keeps only a short tail of the previous chunk, so that a field header split
-    across two chunks is still found.
+    Part headers are read by python-multipart's streaming parser (the one
+    Starlette and FastAPI use), not by a pattern: a hostile review got
+    `name=model` (no quotes), `name = "model"` (spaces) and a second `model`
+    field past the old pattern, each time reading a different model than
+    upstream. Whatever this reader cannot read the way upstream will is noted
+    in `problems`; a key with a model scope is refused when there are any.
+
+    - A field named twice keeps its last value (what upstream reads) and is a problem.
+    - A part whose Content-Disposition reads as naming a wanted field by a looser
+      reading (case, spaces, quotes, `name*=`) but not by the parser's is a problem,
+      and so is a disposition with two `name` parameters.
+    - A wanted value longer than 512 bytes, or not UTF-8, is a problem.
+    - `complete` is False until the closing delimiter has been read.
+
+    The parser finds delimiters with `bytes.find`, so file content costs one
+    C-speed search per chunk: a 100 MB upload in 256 KiB chunks went through at
+    ~370 MB/s against ~470 MB/s for the old pattern (best of 3, on a shared
+    2-core machine): well under a second of CPU for OpenAI's largest file.
     """
 
-    _TAIL = 2048
+    _MAX_VALUE = 512
 
     def __init__(self, boundary: str, wanted: frozenset[str]) -> None:
-        names = b"|".join(re.escape(w.encode()) for w in sorted(wanted))
-        self._pattern = re.compile(
-            rb'content-disposition:[^\r\n]*?\bname="(' + names + rb')"[^\r\n]*\r\n'
-            rb"(?:[^\r\n]+\r\n)*\r\n([^\r\n]{0,512})\r\n--" + re.escape(boundary.encode()),
-            re.IGNORECASE,
-        )
-        self._delimiter = b"--" + boundary.encode()
-        self._tail = b""
+        from python_multipart.multipart import MultipartParser
+
+        self.wanted = wanted
         self.values: dict[str, object] = {}
+        self.counts: dict[str, int] = {}
+        self.problems: list[str] = []
+        self.complete = False
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._disposition: list[bytes] = []
+        self._field: str | None = None
+        self._data: bytearray | None = None
+        self._failed = False
+        callbacks = {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        }
+        try:
+            self._parser: Any = MultipartParser(boundary.encode("latin-1"), callbacks)
+        except (ValueError, UnicodeEncodeError) as exc:
+            self._parser = None
+            self._problem(f"the multipart boundary cannot be used ({exc})")
 
     def feed(self, data: bytes) -> None:
-        window = self._tail + data
-        # A field ends at a delimiter. Most of a big upload is file content with
-        # none in it: a plain search there is ~50x cheaper than the pattern.
-        if self._delimiter in window:
-            for m in self._pattern.finditer(window):
-                self.values.setdefault(m.group(1).decode(), m.group(2).decode("utf-8", "replace"))
-        self._tail = window[-self._TAIL:]
+        if self._parser is None or self._failed:
+            return
+        try:
+            self._parser.write(data)
+        except Exception as exc:  # python-multipart's parse errors; the body is malformed
+            self._failed = True
+            self._problem(f"the multipart body is malformed ({type(exc).__name__})")
+
+    def _problem(self, text: str) -> None:
+        if len(self.problems) < 10:
+            self.problems.append(text)
+
+    def _part_begin(self) -> None:
+        self._disposition = []
+        self._field = None
+        self._data = None
+
+    def _header_end(self) -> None:
+        if bytes(self._header_field).strip().lower() == b"content-disposition":
+            self._disposition.append(bytes(self._header_value))
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        if len(self._disposition) != 1:
+            if len(self._disposition) > 1:
+                self._problem("a form part has more than one Content-Disposition header")
+            return
+        raw = self._disposition[0]
+        _, params = parse_options_header(raw)
+        name = params.get(b"name", b"").decode("latin-1")
+        loose = {w for w in self.wanted if _loosely_names(raw, w)}
+        if len(_NAME_PARAM.findall(raw)) > 1:
+            self._problem("a form part names its field more than once")
+        for w in loose - {name}:
+            self._problem(f"a form part's Content-Disposition may name the field {w!r} in a way "
+                          f"that is read differently ({raw[:120]!r})")
+        if name in self.wanted:
+            self._field = name
+            self._data = bytearray()
+            self.counts[name] = self.counts.get(name, 0) + 1
+            if self.counts[name] > 1:
+                self._problem(f"the form has more than one {name!r} field")
+            self.values.pop(name, None)  # the last one counts, as upstream reads it
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._data is not None:
+            if len(self._data) + end - start > self._MAX_VALUE:
+                self._data = None
+                self._problem(f"the form field {self._field!r} is longer than {self._MAX_VALUE} bytes")
+            else:
+                self._data += data[start:end]
+
+    def _part_end(self) -> None:
+        if self._field is not None and self._data is not None:
+            try:
+                self.values[self._field] = bytes(self._data).decode("utf-8")
+            except UnicodeDecodeError:
+                self._problem(f"the form field {self._field!r} is not UTF-8")
+        self._field = None
+        self._data = None
+
+    def _end(self) -> None:
+        self.complete = True
+
+
+# `name=` parameters in a Content-Disposition (not `filename=`), with `name*=` too.
+_NAME_PARAM = re.compile(rb"(?:^|[;\s])name\s*\*?\s*=", re.IGNORECASE)
+
+
+def _loosely_names(raw: bytes, field: str) -> bool:
+    """Whether any reading of a disposition, however lax, could name `field`."""
+    pattern = (rb"(?:^|[;\s])name\s*\*?\s*=\s*(?:[\w-]*\'[\w-]*\')?\"?\s*"  # name=, name*=UTF-8'', quotes
+               + re.escape(field.encode()) + rb"\s*\"?\s*(?:;|$)")
+    return re.search(pattern, raw, re.IGNORECASE) is not None
 
 
 def boundary_of(content_type: str) -> str | None:
-    m = re.search(r'boundary="?([^";]+)"?', content_type, re.IGNORECASE)
-    return m.group(1) if m else None
+    """The boundary parameter, read as python-multipart reads the Content-Type;
+    None when there is none or more than one (an ambiguous form is not read)."""
+    from python_multipart.multipart import parse_options_header
+
+    if len(re.findall(r"(?:^|[;\s])boundary\s*=", content_type, re.IGNORECASE)) != 1:
+        return None
+    _, params = parse_options_header(content_type)
+    value = params.get(b"boundary", b"")
+    return value.decode("latin-1") or None

@@ -16,6 +16,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from audit_app.recorder import CallContext
 from relay_project.jsonlog import ACCESS_LOGGER
+from relay_project.redact import scrub_keys
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -70,4 +71,6 @@ def call_finished(ctx: CallContext, *, status: int | None, outcome: str, bytes_i
         "client_ip": ctx.client_ip,
         **{k: v for k, v in extra.items() if v not in (None, "")},
     }
+    if isinstance(event.get("error"), str):
+        event["error"] = scrub_keys(event["error"])
     access_log.info(json.dumps(event, default=str))

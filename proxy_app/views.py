@@ -1,26 +1,74 @@
 """Thin views: the relay's own endpoints and the one view that forwards /v1."""
 from __future__ import annotations
 
+import functools
+import ipaddress
+
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, JsonResponse
-from rest_framework.exceptions import MethodNotAllowed, NotAuthenticated
+from rest_framework.exceptions import AuthenticationFailed, MethodNotAllowed, NotAuthenticated
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from audit_app.recorder import CallContext, record_rejected
+from audit_app.recorder import CallContext, record_rejected, release_connection
 
-from . import actions_schema, envelope, paths, pipeline, policy, realtime_http, telemetry, websocket
+from . import access, actions_schema, envelope, guard, paths, pipeline, policy, realtime_http, telemetry, websocket
 from .auth import HasRelayKey
-from .errors import error_response, render_exception
+from .errors import AuditUnavailable, error_response, render_exception
+from .guard import refuse_key_in_query
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    if settings.RELAY_TRUST_X_FORWARDED_FOR:
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-        if forwarded:
-            return forwarded.split(",")[0].strip() or None
-    return request.META.get("REMOTE_ADDR") or None
+    """The client's address, read from the right of X-Forwarded-For.
+
+    Each proxy appends the address it was reached from, so only the entries the
+    relay's own proxies added can be believed; anything to their left is
+    whatever the client wrote. With RELAY_TRUSTED_PROXIES = N (the proxies in
+    front of the relay, nginx alone is 1), the client is the N-th entry from the
+    right; with RELAY_TRUSTED_PROXY_NETWORKS, the rightmost entry outside them.
+    An entry that is not an IP address (`not-an-ip`, `1.2.3.4:5678`, which once
+    gave a 500 on PostgreSQL's inet column) is never recorded: the relay falls
+    back to the peer's address.
+    """
+    peer = _valid_ip(request.META.get("REMOTE_ADDR", ""))
+    hops = settings.RELAY_TRUSTED_PROXIES
+    networks = settings.RELAY_TRUSTED_PROXY_NETWORKS
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if not forwarded or not (hops or networks):
+        return peer
+    chain = [entry.strip() for entry in forwarded.split(",")]
+    if networks:
+        if peer is None or not _in_networks(peer, networks):
+            return peer  # not sent by one of our proxies: its header means nothing
+        for entry in reversed(chain):
+            address = _valid_ip(entry)
+            if address is None:
+                return peer
+            if not _in_networks(address, networks):
+                return address
+        return peer
+    if len(chain) < hops:
+        return peer
+    return _valid_ip(chain[-hops]) or peer
+
+
+def _valid_ip(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
+def _in_networks(address: str, networks: list[str]) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip in net for net in _parsed_networks(tuple(networks)))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_networks(networks: tuple[str, ...]) -> tuple:
+    return tuple(ipaddress.ip_network(net.strip(), strict=False) for net in networks if net.strip())
 
 
 class LocalView(APIView):
@@ -54,7 +102,24 @@ class PluginManifestView(LocalView):
 
 
 class RelayView(APIView):
-    """Every relayed /v1 path, every method, through the one pipeline."""
+    """Every relayed /v1 path, every method, through the one pipeline.
+
+    The request policy, in the order it runs; the first refusal answers, and
+    nothing refused is forwarded:
+
+    1. no relay key in the query string (400), before anything is logged or looked up;
+    2. authentication: the relay key (401), `authentication_classes`;
+    3. `permission_classes`: a valid key is present (401);
+    4. past RELAY_UNAUTHENTICATED_PER_MINUTE failures from the client's address this
+       minute, a 401 becomes a 429 with no audit row (proxy_app.guard);
+    5. the envelope, for /v1/proxy (400);
+    6. the path: validated and outside RELAY_BLOCKED_PATH_PREFIXES (400/403);
+    7. request rules (policy.REQUEST_RULES): family scope (403), budgets (429);
+    8. the body (pipeline.forward): framing, size and type (400/413/415), then
+       its JSON and the key's model scope (400/403);
+    9. the key's rate limit (429), last, so only admitted requests count;
+    10. the audit row is opened (503 if it cannot be), then the call is forwarded.
+    """
 
     http_method_names = ["get", "post", "put", "patch", "delete", "head", "options"]
 
@@ -71,22 +136,26 @@ class RelayView(APIView):
             client_ip=client_ip(django_request),
             user_agent=django_request.META.get("HTTP_USER_AGENT", ""),
         )
+        refuse_key_in_query(django_request)
         super().initial(request, *args, **kwargs)  # authentication, permissions
         self.ctx.key, self.ctx.user = request.auth, request.user
         self.forwarded = django_request
         if django_request.path == envelope.ENVELOPE_PATH:
             self.forwarded = self._unwrap(django_request)
-        self.api_path = paths.parse(self.forwarded.path)
+        self.api_path = paths.parse(self.forwarded.path, paths.raw_path(self.forwarded))
         policy.check_path(self.api_path)
         policy.check_request(self.api_path, self.forwarded.method, self.ctx)
 
     def _unwrap(self, outer: HttpRequest) -> HttpRequest:
         if outer.method != "POST":
             raise MethodNotAllowed(outer.method)
+        release_connection()  # not held while the envelope's body comes in
         call = envelope.unwrap(outer)
         # From here on the call is what the envelope asked for, in the audit too.
         self.ctx.method, self.ctx.path, self.ctx.family = call.method, call.path, paths.family_hint(call.path)
-        return envelope.inner_request(outer, call)
+        inner = envelope.inner_request(outer, call)
+        refuse_key_in_query(inner)  # the envelope's `query` would put it in the URL upstream
+        return inner
 
     def permission_denied(self, request: Request, message: str | None = None, code: str | None = None):
         # DRF drops the permission's message when nobody authenticated.
@@ -96,6 +165,8 @@ class RelayView(APIView):
 
     def relay(self, request: Request, *args, **kwargs):
         if websocket.is_upgrade(self.forwarded):
+            # No body to check: the rate limit, last as everywhere, counts the connect.
+            access.check_rate_limit(self.api_path, self.forwarded.method, self.ctx)
             return websocket.open_session(self.forwarded, self.api_path, self.ctx)
         realtime_http.check_has_body(self.forwarded, self.api_path, self.ctx)
         return pipeline.forward(self.forwarded, self.api_path, self.ctx)
@@ -103,15 +174,31 @@ class RelayView(APIView):
     get = post = put = patch = delete = head = options = relay
 
     def handle_exception(self, exc: Exception):
+        if hasattr(self, "ctx") and isinstance(exc, (NotAuthenticated, AuthenticationFailed)) \
+                and guard.failed_auth(self.ctx.client_ip):
+            exc = guard.TooManyFailedAuthentications.now()  # counted, not audited
         response = render_exception(exc)
         if hasattr(self, "ctx"):
+            if (known := getattr(exc, "relay_key", None)) is not None:
+                # A revoked or expired key: the row says whose it was, so that the
+                # use of a leaked key shows in the admin.
+                self.ctx.key, self.ctx.user = known, known.owner
             response["x-relay-request-id"] = self.ctx.request_id
             if not getattr(exc, "audited", False):
-                record_rejected(self.ctx, response.status_code, response.relay_error)
+                # With the database down, straight to the journal: a second wait for a
+                # connection would double the time the client waits for its 503.
+                record_rejected(self.ctx, response.status_code, response.relay_error,
+                                database=not isinstance(exc, (DatabaseError, AuditUnavailable)))
                 telemetry.call_finished(self.ctx, status=response.status_code, outcome="rejected",
                                         error=response.relay_error)
         return response
 
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """Django's 400s (a disallowed Host, other suspicious requests), in OpenAI's shape."""
+    return error_response(400, "The request was refused as malformed (for example, a Host this relay "
+                               "does not serve).", code="bad_request")
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

@@ -30,6 +30,8 @@ limit_request_field_size = 16384
 # An empty GUNICORN_ACCESSLOG turns the access log off.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 errorlog = "-"
+# The access log's request line, query and referrer with key-like strings scrubbed.
+logger_class = "relay_project.gunicorn_logging.ScrubbingLogger"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # Trust X-Forwarded-* only from the reverse proxy in front.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")

@@ -6,6 +6,8 @@ variable. Defaults are safe for production except where noted.
 """
 from __future__ import annotations
 
+import ipaddress
+import multiprocessing
 from decimal import Decimal
 from pathlib import Path
 
@@ -49,7 +51,9 @@ UPSTREAM_POOL_SIZE = env.int("UPSTREAM_POOL_SIZE", default=100)
 RELAY_MAX_BODY_BYTES = env.int("RELAY_MAX_BODY_BYTES", default=540 * 1024 * 1024)
 RELAY_BLOCKED_PATH_PREFIXES = env.list(
     "RELAY_BLOCKED_PATH_PREFIXES",
-    default=["/v1/fine_tuning", "/v1/evals", "/v1/organization"],
+    # Fine-tuning and evals spend without a model scope's say; /v1/organization and
+    # /v1/projects are the admin-key APIs (users, service accounts, API keys, roles).
+    default=["/v1/fine_tuning", "/v1/evals", "/v1/organization", "/v1/projects"],
 )
 # JSON bodies up to this size are checked (they must parse, as an object) before
 # anything is forwarded; larger ones stream through and upstream judges them.
@@ -167,6 +171,16 @@ TEMPLATES = [
 ]
 
 
+# PostgreSQL's default max_connections, less 10 for everything that is not a worker.
+POSTGRES_DEFAULT_MAX_CONNECTIONS = 100
+
+
+def default_pool_max() -> int:
+    """Connections per worker process so that all of gunicorn's workers fit."""
+    workers = env.int("GUNICORN_WORKERS", default=multiprocessing.cpu_count() * 2)
+    return max(1, min(20, (POSTGRES_DEFAULT_MAX_CONNECTIONS - 10) // max(1, workers)))
+
+
 def _database() -> dict:
     db = env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
     if db["ENGINE"] == "django.db.backends.sqlite3":
@@ -191,11 +205,23 @@ def _database() -> dict:
     elif db["ENGINE"] == "django.db.backends.postgresql":
         # One pool per worker process: gevent workers serve many requests at
         # once, and a pool caps how many PostgreSQL connections that takes.
+        #
+        # Sized so that the default worker count fits PostgreSQL's default
+        # max_connections (100) with 10 to spare for psql, migrations and the
+        # management commands: 90 // workers per worker, at most 20. With 20 per
+        # worker regardless, 16 cores (32 workers) would ask for 640.
+        # A request holds a connection only while it talks to the database,
+        # never while a body streams (proxy_app.pipeline), so a few go far.
+        # During an outage a request waits at most DATABASE_POOL_TIMEOUT for a
+        # connection (and a new connection DATABASE_CONNECT_TIMEOUT to open),
+        # then gets a 503: clients used to wait 60 s.
+        options = db.setdefault("OPTIONS", {})
+        options.setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=2))
         if env.bool("DATABASE_POOL", default=True):
-            db.setdefault("OPTIONS", {})["pool"] = {
+            options["pool"] = {
                 "min_size": 1,
-                "max_size": env.int("DATABASE_POOL_MAX", default=20),
-                "timeout": 30,
+                "max_size": env.int("DATABASE_POOL_MAX", default=default_pool_max()),
+                "timeout": env.float("DATABASE_POOL_TIMEOUT", default=2.0),
             }
         db["CONN_MAX_AGE"] = 0
     return db
@@ -263,8 +289,23 @@ if HTTPS:
     CSRF_COOKIE_SECURE = True
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
-# Trust X-Forwarded-For for the audit's client IP only when a proxy sets it.
+# The audit's client IP: how many proxies in front of the relay append to
+# X-Forwarded-For (nginx alone: 1), or the networks they live in. The client is
+# read from the right of the header, past those proxies; 0 and no networks
+# ignores the header. RELAY_TRUST_X_FORWARDED_FOR=true (the old switch) means 1.
 RELAY_TRUST_X_FORWARDED_FOR = env.bool("RELAY_TRUST_X_FORWARDED_FOR", default=False)
+RELAY_TRUSTED_PROXIES = env.int("RELAY_TRUSTED_PROXIES", default=1 if RELAY_TRUST_X_FORWARDED_FOR else 0)
+RELAY_TRUSTED_PROXY_NETWORKS = env.list("RELAY_TRUSTED_PROXY_NETWORKS", default=[])
+for _network in RELAY_TRUSTED_PROXY_NETWORKS:  # refused at start, not with a 500 per request
+    try:
+        ipaddress.ip_network(_network.strip(), strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"RELAY_TRUSTED_PROXY_NETWORKS: {_exc}") from None
+# Failed authentications (401) answered per client address and minute before the
+# relay answers 429 without looking the key up or writing an audit row.
+RELAY_UNAUTHENTICATED_PER_MINUTE = env.int("RELAY_UNAUTHENTICATED_PER_MINUTE", default=30)
+# Seconds a request body may go without sending a byte before it is refused (408).
+RELAY_BODY_READ_TIMEOUT = env.float("RELAY_BODY_READ_TIMEOUT", default=30.0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["proxy_app.auth.RelayKeyAuthentication"],

@@ -19,5 +19,6 @@ urlpatterns = [
     re_path(r"^v1(?:/[\s\S]*)?\Z", views.RelayView.as_view()),
 ]
 
+handler400 = "proxy_app.views.bad_request"
 handler404 = "proxy_app.views.not_found"
 handler500 = "proxy_app.views.server_error"

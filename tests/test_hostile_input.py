@@ -88,6 +88,17 @@ CASES = [
     Hostile("broken chunk size", raw("POST", "/v1/files", headers={
         "Content-Type": "application/octet-stream", "Transfer-Encoding": "chunked"}, body=b"zz\r\nabc\r\n"),
         400),
+    Hostile("deeply nested JSON", raw("POST", "/v1/responses", headers=JSON,
+                                      body=b'{"input": ' + b"[" * 2000 + b"]" * 2000 + b"}"), 400),
+    Hostile("envelope nested deeply", raw("POST", "/v1/proxy", headers=JSON,
+                                          body=b'{"body": ' + b'{"a":' * 2000 + b"1" + b"}" * 2001), 400),
+    Hostile("non-UTF-8 envelope path", raw("POST", "/v1/proxy", headers=JSON,
+                                           body=b'{"method": "GET", "path": "/v1/files/\\ud800"}'), 400),
+    Hostile("encoded slash with bytes that are not UTF-8", raw("GET", "/v1/files/a%2F%FF"), (400, 404)),
+    # Admin-key APIs and addresses.
+    Hostile("admin-key API under /v1/projects", raw("GET", "/v1/projects/proj_1/api_keys"), 403),
+    Hostile("X-Forwarded-For not an address", raw("GET", "/v1/models", headers={
+        "X-Forwarded-For": "not-an-ip, 1.2.3.4:5678"}), 200, forwarded=True),
     # Methods.
     Hostile("TRACE", raw("TRACE", "/v1/models"), 405),
     Hostile("PROPFIND", raw("PROPFIND", "/v1/models"), 405),
@@ -97,7 +108,7 @@ CASES = [
     Hostile("no key", raw("GET", "/v1/models", key=None), 401),
     Hostile("key without Bearer", raw("GET", "/v1/models", key=None, headers={"Authorization": "KEY"}), 401),
     Hostile("key as api-key header", raw("GET", "/v1/models", key=None, headers={"Api-Key": "KEY"}), 401),
-    Hostile("key in query string", raw("GET", "/v1/models?api_key=KEY", key=None), 401),
+    Hostile("key in query string", raw("GET", "/v1/models?api_key=KEY", key=None), 400),
     Hostile("key in cookie", raw("GET", "/v1/models", key=None, headers={"Cookie": "key=KEY"}), 401),
     Hostile("basic auth", raw("GET", "/v1/models", key=None,
                               headers={"Authorization": "Basic dXNlcjpLRVk="}), 401),
@@ -142,7 +153,8 @@ def test_hostile_requests(start_gunicorn, issue_key, upstream):
     revoked_key.revoke()
     bob_key, _ = issue_key("bob")
     secrets = {b"KEY": plaintext, b"EXPIRED": expired, b"REVOKED": revoked, b"PREFIX": bob_key.prefix}
-    relay = start_gunicorn(GUNICORN_WORKERS="1")
+    # Behind one proxy, as in production: X-Forwarded-For is read (and must be validated).
+    relay = start_gunicorn(GUNICORN_WORKERS="1", RELAY_TRUSTED_PROXIES="1", RELAY_TRUST_X_FORWARDED_FOR="true")
     port = int(relay.url.rsplit(":", 1)[1])
     failures = []
     for case in CASES:

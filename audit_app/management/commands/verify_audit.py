@@ -12,9 +12,9 @@ from audit_app.management.stoppable import StoppableCommand
 class Command(StoppableCommand):
     help = (
         "Walk the tamper-evident ledger and check every entry and the rows it seals, then "
-        "the file, batch and prune records and the calls not sealed yet. Reports the first "
-        "record that was edited, deleted or inserted out of order. Exit status: 0 verified, "
-        "1 a problem was found, 2 stopped (SIGTERM/SIGINT) before the end: no problem so far, "
+        "the file, batch and prune records and the calls not sealed yet. Reports every record "
+        "that was edited, deleted or inserted out of order (the first 100 listed, all counted). "
+        "Exit status: 0 verified, 1 a problem was found, 2 stopped (SIGTERM/SIGINT) before the end: no problem so far, "
         "but not a verification (and not recorded as one)."
     )
 
@@ -41,6 +41,10 @@ class Command(StoppableCommand):
                               f"this was not a full verification")
             raise SystemExit(2)
         if not result.ok:
-            self.stderr.write(f"verify_audit: FAILED after {result.checked} entries: {result.problem}")
+            for finding in result.findings:
+                self.stderr.write(f"  {finding}")
+            if result.count > len(result.findings):
+                self.stderr.write(f"  … and {result.count - len(result.findings)} more")
+            self.stderr.write(f"verify_audit: FAILED, {result.count} finding(s) in {result.checked} entries")
             raise SystemExit(1)
         self.stdout.write(f"verify_audit: OK, {result.checked} ledger entries verified")
