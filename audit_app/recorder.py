@@ -16,7 +16,7 @@ from django.db import DatabaseError, close_old_connections, connection, transact
 from django.dispatch import Signal
 from django.utils import timezone
 
-from . import call_rows, ledger, pricing, rollups, spool
+from . import call_rows, latency, ledger, pricing, rollups, spool
 from .models import ApiCall, Billing, Outcome
 from .usage import Usage
 
@@ -45,6 +45,8 @@ class CallContext:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     forwarded_at: float | None = None
     upstream_ms: float | None = None
+    # time.monotonic() when the response's first byte went to the client (pipeline.RelayedBody).
+    first_byte_at: float | None = None
 
 
 def _base_fields(ctx: CallContext) -> dict[str, Any]:
@@ -62,10 +64,23 @@ def _base_fields(ctx: CallContext) -> dict[str, Any]:
 
 
 def _finish_fields(ctx: CallContext) -> dict[str, Any]:
-    return dict(
+    fields = dict(
         finished_at=timezone.now(),
         duration_ms=round((time.monotonic() - ctx.started_monotonic) * 1000, 3),
     )
+    if ctx.first_byte_at is not None:
+        fields["ttfb_ms"] = round((ctx.first_byte_at - ctx.started_monotonic) * 1000, 3)
+    return fields
+
+
+def _stats(ctx: CallContext, fields: dict[str, Any]) -> list[Any]:
+    """The finished call's values for its errors-and-latency row (audit_app.latency)."""
+    return latency.stat_values(
+        started_at=ctx.started_at, model=fields.get("model", ""), family=ctx.family,
+        user_id=ctx.user.pk if ctx.user is not None else None,
+        key_id=ctx.key.pk if ctx.key is not None else None,
+        outcome=fields.get("outcome", ""), status=fields.get("status"),
+        duration_ms=fields.get("duration_ms"), ttfb_ms=fields.get("ttfb_ms"))
 
 
 def open_call(ctx: CallContext) -> int:
@@ -113,6 +128,7 @@ def _insert_finished(ctx: CallContext, fields: dict[str, Any]) -> None:
         call_rows.insert({**_base_fields(ctx), **_with_mac(ctx, fields)})
         if (bucket := _bucket(ctx, fields)) is not None:
             rollups.upsert(bucket)
+        latency.upsert(_stats(ctx, fields))
 
 
 def priced_fields(usage: Usage | None, model: str, at, *, batch: bool = False) -> dict[str, Any]:
@@ -162,13 +178,15 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
     fields.setdefault("billing", Billing.FREE)
     fields = _with_mac(ctx, fields)
     bucket = _bucket(ctx, fields)
+    stats = _stats(ctx, fields)
     if bucket is not None and connection.vendor == "postgresql" \
-            and call_rows.complete_with_rollup(call_id, fields, bucket):
+            and call_rows.complete_with_rollup(call_id, fields, bucket, stats):
         return
     with transaction.atomic():
         if call_rows.update(call_id, fields, outcome=Outcome.PENDING):
             if bucket is not None:
                 rollups.upsert(bucket)
+            latency.upsert(stats)
             return
         # Rare: the call outlived RELAY_PENDING_TIMEOUT and reconcile_calls marked it
         # interrupted (and counted it in the rollups). While that row is not sealed, the
@@ -179,6 +197,12 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
                 rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
                             model="", family=ctx.family, calls=-1)
                 rollups.upsert(bucket)
+            # reconcile_calls counted it as interrupted: move it to its real row.
+            latency.upsert(latency.stat_values(
+                started_at=ctx.started_at, model="", family=ctx.family,
+                user_id=stats[3], key_id=stats[4], outcome=Outcome.INTERRUPTED, status=None,
+                duration_ms=None, ttfb_ms=None, calls=-1))
+            latency.upsert(stats)
             return
     log.warning("audit: call %s finished (%s, status %s) after it was sealed as interrupted; "
                 "the sealed row is kept as it is", call_id, fields.get("outcome"), fields.get("status"))

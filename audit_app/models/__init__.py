@@ -4,10 +4,12 @@ from .batches import BatchRecord, BatchResult, BatchStatus
 from .calls import ApiCall, Billing, Outcome
 from .files import FileOrigin, FileRecord, UploadRecord
 from .ledger import ChainState, LedgerEntry, LedgerKind, PruneRun
+from .stats import BudgetAlert, CallStatsDaily, StatusClass
 from .usage import ModelPrice, UsageDaily
 
 __all__ = [
     "AdminAction",
     "ApiCall", "Billing", "Outcome", "ModelPrice", "UsageDaily", "FileRecord", "FileOrigin", "UploadRecord",
     "BatchRecord", "BatchResult", "BatchStatus", "ChainState", "LedgerEntry", "LedgerKind", "PruneRun",
+    "BudgetAlert", "CallStatsDaily", "StatusClass",
 ]

@@ -1,0 +1,140 @@
+"""The errors and latency view's figures, from the CallStatsDaily rollups (never raw calls).
+
+Per day and per model: calls by outcome and by status class, the error rate, and
+p50/p95 of duration and time to first byte read from summed fixed-edge
+histograms (audit_app.latency). An error is a call whose outcome is
+upstream_error, rejected, failed or interrupted; client_closed calls are shown
+apart (the client left: not the relay's or OpenAI's failure) and count in the
+denominator. Every figure links to the calls behind it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+
+from django.db.models import Sum
+
+from .dashboard import Period, Scope, calls_url, model_label
+from .latency import Histogram
+from .models import CallStatsDaily, Outcome
+from .models.stats import DURATION_COLUMNS, TTFB_COLUMNS
+
+ERROR_OUTCOMES = (Outcome.UPSTREAM_ERROR, Outcome.REJECTED, Outcome.FAILED, Outcome.INTERRUPTED)
+OUTCOME_COLUMNS = (Outcome.OK, Outcome.UPSTREAM_ERROR, Outcome.REJECTED, Outcome.FAILED,
+                   Outcome.INTERRUPTED, Outcome.CLIENT_CLOSED)
+STATUS_CLASSES = ((2, "2xx"), (3, "3xx"), (4, "4xx"), (5, "5xx"), (0, "none"))
+_SUMS = ("calls", "ttfb_calls", *DURATION_COLUMNS, *TTFB_COLUMNS)
+
+
+@dataclass
+class Cell:
+    value: int
+    url: str | None
+
+
+@dataclass
+class StatsLine:
+    label: str
+    calls: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    statuses: dict[int, int] = field(default_factory=dict)
+    duration: Histogram = field(default_factory=Histogram.empty)
+    ttfb: Histogram = field(default_factory=Histogram.empty)
+    # Filled by links(): cells in OUTCOME_COLUMNS and STATUS_CLASSES order.
+    outcome_cells: list[Cell] = field(default_factory=list)
+    status_cells: list[Cell] = field(default_factory=list)
+    calls_url: str | None = None
+    errors_url: str | None = None
+    slow_url: str | None = None
+    slow_ttfb_url: str | None = None
+
+    def add(self, row: dict) -> None:
+        n = row["calls"] or 0
+        self.calls += n
+        self.outcomes[row["outcome"]] = self.outcomes.get(row["outcome"], 0) + n
+        self.statuses[row["status_class"]] = self.statuses.get(row["status_class"], 0) + n
+        self.duration.add(row[c] for c in DURATION_COLUMNS)
+        self.ttfb.add(row[c] for c in TTFB_COLUMNS)
+
+    @property
+    def errors(self) -> int:
+        return sum(self.outcomes.get(o, 0) for o in ERROR_OUTCOMES)
+
+    @property
+    def error_rate(self) -> Decimal | None:
+        """Errors / finished calls, in percent with one decimal; None without calls."""
+        if not self.calls:
+            return None
+        return (Decimal(self.errors * 100) / self.calls).quantize(Decimal("0.1"))
+
+    @property
+    def p50(self) -> float | None:
+        return self.duration.percentile(50)
+
+    @property
+    def p95(self) -> float | None:
+        return self.duration.percentile(95)
+
+    @property
+    def ttfb_p50(self) -> float | None:
+        return self.ttfb.percentile(50)
+
+    @property
+    def ttfb_p95(self) -> float | None:
+        return self.ttfb.percentile(95)
+
+
+@dataclass
+class ErrorsReport:
+    period: Period
+    scope: Scope
+    total: StatsLine
+    days: list[StatsLine]
+    models: list[StatsLine]
+
+
+def _links(line: StatsLine, start: date, end: date, scope: Scope, model: str | None) -> None:
+    def url(**extra: object) -> str | None:
+        return calls_url(start, end, model=model, scope=scope, with_key=False, **extra)
+
+    line.calls_url = url()
+    line.errors_url = url(outcome_class="error")
+    line.outcome_cells = [Cell(line.outcomes.get(o, 0), url(outcome__exact=o.value)) for o in OUTCOME_COLUMNS]
+    line.status_cells = [Cell(line.statuses.get(c, 0), url(status_class=label)) for c, label in STATUS_CLASSES]
+    if line.duration.total:
+        line.slow_url = url(duration_ms__gte=line.duration.bucket_floor(95))
+    if line.ttfb.total:
+        line.slow_ttfb_url = url(ttfb_ms__gte=line.ttfb.bucket_floor(95))
+
+
+def build_errors(period: Period, scope: Scope = Scope()) -> ErrorsReport:
+    rows = CallStatsDaily.objects.filter(date__gte=period.start, date__lte=period.end, **scope.lookups)
+    grouped = list(rows.values("date", "model", "outcome", "status_class")
+                   .annotate(**{name: Sum(name) for name in _SUMS}).order_by())
+    total = StatsLine("All calls")
+    per_day: dict[date, StatsLine] = {d: StatsLine(f"{d:%a %d %b}") for d in period.days()}
+    per_model: dict[str, StatsLine] = {}
+    for row in grouped:
+        total.add(row)
+        per_day[row["date"]].add(row)
+        per_model.setdefault(row["model"], StatsLine(model_label(row["model"]))).add(row)
+    _links(total, period.start, period.end, scope, None)
+    for day, line in per_day.items():
+        _links(line, day, day, scope, None)
+    for model, line in per_model.items():
+        _links(line, period.start, period.end, scope, model)
+    models = sorted(per_model.values(), key=lambda m: (-m.errors, -m.calls, m.label))
+    return ErrorsReport(period, scope, total, list(reversed(list(per_day.values()))), models)
+
+
+def format_ms(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value >= 1000:
+        return f"{value / 1000:.1f} s" if value < 100_000 else f"{value / 1000:.0f} s"
+    return f"{value:.0f} ms"
+
+
+def day_range(day: date) -> tuple[date, date]:
+    return day, day + timedelta(days=1)
