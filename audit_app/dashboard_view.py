@@ -18,7 +18,7 @@ from . import budgets
 from .dashboard import (CHOICES_LIMIT, PRESETS, VISIBLE_MODELS, PeriodError, Scope, build_dashboard,
                         parse_period, parse_scope, visible_models)
 from .dashboard_chart import render_spend_chart
-from .errors import OUTCOME_COLUMNS, STATUS_CLASSES, build_errors
+from .errors import OUTCOME_COLUMNS, OUTCOME_HEADS, STATUS_CLASSES, build_errors
 from .models import UsageDaily
 
 PERMISSION = "audit_app.view_usagedaily"
@@ -94,7 +94,8 @@ def usage_dashboard(request: HttpRequest) -> TemplateResponse:
 def errors_dashboard(request: HttpRequest) -> TemplateResponse:
     # Error counts and latencies describe calls: the right to view calls.
     def build(request, period, scope):
-        return {"report": build_errors(period, scope), "outcome_columns": OUTCOME_COLUMNS,
+        return {"report": build_errors(period, scope),
+                "outcome_columns": [OUTCOME_HEADS[o] for o in OUTCOME_COLUMNS],
                 "status_classes": STATUS_CLASSES}
 
     return _page(request, ERRORS_PERMISSION, "Errors and latency", "admin/relay_errors.html", build)

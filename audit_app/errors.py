@@ -24,6 +24,9 @@ ERROR_OUTCOMES = (Outcome.UPSTREAM_ERROR, Outcome.REJECTED, Outcome.FAILED, Outc
 OUTCOME_COLUMNS = (Outcome.OK, Outcome.UPSTREAM_ERROR, Outcome.REJECTED, Outcome.FAILED,
                    Outcome.INTERRUPTED, Outcome.CLIENT_CLOSED)
 STATUS_CLASSES = ((2, "2xx"), (3, "3xx"), (4, "4xx"), (5, "5xx"), (0, "none"))
+# Short column heads, so that the per-day table fits 1440 px.
+OUTCOME_HEADS = {Outcome.OK: "ok", Outcome.UPSTREAM_ERROR: "upstream error", Outcome.REJECTED: "rejected",
+                 Outcome.FAILED: "failed", Outcome.INTERRUPTED: "interrupted", Outcome.CLIENT_CLOSED: "client closed"}
 _SUMS = ("calls", "ttfb_calls", *DURATION_COLUMNS, *TTFB_COLUMNS)
 
 

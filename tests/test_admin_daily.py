@@ -246,10 +246,10 @@ def test_daily_usage_list_totals_are_exact(admin_client, calls):
 def test_calls_list_shows_billing_state_and_the_columns_that_matter(admin_client, calls):
     html = admin_client.get(CALLS).content.decode()
     headers = re.findall(r'<th scope="col" class="[^"]*column-(\w+)', html)
-    assert headers == ["started_at", "user_link", "model_short", "status_outcome", "total_tokens", "cost_usd",
-                       "duration", "ttfb", "family", "key_link"]
+    assert headers == ["started", "user_link", "model_short", "status_outcome", "tokens", "cost_usd",
+                       "duration", "ttfb", "family_short", "key_short"]
     assert "unpriced</span>" in html and "$0.000000" not in html
-    assert "500 Upstream error" in html and "2.50 s" in html
+    assert "500 upstream error" in html and "2.50 s" in html
 
 
 # --- batch failures at a glance ----------------------------------------------------------
