@@ -94,10 +94,10 @@ def update(call_id: int, values: dict[str, Any], *, outcome: str, unsealed: bool
         return cursor.rowcount
 
 
-@lru_cache(maxsize=256)
-def _complete_sql(vendor: str, columns: tuple[str, ...]) -> str:
+@lru_cache(maxsize=1024)
+def _complete_sql(vendor: str, columns: tuple[str, ...], stats_columns: tuple[str, ...]) -> str:
     done = f"done AS ({_update_sql(vendor, columns, False)} RETURNING 1)"
-    stats = f"stats AS ({latency.UPSERT_SELECT.format(source='done')})"
+    stats = f"stats AS ({latency.compact_sql(stats_columns, source='done')})"
     return f"WITH {done}, {stats} " + rollups.UPSERT_SELECT.format(source="done")
 
 
@@ -109,7 +109,8 @@ def complete_with_rollup(call_id: int, values: dict[str, Any], bucket: list[Any]
     time on PostgreSQL. False (and nothing written) when the call is no longer pending.
     """
     row = _db_values(values)
+    stats_columns, stats_params = latency.compact(stats)
     with connection.cursor() as cursor:
-        cursor.execute(_complete_sql(connection.vendor, tuple(row)),
-                       [*row.values(), call_id, Outcome.PENDING, *stats, *bucket])
+        cursor.execute(_complete_sql(connection.vendor, tuple(row), stats_columns),
+                       [*row.values(), call_id, Outcome.PENDING, *stats_params, *bucket])
         return cursor.rowcount == 1

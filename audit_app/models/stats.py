@@ -29,8 +29,9 @@ def _histogram_fields(prefix: str, what: str) -> dict[str, models.Field]:
     fields = {}
     for i in range(LATENCY_BUCKETS):
         upper = f"{LATENCY_EDGES_MS[i]} ms" if i < len(LATENCY_EDGES_MS) else "∞"
+        # db_default: the per-call upsert names only the counters it changes (latency.compact).
         fields[f"{prefix}{i:02d}"] = models.BigIntegerField(
-            default=0, verbose_name=f"{what} {edges[i]} ms – {upper}")
+            default=0, db_default=0, verbose_name=f"{what} {edges[i]} ms – {upper}")
     return fields
 
 
@@ -51,9 +52,9 @@ class CallStatsDaily(models.Model):
     key_id = models.IntegerField(default=0)
     outcome = models.CharField(max_length=16)
     status_class = models.PositiveSmallIntegerField(choices=StatusClass.choices, default=0)
-    calls = models.BigIntegerField(default=0)
+    calls = models.BigIntegerField(default=0, db_default=0)
     # Calls whose first byte reached the client (the t-buckets count only these).
-    ttfb_calls = models.BigIntegerField(default=0)
+    ttfb_calls = models.BigIntegerField(default=0, db_default=0)
     locals().update(_histogram_fields("d", "duration"))
     locals().update(_histogram_fields("t", "first byte"))
 
