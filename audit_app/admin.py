@@ -26,7 +26,7 @@ from .admin_filters import (HasFailuresFilter, OutcomeClassFilter, ResultErrorFi
                             selected_only_filter, user_filter)
 from .admin_base import LinkPermissionsMixin
 from .admin_totals import call_totals, usage_totals
-from .models import (AdminAction, ApiCall, BatchRecord, BatchResult, Billing, ChainState, FileRecord,
+from .models import (AdminAction, ApiCall, BatchRecord, BatchResult, Billing, BudgetAlert, ChainState, FileRecord,
                      LedgerEntry, LedgerKind, ModelPrice, PruneRun, UploadRecord, UsageDaily)
 
 
@@ -630,6 +630,26 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
         except (ValueError, TypeError):
             target = None
         return object_link(target) if target else format_html("{} (no longer kept)", obj.object_id)
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(ReadOnlyAdmin):
+    """The budget alerts sent (audit_app.budgets): which threshold, when, to whom."""
+
+    list_display = ("sent_at", "kind", "budget_of", "month", "threshold", "spend_usd", "budget", "recipients")
+    list_filter = (date_range("sent_at", "sent"), "kind", "threshold")
+    date_hierarchy = "sent_at"
+    sortable_by = ()
+
+    @admin.display(description="of")
+    def budget_of(self, obj: BudgetAlert) -> str:
+        model = RelayKey if obj.kind == BudgetAlert.KIND_KEY else get_user_model()
+        target = model.objects.filter(pk=obj.object_id).first()
+        return object_link(target) if target else f"{obj.kind} #{obj.object_id}"
+
+    @admin.display(description="spent")
+    def spend_usd(self, obj: BudgetAlert) -> str:
+        return f"${obj.spend.quantize(Decimal('0.01'))}"
 
 
 @admin.register(PruneRun)

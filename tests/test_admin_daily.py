@@ -315,6 +315,19 @@ def test_budget_alerts_go_once_at_80_and_once_at_100_percent(db, django_user_mod
     assert BudgetAlert.objects.count() == 2
 
 
+def test_sent_budget_alerts_are_listed_read_only_in_the_admin(admin_client, django_user_model, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    fay = django_user_model.objects.create_user("fay", email="fay@example.com")
+    key = RelayKey.issue(fay, name="gpu")[0]
+    key.monthly_budget_usd = Decimal("1.00")
+    key.save()
+    _spend(fay, key, "1.00")
+    check_budget_alerts(key_id=key.pk)
+    page = admin_client.get("/admin/audit_app/budgetalert/").content.decode()
+    assert "tr-" in page and "fay@example.com" in page and "$1.00" in page
+    assert admin_client.get("/admin/audit_app/budgetalert/add/").status_code == 403
+
+
 def test_user_budget_alert_reads_the_users_spend_over_all_keys(db, django_user_model, settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.RELAY_ALERT_EMAILS = []
