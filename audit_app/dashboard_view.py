@@ -61,8 +61,8 @@ def _page(request: HttpRequest, permission: str, title: str, template: str, buil
             period = parse_period(request.GET, timezone.localdate())
             scope = parse_scope(request.GET)
         except PeriodError as exc:
-            context["error"] = str(exc)
-            return TemplateResponse(request, template, context, status=400)
+            context.update(error=str(exc), choices=filter_choices(Scope()))
+            return TemplateResponse(request, template, context, status=400).render()
         context.update(period=period, scope=scope, choices=filter_choices(scope),
                        scope_qs=urlencode(scope.params()), **build(request, period, scope))
         response = TemplateResponse(request, template, context)
