@@ -219,6 +219,17 @@ def test_calls_list_totals_are_exact_from_rollups_when_they_answer_the_filter(ad
     assert 'id="list-totals"' in page.content.decode()
 
 
+def test_unfiltered_calls_list_totals_come_from_the_rollups(admin_client, calls):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ctx:
+        totals = admin_client.get(CALLS).context["totals"]
+    assert (totals.calls, totals.cost, totals.cost_unknown) == (7, Decimal("3.01"), 1)  # 0.50 + 0.50 + 0.01 + 2.00; mystery-model unpriced
+    assert "rollups" in totals.note
+    assert not [q for q in ctx.captured_queries if "SUM(" in q["sql"] and "audit_app_apicall" in q["sql"]]
+
+
 def test_calls_list_totals_over_other_filters_sum_the_listed_rows(admin_client, calls):
     page = admin_client.get(CALLS, {"status_class": "2xx"})
     totals = page.context["totals"]
