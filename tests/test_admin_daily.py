@@ -402,3 +402,14 @@ def test_sorting_by_an_unindexed_column_from_the_url_is_ignored(admin_client, ca
     page = admin_client.get(CALLS, {"o": "0"})
     starts = [c.started_at for c in page.context["cl"].result_list]
     assert starts == sorted(starts)
+
+
+def test_dashboard_presets_keep_the_filters_and_clearing_keeps_the_period(admin_client, calls):
+    bob = calls["bob"].pk
+    html = admin_client.get(DASHBOARD, {"period": "30d", "user__id__exact": bob}).content.decode()
+    presets = re.search(r'<nav class="presets".*?</nav>', html, re.S).group(0).replace("&amp;", "&")
+    for key in ("today", "yesterday", "this-month", "last-month", "7d", "30d"):
+        assert f'href="?period={key}&user__id__exact={bob}"' in presets, key
+    assert 'id="clear-filters"' in html and 'href="?period=30d" id="clear-filters"' in html
+    errors = admin_client.get(ERRORS, {"period": "30d", "user__id__exact": bob}).context["report"]
+    assert errors.total.calls == 3  # bob's three calls, the 429 included
