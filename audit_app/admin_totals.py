@@ -17,7 +17,7 @@ from django.db.models import Count, Q, Sum
 from django.utils.dateparse import parse_date
 
 from .admin_pagination import COUNT_CAP
-from .models import ApiCall, Billing, UsageDaily
+from .models import Billing, UsageDaily
 
 
 @dataclass

@@ -10,7 +10,7 @@ denominator. Every figure links to the calls behind it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from decimal import Decimal
 from urllib.parse import urlencode
 
@@ -163,7 +163,3 @@ def format_ms(value: float | None) -> str:
     if value >= 1000:
         return f"{value / 1000:.1f} s" if value < 100_000 else f"{value / 1000:.0f} s"
     return f"{value:.0f} ms"
-
-
-def day_range(day: date) -> tuple[date, date]:
-    return day, day + timedelta(days=1)

@@ -13,7 +13,6 @@ import requests
 from django.contrib.auth.models import Permission
 from django.core import mail
 from django.core.management import call_command
-from django.urls import reverse
 from django.utils import timezone
 
 from audit_app import latency, rollups
