@@ -158,3 +158,31 @@ def _send(line: BudgetLine, threshold: int, first: date) -> BudgetAlert | None:
         alert.delete()
         return None
     return alert
+
+
+# A call that settles checks its budgets at most this often per key or user.
+CHECK_EVERY_SECONDS = 60
+
+
+def check_after_call(key, user) -> list[BudgetAlert]:
+    """For the integrator to call when a generating call settles (after its cost is in the
+    rollups): checks the alerts of that call's key and user, if either has a budget, at
+    most once per CHECK_EVERY_SECONDS each (a cache.add, shared by every worker). Costs
+    nothing for keys and users without a budget. Never raises."""
+    from django.core.cache import cache
+
+    key_id = key.pk if key is not None and key.monthly_budget_usd is not None else None
+    limit = getattr(user, "relay_limit", None) if user is not None else None
+    user_id = user.pk if limit is not None and limit.monthly_budget_usd is not None else None
+    month = month_start()
+    if key_id is not None and not cache.add(f"relay:budget-check:k{key_id}:{month:%Y%m}", 1, CHECK_EVERY_SECONDS):
+        key_id = None
+    if user_id is not None and not cache.add(f"relay:budget-check:u{user_id}:{month:%Y%m}", 1, CHECK_EVERY_SECONDS):
+        user_id = None
+    if key_id is None and user_id is None:
+        return []
+    try:
+        return check_budget_alerts(key_id=key_id, user_id=user_id)
+    except Exception:  # an alert must never fail the call that triggered it
+        log.exception("budget alerts: check after a call failed")
+        return []

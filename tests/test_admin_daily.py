@@ -412,3 +412,24 @@ def test_dashboard_presets_keep_the_filters_and_clearing_keeps_the_period(admin_
     assert 'id="clear-filters"' in html and 'href="?period=30d" id="clear-filters"' in html
     errors = admin_client.get(ERRORS, {"period": "30d", "user__id__exact": bob}).context["report"]
     assert errors.total.calls == 3  # bob's three calls, the 429 included
+
+
+def test_check_after_call_alerts_a_budgeted_key_at_most_once_a_minute_and_skips_the_rest(
+        db, django_user_model, settings):
+    from django.core.cache import cache
+
+    from audit_app.budgets import check_after_call
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    cache.clear()
+    gus = django_user_model.objects.create_user("gus", email="gus@example.com")
+    budgeted, free = RelayKey.issue(gus)[0], RelayKey.issue(gus)[0]
+    budgeted.monthly_budget_usd = Decimal("1.00")
+    budgeted.save()
+    _spend(gus, budgeted, "0.50")
+    assert check_after_call(budgeted, gus) == []  # 50%: checked, nothing due
+    _spend(gus, budgeted, "0.50")
+    assert check_after_call(budgeted, gus) == []  # 100%, but checked less than a minute ago
+    cache.clear()  # a minute later
+    assert [a.threshold for a in check_after_call(budgeted, gus)] == [80, 100]
+    assert check_after_call(free, gus) == [] and len(mail.outbox) == 2
