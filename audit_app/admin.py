@@ -7,22 +7,33 @@ exact-match search on indexed ids, and sorting only on indexed columns.
 """
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from proxy_app.models import RelayKey
 
 from .admin_base import ReadOnlyAdmin, change_url, changelist_url, link, object_link
 from .admin_csv import CsvExportMixin
-from .admin_filters import (date_range, key_filter, rollup_values_filter, selected_only_filter,
-                            user_filter)
-from .models import (AdminAction, ApiCall, BatchRecord, BatchResult, ChainState, FileRecord,
+from .admin_filters import (HasFailuresFilter, OutcomeClassFilter, ResultErrorFilter, StatusClassFilter,
+                            date_range, key_filter, min_ms_filter, rollup_values_filter,
+                            selected_only_filter, user_filter)
+from .admin_base import LinkPermissionsMixin
+from .admin_totals import call_totals, usage_totals
+from .models import (AdminAction, ApiCall, BatchRecord, BatchResult, Billing, BudgetAlert, ChainState, FileRecord,
                      LedgerEntry, LedgerKind, Match, ModelPrice, PruneRun, ReconciledCost, ReconciledDay,
                      ReconciledUsage, ReconcileRun, UploadRecord, UsageDaily)
+
+
+# Django's navigation sidebar takes 300 px of a 1440 px screen from every list; the
+# breadcrumbs and the index lead to the same pages, and the lists need the width.
+admin.site.enable_nav_sidebar = False
 
 
 def _user_calls_link(user) -> str:
@@ -32,7 +43,46 @@ def _user_calls_link(user) -> str:
 
 
 def _money(value) -> str:
-    return "-" if value is None else f"${value:,.6f}"
+    if value is None:
+        return "-"
+    if 0 < abs(value) < Decimal("0.000001"):  # an embedding call: $0.0000004, not $0.000000
+        return "$" + f"{value:.10f}".rstrip("0")
+    return f"${value:,.6f}"
+
+
+_BILLING_LABELS = {Billing.FREE: "free", Billing.UNPRICED: "unpriced", Billing.UNKNOWN: "usage unknown"}
+
+
+def billed_cost(obj) -> str:
+    """The cost as the billing state has it: never $0 for a cost the relay does not know."""
+    billing = getattr(obj, "billing", "")
+    if billing in _BILLING_LABELS:
+        return format_html('<span class="billing-{}" title="{}">{}</span>', billing,
+                           Billing(billing).label, _BILLING_LABELS[billing])
+    if getattr(obj, "unpriced", False):
+        return mark_safe('<span class="billing-unpriced">unpriced</span>')
+    return _money(obj.cost)
+
+
+def _when(value) -> str:
+    """A list's date and time, compact: 2026-11-30 19:07 (local time)."""
+    return "-" if value is None else timezone.localtime(value).strftime("%Y-%m-%d %H:%M")
+
+
+_OUTCOME_SHORT = {"ok": "ok", "upstream_error": "upstream error", "rejected": "rejected", "failed": "failed",
+                  "client_closed": "client closed", "interrupted": "interrupted", "pending": "pending"}
+
+
+def _ms(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.0f} ms"
+
+
+def _short(text: str, n: int) -> str:
+    if len(text) <= n:
+        return text
+    return format_html('<span title="{}">{}…</span>', text, text[:n - 1])
 
 
 # --- calls ------------------------------------------------------------------------
@@ -40,8 +90,10 @@ def _money(value) -> str:
 
 @admin.register(ApiCall)
 class ApiCallAdmin(CsvExportMixin, ReadOnlyAdmin):
-    list_display = ("started_at", "user_link", "key_link", "method", "short_path", "model", "status",
-                    "outcome", "total_tokens", "cost_usd", "duration_ms")
+    # What a team admin reads first, in 1440 px with the filter column open; the path,
+    # method and ids are one click away on the call's page.
+    list_display = ("started", "user_link", "model_short", "status_outcome", "tokens", "cost_usd",
+                    "duration", "ttfb", "family_short", "key_short")
     list_filter = (
         date_range("started_at", "started"),
         user_filter("user"),
@@ -49,7 +101,12 @@ class ApiCallAdmin(CsvExportMixin, ReadOnlyAdmin):
         rollup_values_filter("model", "model"),
         rollup_values_filter("family", "endpoint family"),
         "outcome",
+        OutcomeClassFilter,
+        StatusClassFilter,
+        "billing",
         "unpriced",
+        min_ms_filter("duration_ms", "duration"),
+        min_ms_filter("ttfb_ms", "time to first byte"),
     )
     # Ids are matched exactly, on indexes; see get_search_results.
     search_fields = ("=upstream_request_id", "=relay_request_id")
@@ -57,21 +114,21 @@ class ApiCallAdmin(CsvExportMixin, ReadOnlyAdmin):
     date_hierarchy = "started_at"
     list_select_related = ("user", "key")
     # Only indexed orderings: sorting a million rows by an unindexed column takes seconds.
-    sortable_by = ("started_at",)
+    sortable_by = ("started",)
     fieldsets = (
-        (None, {"fields": ("started_at", "finished_at", "duration_ms", "outcome", "user", "key")}),
+        (None, {"fields": ("started_at", "finished_at", "duration_ms", "ttfb_ms", "outcome", "user", "key")}),
         ("Request", {"fields": ("method", "path", "family", "model", "stream", "client_ip", "user_agent",
                                 "relay_request_id", "upstream_request_id", "bytes_in")}),
         ("Response", {"fields": ("upstream_status", "status", "bytes_out", "error")}),
         ("Usage and cost", {"fields": ("input_tokens", "cached_input_tokens", "output_tokens",
                                        "reasoning_tokens", "total_tokens", "images", "audio_seconds",
-                                       "characters", "cost", "unpriced", "price")}),
+                                       "characters", "cost", "billing", "unpriced", "price")}),
         ("Audit", {"fields": ("sealed",)}),
     )
     readonly_fields = ("sealed",)
     csv_columns = (
         ("id", "id"), ("started_at", "started_at"), ("finished_at", "finished_at"),
-        ("duration_ms", "duration_ms"), ("user", "user__username"), ("key_prefix", "key__prefix"),
+        ("duration_ms", "duration_ms"), ("ttfb_ms", "ttfb_ms"), ("user", "user__username"), ("key_prefix", "key__prefix"),
         ("key_name", "key__name"), ("method", "method"), ("path", "path"), ("family", "family"),
         ("model", "model"), ("stream", "stream"), ("upstream_status", "upstream_status"),
         ("status", "status"), ("outcome", "outcome"), ("relay_request_id", "relay_request_id"),
@@ -79,7 +136,7 @@ class ApiCallAdmin(CsvExportMixin, ReadOnlyAdmin):
         ("cached_input_tokens", "cached_input_tokens"), ("output_tokens", "output_tokens"),
         ("reasoning_tokens", "reasoning_tokens"), ("total_tokens", "total_tokens"),
         ("images", "images"), ("audio_seconds", "audio_seconds"), ("characters", "characters"),
-        ("cost_usd", "cost"), ("unpriced", "unpriced"), ("bytes_in", "bytes_in"),
+        ("cost_usd", "cost"), ("billing", "billing"), ("unpriced", "unpriced"), ("bytes_in", "bytes_in"),
         ("bytes_out", "bytes_out"), ("client_ip", "client_ip"), ("user_agent", "user_agent"),
         ("error", "error"),
     )
@@ -98,7 +155,47 @@ class ApiCallAdmin(CsvExportMixin, ReadOnlyAdmin):
 
     @admin.display(description="cost")
     def cost_usd(self, obj: ApiCall) -> str:
-        return "unpriced" if obj.unpriced else _money(obj.cost)
+        return billed_cost(obj)
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, obj: ApiCall) -> str:
+        return timezone.localtime(obj.started_at).strftime("%Y-%m-%d %H:%M:%S")
+
+    @admin.display(description="tokens")
+    def tokens(self, obj: ApiCall) -> str:
+        return "-" if obj.total_tokens is None else f"{obj.total_tokens:,}"
+
+    @admin.display(description="family")
+    def family_short(self, obj: ApiCall) -> str:
+        return obj.family or "-"
+
+    @admin.display(description="key")
+    def key_short(self, obj: ApiCall) -> str:
+        if obj.key is None:
+            return "-"
+        return format_html('<span title="{}">{}</span>', obj.key, link(change_url(obj.key), f"{obj.key.prefix}…"))
+
+    @admin.display(description="model")
+    def model_short(self, obj: ApiCall) -> str:
+        return _short(obj.model, 26) if obj.model else "-"
+
+    @admin.display(description="status")
+    def status_outcome(self, obj: ApiCall) -> str:
+        label = _OUTCOME_SHORT.get(obj.outcome, obj.outcome)
+        if obj.status is None:
+            return format_html('<span class="outcome-{}">{}</span>', obj.outcome, label)
+        return format_html('<span class="outcome-{}">{} {}</span>', obj.outcome, obj.status, label)
+
+    @admin.display(description="duration")
+    def duration(self, obj: ApiCall) -> str:
+        return _ms(obj.duration_ms)
+
+    @admin.display(description="1st byte")
+    def ttfb(self, obj: ApiCall) -> str:
+        return _ms(obj.ttfb_ms)
+
+    def totals(self, request, cl):
+        return call_totals(request, cl)
 
     @admin.display(description="sealed in ledger")
     def sealed(self, obj: ApiCall) -> str:
@@ -128,8 +225,10 @@ class ApiCallAdmin(CsvExportMixin, ReadOnlyAdmin):
 
 @admin.register(FileRecord)
 class FileRecordAdmin(CsvExportMixin, ReadOnlyAdmin):
-    list_display = ("file_id", "filename", "purpose", "bytes", "origin", "status", "owner_link",
-                    "first_seen_at", "deleted_at", "batches_link")
+    list_display = ("first_seen", "short_file_id", "short_filename", "purpose", "size", "status", "owner_link",
+                    "origin", "deleted", "batches_link")
+    list_display_links = ("short_file_id",)
+    sortable_by = ("first_seen",)
     list_filter = (date_range("first_seen_at", "first seen"), user_filter("created_by"),
                    key_filter("created_by_key", user_field="created_by"), "origin", "purpose", "status")
     search_fields = ("=file_id", "filename", "=created_by__username")
@@ -148,13 +247,40 @@ class FileRecordAdmin(CsvExportMixin, ReadOnlyAdmin):
         ("first_seen_at", "first_seen_at"),
     )
 
+    @admin.display(description="first seen", ordering="first_seen_at")
+    def first_seen(self, obj: FileRecord) -> str:
+        return _when(obj.first_seen_at)
+
+    @admin.display(description="file id")
+    def short_file_id(self, obj: FileRecord) -> str:
+        return _short(obj.file_id, 18)
+
+    @admin.display(description="deleted")
+    def deleted(self, obj: FileRecord) -> str:
+        return _when(obj.deleted_at)
+
+    @admin.display(description="filename")
+    def short_filename(self, obj: FileRecord) -> str:
+        return _short(obj.filename, 24) if obj.filename else "-"
+
+    @admin.display(description="size")
+    def size(self, obj: FileRecord) -> str:
+        n = obj.bytes
+        if n is None:
+            return "-"
+        for unit in ("B", "KB", "MB", "GB"):
+            if n < 1024 or unit == "GB":
+                return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            n /= 1024
+        return "-"
+
     @admin.display(description="created by")
     def owner_link(self, obj: FileRecord) -> str:
         return object_link(obj.created_by, obj.created_by.get_username() if obj.created_by else None)
 
     @admin.display(description="batches")
     def batches_link(self, obj: FileRecord) -> str:
-        return link(changelist_url(BatchRecord, input_file__exact=obj.file_id), "batches reading it")
+        return link(changelist_url(BatchRecord, input_file__exact=obj.file_id), "batches")
 
     @admin.display(description="uploaded through")
     def uploads_link(self, obj: FileRecord) -> str:
@@ -173,11 +299,15 @@ class FileRecordAdmin(CsvExportMixin, ReadOnlyAdmin):
 class UploadRecordAdmin(ReadOnlyAdmin):
     list_display = ("upload_id", "filename", "purpose", "bytes", "status", "parts", "file", "created_by",
                     "first_seen_at")
+    sortable_by = ("upload_id",)
     list_filter = (date_range("first_seen_at", "first seen"), user_filter("created_by"), "status", "purpose",
                    selected_only_filter("file", FileRecord, "file"))
     search_fields = ("=upload_id", "filename", "=file__file_id", "=created_by__username")
     date_hierarchy = "first_seen_at"
     list_select_related = ("file", "created_by")
+
+
+FIRST_ERRORS = 5
 
 
 def _file_cell(file_id: str | None) -> str:
@@ -190,19 +320,23 @@ def _file_cell(file_id: str | None) -> str:
 
 @admin.register(BatchRecord)
 class BatchRecordAdmin(CsvExportMixin, ReadOnlyAdmin):
-    list_display = ("batch_id", "status", "endpoint", "owner_link", "request_total", "request_completed",
-                    "request_failed", "cost_usd", "created_at", "results_link")
-    list_filter = (date_range("first_seen_at", "first seen"), user_filter("created_by"),
+    list_display = ("first_seen", "short_batch_id", "status", "short_endpoint", "owner_link", "requests",
+                    "done", "failed_link", "cost_usd", "results_link")
+    list_display_links = ("short_batch_id",)
+    sortable_by = ("first_seen", "status")
+    list_filter = (date_range("first_seen_at", "first seen"), HasFailuresFilter, user_filter("created_by"),
                    key_filter("created_by_key", user_field="created_by"), "status", "endpoint")
     search_fields = ("=batch_id", "=input_file_id", "=output_file_id", "=error_file_id",
                      "=created_by__username")
     search_help_text = "A batch id, a file id (input, output or errors) or a username; exact."
     date_hierarchy = "first_seen_at"
     list_select_related = ("created_by",)
-    readonly_fields = ("input_file_link", "output_file_link", "error_file_link", "results_link")
+    readonly_fields = ("input_file_link", "output_file_link", "error_file_link", "results_link",
+                       "failures")
     fieldsets = (
         (None, {"fields": ("batch_id", "status", "endpoint", "completion_window", "created_by",
                            "created_by_key", "metadata", "errors")}),
+        ("Failures", {"fields": ("failures",)}),
         ("Files and results", {"fields": ("input_file_link", "output_file_link", "error_file_link",
                                           "results_link")}),
         ("Requests and cost", {"fields": ("request_total", "request_completed", "request_failed",
@@ -230,11 +364,63 @@ class BatchRecordAdmin(CsvExportMixin, ReadOnlyAdmin):
 
     @admin.display(description="cost")
     def cost_usd(self, obj: BatchRecord) -> str:
-        return _money(obj.cost)
+        if obj.unpriced_results and obj.cost is None:
+            return mark_safe('<span class="billing-unpriced">unpriced</span>')
+        text = _money(obj.cost)
+        if obj.unpriced_results:
+            return format_html('{} <span class="billing-unpriced" title="results without a price are not in '
+                               'this cost">+ {} unpriced</span>', text, obj.unpriced_results)
+        return text
+
+    @admin.display(description="first seen", ordering="first_seen_at")
+    def first_seen(self, obj: BatchRecord) -> str:
+        return _when(obj.first_seen_at)
+
+    @admin.display(description="requests")
+    def requests(self, obj: BatchRecord) -> str:
+        return "-" if obj.request_total is None else f"{obj.request_total:,}"
+
+    @admin.display(description="done")
+    def done(self, obj: BatchRecord) -> str:
+        return "-" if obj.request_completed is None else f"{obj.request_completed:,}"
+
+    @admin.display(description="batch id")
+    def short_batch_id(self, obj: BatchRecord) -> str:
+        return _short(obj.batch_id, 20)
+
+    @admin.display(description="endpoint")
+    def short_endpoint(self, obj: BatchRecord) -> str:
+        return obj.endpoint.removeprefix("/v1/")
+
+    @admin.display(description="failed")
+    def failed_link(self, obj: BatchRecord) -> str:
+        if not obj.request_failed:
+            return "0" if obj.request_failed == 0 else "-"
+        return format_html('<strong class="failed">{}</strong>', link(
+            changelist_url(BatchResult, batch__id__exact=obj.pk, errors="yes"), obj.request_failed))
 
     @admin.display(description="results")
     def results_link(self, obj: BatchRecord) -> str:
         return link(changelist_url(BatchResult, batch__id__exact=obj.pk), "results")
+
+    @admin.display(description="failed requests")
+    def failures(self, obj: BatchRecord) -> str:
+        """The first errors of the batch's results, on its page: why requests failed, at a glance."""
+        errors = (BatchResult.objects.filter(batch=obj).filter(Q(from_error_file=True) | Q(status_code__gte=400))
+                  .order_by("id").values("custom_id", "status_code", "error_code", "error_message"))
+        first = list(errors[:FIRST_ERRORS + 1])
+        if not first:
+            return f"{obj.request_failed or 0} failed; no error results recorded" if obj.request_failed \
+                else "no failed requests"
+        rows = format_html_join("", '<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>', (
+            (e["custom_id"], e["status_code"] or "-", e["error_code"] or "-", e["error_message"] or "-")
+            for e in first[:FIRST_ERRORS]))
+        more = link(changelist_url(BatchResult, batch__id__exact=obj.pk, errors="yes"),
+                    f"all {obj.request_failed or ''} failed results".replace("  ", " "))
+        return format_html('<p>{} of {} requests failed. {}</p><table class="batch-failures"><thead><tr>'
+                           '<th>custom id</th><th>status</th><th>error code</th><th>message</th></tr></thead>'
+                           '<tbody>{}</tbody></table>', obj.request_failed or len(first), obj.request_total or "?",
+                           more, rows)
 
     @admin.display(description="input file")
     def input_file_link(self, obj: BatchRecord) -> str:
@@ -251,10 +437,12 @@ class BatchRecordAdmin(CsvExportMixin, ReadOnlyAdmin):
 
 @admin.register(BatchResult)
 class BatchResultAdmin(CsvExportMixin, ReadOnlyAdmin):
-    list_display = ("custom_id", "batch_link", "status_code", "model", "input_tokens", "output_tokens",
-                    "cost_usd", "error_code", "from_error_file")
-    list_filter = (selected_only_filter("batch", BatchRecord, "batch"), date_range("batch__first_seen_at", "batch seen"),
-                   "from_error_file", "unpriced", "status_code", "model")
+    list_display = ("custom_id", "status", "error_code", "short_error", "cost_usd", "model",
+                    "tokens", "short_batch")
+    sortable_by = ("custom_id",)
+    list_filter = (selected_only_filter("batch", BatchRecord, "batch"), ResultErrorFilter,
+                   date_range("batch__first_seen_at", "batch seen"),
+                   "from_error_file", "billing", "unpriced", "status_code", "model")
     search_fields = ("=custom_id", "=request_id", "=batch__batch_id")
     search_help_text = "A custom_id, request id or batch id; exact."
     date_hierarchy = "batch__first_seen_at"
@@ -278,7 +466,23 @@ class BatchResultAdmin(CsvExportMixin, ReadOnlyAdmin):
 
     @admin.display(description="cost")
     def cost_usd(self, obj: BatchResult) -> str:
-        return "unpriced" if obj.unpriced else _money(obj.cost)
+        return billed_cost(obj)
+
+    @admin.display(description="error message")
+    def short_error(self, obj: BatchResult) -> str:
+        return _short(obj.error_message, 42) if obj.error_message else "-"
+
+    @admin.display(description="status")
+    def status(self, obj: BatchResult) -> str:
+        return "-" if obj.status_code is None else str(obj.status_code)
+
+    @admin.display(description="tokens")
+    def tokens(self, obj: BatchResult) -> str:
+        return "-" if obj.total_tokens is None else f"{obj.total_tokens:,}"
+
+    @admin.display(description="batch")
+    def short_batch(self, obj: BatchResult) -> str:
+        return link(change_url(obj.batch), _short(obj.batch.batch_id, 14))
 
 
 # --- usage and prices ----------------------------------------------------------------
@@ -287,7 +491,8 @@ class BatchResultAdmin(CsvExportMixin, ReadOnlyAdmin):
 @admin.register(UsageDaily)
 class UsageDailyAdmin(ReadOnlyAdmin):
     list_display = ("date", "user_link", "key_link", "model", "family", "calls_link", "input_tokens",
-                    "output_tokens", "total_tokens", "cost_usd", "unpriced_calls")
+                    "output_tokens", "total_tokens", "cost_usd", "unpriced_calls", "unknown_calls")
+    sortable_by = ("date",)
     list_filter = (date_range("date"), user_filter("user"), key_filter("key", user_field="user"),
                    rollup_values_filter("model", "model"), rollup_values_filter("family", "endpoint family"))
     search_fields = ("=model", "=user__username")
@@ -312,7 +517,12 @@ class UsageDailyAdmin(ReadOnlyAdmin):
 
     @admin.display(description="cost")
     def cost_usd(self, obj: UsageDaily) -> str:
+        if obj.calls and obj.unpriced_calls + obj.unknown_calls >= obj.calls:
+            return mark_safe('<span class="billing-unpriced">unknown</span>')
         return _money(obj.cost)
+
+    def totals(self, request, cl):
+        return usage_totals(request, cl)
 
 
 PRICE_FIELDS = ("input_per_1m", "cached_input_per_1m", "output_per_1m", "batch_input_per_1m",
@@ -329,7 +539,7 @@ class ModelPriceForm(forms.ModelForm):
 
 
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):
+class ModelPriceAdmin(LinkPermissionsMixin, admin.ModelAdmin):
     """Prices are never rewritten: saving a change to a price creates a new row
     effective from its date, so past calls stay priced as they were (only
     `manage.py reprice` re-costs them)."""
@@ -370,6 +580,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
 @admin.register(AdminAction)
 class AdminActionAdmin(ReadOnlyAdmin):
     list_display = ("at", "actor", "action", "object_type", "object_id", "object_repr")
+    sortable_by = ()
     list_filter = (date_range("at"), "action", "object_type")
     search_fields = ("=actor", "=object_id", "object_repr")
     date_hierarchy = "at"
@@ -420,6 +631,26 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
         except (ValueError, TypeError):
             target = None
         return object_link(target) if target else format_html("{} (no longer kept)", obj.object_id)
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(ReadOnlyAdmin):
+    """The budget alerts sent (audit_app.budgets): which threshold, when, to whom."""
+
+    list_display = ("sent_at", "kind", "budget_of", "month", "threshold", "spend_usd", "budget", "recipients")
+    list_filter = (date_range("sent_at", "sent"), "kind", "threshold")
+    date_hierarchy = "sent_at"
+    sortable_by = ()
+
+    @admin.display(description="of")
+    def budget_of(self, obj: BudgetAlert) -> str:
+        model = RelayKey if obj.kind == BudgetAlert.KIND_KEY else get_user_model()
+        target = model.objects.filter(pk=obj.object_id).first()
+        return object_link(target) if target else f"{obj.kind} #{obj.object_id}"
+
+    @admin.display(description="spent")
+    def spend_usd(self, obj: BudgetAlert) -> str:
+        return f"${obj.spend.quantize(Decimal('0.01'))}"
 
 
 @admin.register(PruneRun)

@@ -88,6 +88,7 @@ class DateRangeFilter(admin.ListFilter):
         last_month = (month - timedelta(days=1)).replace(day=1)
         presets = [
             ("Today", today, today + timedelta(days=1)),
+            ("Yesterday", today - timedelta(days=1), today),
             ("Last 7 days", today - timedelta(days=6), today + timedelta(days=1)),
             ("Last 30 days", today - timedelta(days=29), today + timedelta(days=1)),
             ("This month", month, today + timedelta(days=1)),
@@ -223,3 +224,107 @@ def rollup_values_filter(field: str, title: str, rollup_field: str | None = None
     return type("RollupValuesFilter", (RollupValuesFilter,), {
         "rollup_field": rollup_field or field, "parameter_name": f"{field}__exact", "title": title,
     })
+
+
+# --- status class, errors, slow calls: the errors and latency view's links ---------------
+
+
+class StatusClassFilter(admin.SimpleListFilter):
+    """`status_class=5xx`: calls whose status sent to the client is in that hundred."""
+
+    title = "status sent"
+    parameter_name = "status_class"
+
+    def lookups(self, request, model_admin):
+        return [("2xx", "2xx"), ("3xx", "3xx"), ("4xx", "4xx"), ("5xx", "5xx"), ("none", "none")]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        if value == "none":
+            return queryset.filter(status__isnull=True)
+        if len(value) != 3 or not value[0].isdigit() or value[1:] != "xx":
+            raise IncorrectLookupParameters(f"not a status class: {value!r}")
+        low = int(value[0]) * 100
+        return queryset.filter(status__gte=low, status__lt=low + 100)
+
+
+class OutcomeClassFilter(admin.SimpleListFilter):
+    """`outcome_class=error`: the outcomes the error rate counts (audit_app.errors)."""
+
+    title = "errors"
+    parameter_name = "outcome_class"
+
+    def lookups(self, request, model_admin):
+        return [("error", "errors only")]
+
+    def queryset(self, request, queryset):
+        from .errors import ERROR_OUTCOMES
+
+        if self.value() == "error":
+            return queryset.filter(outcome__in=[o.value for o in ERROR_OUTCOMES])
+        return queryset
+
+
+class MinMillisecondsFilter(admin.SimpleListFilter):
+    """`<field>__gte=<ms>`: calls at least this slow (the p95 figures link here)."""
+
+    field_path = ""
+    presets = (1000, 5000, 30000)
+
+    def lookups(self, request, model_admin):
+        choices = [(str(ms), f"≥ {ms / 1000:g} s") for ms in self.presets]
+        value = self.value()
+        if value and value not in dict(choices):
+            choices.append((value, f"≥ {value} ms"))
+        return choices
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        try:
+            ms = float(value)
+        except ValueError:
+            raise IncorrectLookupParameters(f"not a number of milliseconds: {value!r}") from None
+        return queryset.filter(**{f"{self.field_path}__gte": ms})
+
+
+def min_ms_filter(field_path: str, title: str) -> type[MinMillisecondsFilter]:
+    return type("MinMillisecondsFilter", (MinMillisecondsFilter,), {
+        "field_path": field_path, "parameter_name": f"{field_path}__gte", "title": title,
+    })
+
+
+class HasFailuresFilter(admin.SimpleListFilter):
+    """Batches with at least one failed request, or that failed as a whole."""
+
+    title = "failures"
+    parameter_name = "failures"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "with failures"), ("no", "without failures")]
+
+    def queryset(self, request, queryset):
+        failed = models.Q(request_failed__gt=0) | models.Q(status__in=["failed", "expired"])
+        if self.value() == "yes":
+            return queryset.filter(failed)
+        if self.value() == "no":
+            return queryset.exclude(failed)
+        return queryset
+
+
+class ResultErrorFilter(admin.SimpleListFilter):
+    """Batch results that are errors: from the error file, or a status of 400 and more."""
+
+    title = "errors"
+    parameter_name = "errors"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "errors only")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(models.Q(from_error_file=True) | models.Q(status_code__gte=400))
+        return queryset

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.db import connection, models
 
-from . import rollups
+from . import latency, rollups
 from .models import ApiCall, Outcome
 
 _TABLE = ApiCall._meta.db_table
@@ -94,21 +94,23 @@ def update(call_id: int, values: dict[str, Any], *, outcome: str, unsealed: bool
         return cursor.rowcount
 
 
-@lru_cache(maxsize=256)
-def _complete_sql(vendor: str, columns: tuple[str, ...]) -> str:
+@lru_cache(maxsize=1024)
+def _complete_sql(vendor: str, columns: tuple[str, ...], stats_columns: tuple[str, ...]) -> str:
     done = f"done AS ({_update_sql(vendor, columns, False)} RETURNING 1)"
-    return f"WITH {done} " + rollups.UPSERT_SELECT.format(source="done")
+    stats = f"stats AS ({latency.compact_sql(stats_columns, source='done')})"
+    return f"WITH {done}, {stats} " + rollups.UPSERT_SELECT.format(source="done")
 
 
-def complete_with_rollup(call_id: int, values: dict[str, Any], bucket: list[Any]) -> bool:
-    """PostgreSQL: complete a pending call and add it to its rollup bucket in one statement.
+def complete_with_rollup(call_id: int, values: dict[str, Any], bucket: list[Any], stats: list[Any]) -> bool:
+    """PostgreSQL: complete a pending call and add it to its usage and stats rollups in one statement.
 
     One statement is atomic on its own, so this replaces BEGIN, UPDATE, the
-    rollup's upsert and COMMIT: four round trips, a good part of a call's time
-    on PostgreSQL. False (and nothing written) when the call is no longer pending.
+    two rollup upserts and COMMIT: five round trips, a good part of a call's
+    time on PostgreSQL. False (and nothing written) when the call is no longer pending.
     """
     row = _db_values(values)
+    stats_columns, stats_params = latency.compact(stats)
     with connection.cursor() as cursor:
-        cursor.execute(_complete_sql(connection.vendor, tuple(row)),
-                       [*row.values(), call_id, Outcome.PENDING, *bucket])
+        cursor.execute(_complete_sql(connection.vendor, tuple(row), stats_columns),
+                       [*row.values(), call_id, Outcome.PENDING, *stats_params, *bucket])
         return cursor.rowcount == 1

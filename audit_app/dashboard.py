@@ -7,8 +7,9 @@ and keeps its totals after old calls are pruned.
 """
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, timedelta
 from decimal import Decimal
 from urllib.parse import urlencode
@@ -20,6 +21,8 @@ from django.urls import NoReverseMatch, get_resolver, get_script_prefix, get_url
 from .models import ApiCall, UsageDaily
 
 PRESETS: dict[str, str] = {
+    "today": "Today",
+    "yesterday": "Yesterday",
     "this-month": "This month",
     "last-month": "Last month",
     "7d": "Last 7 days",
@@ -30,6 +33,8 @@ DEFAULT_PRESET = "this-month"
 # One bar per day: past a year the chart's bars would be hairlines.
 MAX_DAYS = 366
 TOP = 10
+# Choices in the filter bar's lists (users, keys, models, families).
+CHOICES_LIMIT = 100
 # The breakdown is a table a person reads; past this many rows the changelist is the tool.
 BREAKDOWN_ROWS = 200
 # Models drawn in their own colour; the rest share OTHER_COLOR. Colour-blind-safe
@@ -77,6 +82,10 @@ def parse_period(params: Mapping[str, str], today: date) -> Period:
         preset = "custom" if (raw_from or raw_to) else DEFAULT_PRESET
     if preset not in PRESETS:
         raise PeriodError(f"Unknown period {preset!r}; choose one of: {', '.join(PRESETS)}.")
+    if preset == "today":
+        return Period(preset, today, today)
+    if preset == "yesterday":
+        return Period(preset, today - timedelta(days=1), today - timedelta(days=1))
     if preset == "this-month":
         return Period(preset, today.replace(day=1), today)
     if preset == "last-month":
@@ -107,13 +116,74 @@ def _parse_date(value: str, which: str) -> date:
         raise PeriodError(f"The {which} date {value[:20]!r} is not a date like 2025-01-31.") from None
 
 
+# --- Filters: who, which key, which model, which endpoint family -------------------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The dashboard's filters, as the changelists' own query parameters name them."""
+
+    user_id: int | None = None
+    key_id: int | None = None
+    model: str | None = None
+    family: str | None = None
+
+    PARAMS = {"user_id": "user__id__exact", "key_id": "key__id__exact", "model": "model__exact",
+              "family": "family__exact"}
+
+    @property
+    def lookups(self) -> dict[str, object]:
+        """For UsageDaily (and CallStatsDaily, whose columns have the same names)."""
+        return {name: value for name, value in self.as_dict().items() if value is not None}
+
+    def as_dict(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def params(self) -> dict[str, object]:
+        """The changelists' query parameters for these filters."""
+        return {self.PARAMS[name]: value for name, value in self.lookups.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self.lookups)
+
+
+def parse_scope(params: Mapping[str, str]) -> Scope:
+    values: dict[str, object] = {}
+    for name, param in Scope.PARAMS.items():
+        raw = (params.get(param) or "").strip()
+        if not raw:
+            continue
+        if name.endswith("_id"):
+            if not raw.isdigit() or len(raw) > 18:
+                raise PeriodError(f"The filter {param} must be an id (a number), not {raw[:20]!r}.")
+            values[name] = int(raw)
+        else:
+            values[name] = raw[:128]
+    return Scope(**values)
+
+
 # --- Links to the changelists behind the figures ------------------------------------
 
 _CHANGELISTS: dict[tuple, str | None] = {}
+# The models whose changelist the current user may open (set by the views): a figure
+# never links to a page that would answer 403. None: no restriction (tests, scripts).
+VISIBLE_MODELS: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "relay_visible_models", default=None)
+
+
+def visible_models(user) -> frozenset[str]:
+    from django.apps import apps
+
+    return frozenset(m._meta.label for m in apps.get_models()
+                     if user.has_perm(f"{m._meta.app_label}.view_{m._meta.model_name}"))
 
 
 def changelist_url(model: type[Model], params: Mapping[str, object]) -> str | None:
-    """The model's admin changelist with these lookups, or None when it is not in the admin."""
+    """The model's admin changelist with these lookups, or None when it is not in the admin
+    or the current user may not view it."""
+    visible = VISIBLE_MODELS.get()
+    if visible is not None and model._meta.label not in visible:
+        return None
     # A page has hundreds of links and reverse() costs ~0.1 ms: resolve each changelist
     # once per URLconf (its resolver is rebuilt whenever the URLconf changes).
     key = (model._meta.label, get_resolver(get_urlconf()), get_script_prefix())
@@ -129,26 +199,38 @@ def changelist_url(model: type[Model], params: Mapping[str, object]) -> str | No
     return f"{base}?{query}" if query else base
 
 
-def usage_url(start: date, end: date, *, user_id: int | None = None, model: str | None = None) -> str | None:
+def _scoped(scope: Scope | None, **narrower: object) -> dict[str, object]:
+    """The scope's parameters, narrowed by a line's own (its user, key or model)."""
+    params = scope.params() if scope else {}
+    for name, value in narrower.items():
+        if value is not None:
+            params[Scope.PARAMS[name]] = value
+    return params
+
+
+def usage_url(start: date, end: date, *, user_id: int | None = None, model: str | None = None,
+              key_id: int | None = None, scope: Scope | None = None) -> str | None:
     # `__gte` and `__lt` (the day after): the parameters of the changelists' own date filter
     # (admin_filters.DateRangeFilter), which then shows the period as selected.
     return changelist_url(UsageDaily, {
         "date__gte": start.isoformat(), "date__lt": (end + timedelta(days=1)).isoformat(),
-        "user__id__exact": user_id, "model__exact": model,
+        **_scoped(scope, user_id=user_id, key_id=key_id, model=model),
     })
 
 
 def calls_url(start: date, end: date, *, user_id: int | None = None, model: str | None = None,
-              unpriced: bool = False) -> str | None:
+              key_id: int | None = None, unpriced: bool = False, scope: Scope | None = None,
+              with_key: bool = True, **extra: object) -> str | None:
     # Plain dates mean local midnight to the date filter, as they do to the rollups
     # (rollups.bucket_date): the calls listed are exactly those counted in these days.
     return changelist_url(ApiCall, {
         "started_at__gte": start.isoformat(),
         "started_at__lt": (end + timedelta(days=1)).isoformat(),
         # Calls refused before authentication belong to nobody and are not in the rollups.
-        "key__isnull": "False",
-        "user__id__exact": user_id, "model__exact": model,
+        "key__isnull": "False" if with_key else None,
+        **_scoped(scope, user_id=user_id, key_id=key_id, model=model),
         "unpriced__exact": 1 if unpriced else None,
+        **extra,
     })
 
 
@@ -226,17 +308,20 @@ class Dashboard:
     breakdown: list[Line]
     breakdown_rows: int  # before truncation
     links: dict[str, str | None] = field(default_factory=dict)
+    by_key: list[Line] = field(default_factory=list)
+    scope: Scope = field(default_factory=Scope)
 
 
 def model_label(model: str) -> str:
     return model or NO_MODEL_LABEL
 
 
-def build_dashboard(period: Period) -> Dashboard:
-    rows = UsageDaily.objects.filter(date__gte=period.start, date__lte=period.end)
+def build_dashboard(period: Period, scope: Scope = Scope()) -> Dashboard:
+    rows = UsageDaily.objects.filter(date__gte=period.start, date__lte=period.end, **scope.lookups)
     sums = {name: Sum(name) for name in _SUMS}
     by_day_model = list(rows.values("date", "model").annotate(**sums).order_by())
     by_user_model = list(rows.values("user_id", "model").annotate(**sums).order_by())
+    by_key_rows = list(rows.values("key_id").annotate(**sums).order_by())
 
     totals = Figures()
     per_model: dict[str, Figures] = {}
@@ -253,12 +338,14 @@ def build_dashboard(period: Period) -> Dashboard:
     def share(cost: Decimal) -> float:
         return float(cost / totals.cost) if totals.cost > 0 else 0.0
 
-    def line(label: str, figures: Figures, *, user_id: int | None = None, model: str | None = None) -> Line:
+    def line(label: str, figures: Figures, *, user_id: int | None = None, model: str | None = None,
+             key_id: int | None = None) -> Line:
+        who = dict(user_id=user_id, model=model, key_id=key_id, scope=scope)
         return Line(
             label=label, figures=figures, share=share(figures.cost),
-            usage_url=usage_url(start, end, user_id=user_id, model=model),
-            calls_url=calls_url(start, end, user_id=user_id, model=model),
-            unpriced_url=calls_url(start, end, user_id=user_id, model=model, unpriced=True),
+            usage_url=usage_url(start, end, **who),
+            calls_url=calls_url(start, end, **who),
+            unpriced_url=calls_url(start, end, unpriced=True, **who),
         )
 
     ranked_models = sorted(per_model, key=lambda m: (-per_model[m].cost, -per_model[m].calls, m))
@@ -280,6 +367,19 @@ def build_dashboard(period: Period) -> Dashboard:
         item.model_label = model_label(r["model"])
         breakdown.append(item)
 
+    from proxy_app.models import RelayKey
+
+    keys = {k.pk: k for k in RelayKey.objects.select_related("owner").filter(
+        pk__in=[r["key_id"] for r in by_key_rows])}
+    by_key = []
+    for r in sorted(by_key_rows, key=lambda r: (-(r["cost"] or 0), -(r["calls"] or 0), r["key_id"])):
+        figures = Figures()
+        figures.add(r)
+        key = keys.get(r["key_id"])
+        item = line(str(key) if key else f"key #{r['key_id']}", figures, key_id=r["key_id"])
+        item.model_label = key.owner.get_username() if key else ""
+        by_key.append(item)
+
     # Only models that cost something get a colour: a chart of spend has nothing to draw for the rest.
     charted = [m for m in ranked_models if per_model[m].cost > 0]
     colors = {m: PALETTE[i] for i, m in enumerate(charted[:len(PALETTE)])}
@@ -289,18 +389,18 @@ def build_dashboard(period: Period) -> Dashboard:
 
     return Dashboard(
         period=period, totals=totals, legend=legend,
-        days=_days(period, by_day_model, colors),
+        days=_days(period, by_day_model, colors, scope),
         top_users=top_users, top_models=top_models,
-        breakdown=breakdown, breakdown_rows=len(by_user_model),
+        breakdown=breakdown, breakdown_rows=len(by_user_model), by_key=by_key[:BREAKDOWN_ROWS], scope=scope,
         links={
-            "usage": usage_url(start, end),
-            "calls": calls_url(start, end),
-            "unpriced": calls_url(start, end, unpriced=True),
+            "usage": usage_url(start, end, scope=scope),
+            "calls": calls_url(start, end, scope=scope),
+            "unpriced": calls_url(start, end, unpriced=True, scope=scope),
         },
     )
 
 
-def _days(period: Period, by_day_model: list[dict], colors: dict[str, str]) -> list[Day]:
+def _days(period: Period, by_day_model: list[dict], colors: dict[str, str], scope: Scope = Scope()) -> list[Day]:
     """One entry per day of the period, days without usage included (drawn empty)."""
     cells: dict[date, list[dict]] = {}
     for r in by_day_model:
@@ -309,7 +409,7 @@ def _days(period: Period, by_day_model: list[dict], colors: dict[str, str]) -> l
     days = []
     for day in period.days():
         segments: list[Segment] = []
-        other = Segment("", OTHER_LABEL, OTHER_COLOR, Decimal(0), 0, usage_url(day, day))
+        other = Segment("", OTHER_LABEL, OTHER_COLOR, Decimal(0), 0, usage_url(day, day, scope=scope))
         calls = unpriced = 0
         # Stacked in legend order, biggest spender at the bottom, "other" on top.
         for r in sorted(cells.get(day, []), key=lambda r: stack_order.get(r["model"], len(colors))):
@@ -320,12 +420,12 @@ def _days(period: Period, by_day_model: list[dict], colors: dict[str, str]) -> l
                 continue
             if r["model"] in colors:
                 segments.append(Segment(r["model"], model_label(r["model"]), colors[r["model"]], cost,
-                                        r["calls"] or 0, usage_url(day, day, model=r["model"])))
+                                        r["calls"] or 0, usage_url(day, day, model=r["model"], scope=scope)))
             else:
                 other.cost += cost
                 other.calls += r["calls"] or 0
         if other.cost > 0:
             segments.append(other)
         days.append(Day(day, sum((s.cost for s in segments), Decimal(0)), calls, unpriced, segments,
-                        usage_url(day, day)))
+                        usage_url(day, day, scope=scope)))
     return days

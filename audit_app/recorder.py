@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from relay_project.redact import scrub_keys, storable
 
-from . import call_rows, ledger, pricing, rollups, spool
+from . import call_rows, latency, ledger, pricing, rollups, spool
 from .models import ApiCall, Billing, Outcome
 from .usage import Usage
 
@@ -47,6 +47,8 @@ class CallContext:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     forwarded_at: float | None = None
     upstream_ms: float | None = None
+    # time.monotonic() when the response's first byte went to the client (pipeline.RelayedBody).
+    first_byte_at: float | None = None
 
 
 def _base_fields(ctx: CallContext) -> dict[str, Any]:
@@ -64,10 +66,23 @@ def _base_fields(ctx: CallContext) -> dict[str, Any]:
 
 
 def _finish_fields(ctx: CallContext) -> dict[str, Any]:
-    return dict(
+    fields = dict(
         finished_at=timezone.now(),
         duration_ms=round((time.monotonic() - ctx.started_monotonic) * 1000, 3),
     )
+    if ctx.first_byte_at is not None:
+        fields["ttfb_ms"] = round((ctx.first_byte_at - ctx.started_monotonic) * 1000, 3)
+    return fields
+
+
+def _stats(ctx: CallContext, fields: dict[str, Any]) -> list[Any]:
+    """The finished call's values for its errors-and-latency row (audit_app.latency)."""
+    return latency.stat_values(
+        started_at=ctx.started_at, model=fields.get("model", ""), family=ctx.family,
+        user_id=ctx.user.pk if ctx.user is not None else None,
+        key_id=ctx.key.pk if ctx.key is not None else None,
+        outcome=fields.get("outcome", ""), status=fields.get("status"),
+        duration_ms=fields.get("duration_ms"), ttfb_ms=fields.get("ttfb_ms"))
 
 
 def open_call(ctx: CallContext) -> int:
@@ -130,6 +145,7 @@ def _insert_finished(ctx: CallContext, fields: dict[str, Any], *, once: bool = F
         call_rows.insert({**_base_fields(ctx), **_with_mac(ctx, fields)})
         if (bucket := _bucket(ctx, fields)) is not None:
             rollups.upsert(bucket)
+        latency.upsert(_stats(ctx, fields))
 
 
 def priced_fields(usage: Usage | None, model: str, at, *, batch: bool = False) -> dict[str, Any]:
@@ -205,35 +221,44 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
     fields.setdefault("billing", Billing.FREE)
     fields = _with_mac(ctx, fields)
     bucket = _bucket(ctx, fields)
+    stats = _stats(ctx, fields)
     if bucket is not None and connection.vendor == "postgresql" \
-            and call_rows.complete_with_rollup(call_id, fields, bucket):
+            and call_rows.complete_with_rollup(call_id, fields, bucket, stats):
         return
     with transaction.atomic():
         if call_rows.update(call_id, fields, outcome=Outcome.PENDING):
             if bucket is not None:
                 rollups.upsert(bucket)
+            latency.upsert(stats)
             return
         # Rare: the call outlived RELAY_PENDING_TIMEOUT and reconcile_calls marked it
         # interrupted (and counted it in the rollups). While that row is not sealed, the
         # real outcome replaces it; a sealed row is in the ledger for good.
         if call_rows.update(call_id, {**fields, "error": fields.get("error", "")},  # clear reconcile's note, as the MAC has it
                             outcome=Outcome.INTERRUPTED, unsealed=True):
-            if bucket is not None:  # move the call out of its interrupted bucket into its real one
-                _leave_interrupted_bucket(ctx)
-                rollups.upsert(bucket)
+            _move_out_of_interrupted(ctx, bucket, stats)
             return
-    _amend_sealed(call_id, ctx, fields, bucket)
+    _amend_sealed(call_id, ctx, fields, bucket, stats)
 
 
-def _leave_interrupted_bucket(ctx: CallContext) -> None:
-    """Take back what reconcile_calls added for the call: one call, usage unknown if it generates."""
+def _move_out_of_interrupted(ctx: CallContext, bucket: list[Any] | None, stats: list[Any]) -> None:
+    """Take back what reconcile_calls added for the call (one call, usage unknown if it
+    generates, an interrupted outcome in the latency rollup) and add its real outcome."""
     from proxy_app.operations import billed_on_call
 
-    rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk, model="",
-                family=storable(ctx.family), calls=-1, unknown=-1 if billed_on_call(ctx.method, ctx.path) else 0)
+    if bucket is not None:
+        rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk, model="",
+                    family=storable(ctx.family), calls=-1,
+                    unknown=-1 if billed_on_call(ctx.method, ctx.path) else 0)
+        rollups.upsert(bucket)
+    latency.upsert(latency.stat_values(
+        started_at=ctx.started_at, model="", family=ctx.family, user_id=stats[3], key_id=stats[4],
+        outcome=Outcome.INTERRUPTED, status=None, duration_ms=None, ttfb_ms=None, calls=-1))
+    latency.upsert(stats)
 
 
-def _amend_sealed(call_id: int, ctx: CallContext, fields: dict[str, Any], bucket: list[Any] | None) -> None:
+def _amend_sealed(call_id: int, ctx: CallContext, fields: dict[str, Any], bucket: list[Any] | None,
+                  stats: list[Any]) -> None:
     """A call that finished after reconcile_calls marked it interrupted and seal_audit
     sealed it: its real outcome and usage replace the sealed row through an amendment
     entry in the ledger (as reprice does), so verify_audit still passes and the usage
@@ -252,9 +277,7 @@ def _amend_sealed(call_id: int, ctx: CallContext, fields: dict[str, Any], bucket
             row.chain_seq = amend(row)
         row.save(update_fields=[*(name for name in values if name != "price"),
                                 *(["price"] if "price" in values else []), "chain_seq"])
-        if bucket is not None:  # move the call out of its interrupted bucket into its real one
-            _leave_interrupted_bucket(ctx)
-            rollups.upsert(bucket)
+        _move_out_of_interrupted(ctx, bucket, stats)
     log.warning("audit: call %s finished (%s, status %s) after it was sealed as interrupted; "
                 "amended in the ledger", call_id, fields.get("outcome"), fields.get("status"))
 

@@ -15,12 +15,13 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import ShowFacets
-from django.db.models import Sum
+from django.db.models import DecimalField, OuterRef, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from audit_app.admin_base import change_url, changelist_url, link
+from audit_app.admin_base import LinkPermissionsMixin, change_url, changelist_url, link
 from audit_app.admin_filters import user_filter
 from audit_app.models import ApiCall, UsageDaily
 
@@ -34,6 +35,28 @@ def month_spend(**owner: int) -> Decimal:
     if "team_id" in owner:
         owner = {"key__team_id": owner["team_id"]}
     return UsageDaily.objects.filter(date__gte=first, **owner).aggregate(s=Sum("cost"))["s"] or Decimal(0)
+
+
+def _month_spend_subquery(field: str):
+    """This month's spend from the rollups, as a column of the keys' or limits' list: one
+    indexed sum per row of the page (usagedaily_key_date / usagedaily_user_date)."""
+    first = timezone.localdate().replace(day=1)
+    spend = (UsageDaily.objects.filter(**{field: OuterRef("pk" if field == "key_id" else "user_id")},
+                                       date__gte=first)
+             .order_by().values(field).annotate(s=Sum("cost")).values("s"))
+    return Coalesce(Subquery(spend, output_field=DecimalField(max_digits=20, decimal_places=10)),
+                    Value(Decimal(0)), output_field=DecimalField(max_digits=20, decimal_places=10))
+
+
+def spend_against_budget(spend: Decimal, budget: Decimal | None) -> str:
+    """"$12.34 of $50.00 (24%)" with a bar, or the spend alone without a budget."""
+    text = f"${spend.quantize(Decimal('0.01'))}"
+    if budget is None:
+        return format_html('{} <span class="quiet">no budget</span>', text)
+    share = float(spend / budget) if budget > 0 else 1.0
+    level = "over" if share >= 1 else "near" if share >= 0.8 else "ok"
+    return format_html('<span class="budget-{}" title="{}% of the monthly budget">{} of ${} ({}%)</span>',
+                       level, int(share * 100), text, budget, int(share * 100))
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._:\-]+$")
@@ -108,10 +131,12 @@ class KeyStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(RelayKey)
-class RelayKeyAdmin(admin.ModelAdmin):
+class RelayKeyAdmin(LinkPermissionsMixin, admin.ModelAdmin):
     form = RelayKeyForm
-    list_display = ("prefix", "name", "owner_link", "status", "scope", "monthly_budget_usd",
-                    "requests_per_minute", "created_at", "expires_at", "last_used_at", "calls_link")
+    list_display = ("prefix", "name", "owner_link", "status", "last_used_at", "month_spend", "scope",
+                    "requests_per_minute", "expires_at", "calls_link")
+    # Only indexed columns (prefix); the list is ordered newest first.
+    sortable_by = ("prefix",)
     list_filter = (KeyStatusFilter, user_filter("owner", "owner"), "expires_at", "created_at")
     search_fields = ("prefix", "name", "owner__username")
     search_help_text = "A key prefix (tr-…), a key name or a username."
@@ -130,6 +155,13 @@ class RelayKeyAdmin(admin.ModelAdmin):
     readonly_fields = ("prefix", "status", "created_at", "last_used_at", "revoked_at", "spend_this_month",
                        "calls_link")
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(spent_this_month=_month_spend_subquery("key_id"))
+
+    @admin.display(description="this month / budget")
+    def month_spend(self, obj: RelayKey) -> str:
+        return spend_against_budget(getattr(obj, "spent_this_month", Decimal(0)), obj.monthly_budget_usd)
+
     def get_fieldsets(self, request, obj=None):
         if obj is None:  # adding: the state does not exist yet
             return self.fieldsets[:2]
@@ -142,6 +174,14 @@ class RelayKeyAdmin(admin.ModelAdmin):
     @admin.display(description="owner")
     def owner_link(self, obj: RelayKey) -> str:
         return link(change_url(obj.owner), obj.owner.get_username())
+
+    def get_sortable_by(self, request):
+        return self.sortable_by
+
+    def get_changelist(self, request, **kwargs):
+        from audit_app.admin_base import IndexedOrderingChangeList
+
+        return IndexedOrderingChangeList
 
     @admin.display(description="status")
     def status(self, obj: RelayKey) -> str:
@@ -207,8 +247,17 @@ class RelayKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(UserLimit)
-class UserLimitAdmin(admin.ModelAdmin):
-    list_display = ("user", "monthly_budget_usd", "spend_this_month", "keys_link")
+class UserLimitAdmin(LinkPermissionsMixin, admin.ModelAdmin):
+    list_display = ("user", "monthly_budget_usd", "month_spend", "keys_link")
+    sortable_by = ()
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(spent_this_month=_month_spend_subquery("user_id"))
+
+    @admin.display(description="this month / budget")
+    def month_spend(self, obj: UserLimit) -> str:
+        return spend_against_budget(getattr(obj, "spent_this_month", Decimal(0)), obj.monthly_budget_usd)
+
     search_fields = ("user__username",)
     list_select_related = ("user",)
     autocomplete_fields = ("user",)

@@ -12,6 +12,7 @@ import errno
 import io
 import logging
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -135,6 +136,8 @@ class RelayedBody:
                 for transformer in transformers:
                     chunk = transformer.transform(chunk)
                 if chunk:  # an empty write would end a chunked response early
+                    if not self.bytes_out:  # the call's time to first byte (ApiCall.ttfb_ms)
+                        self.ctx.first_byte_at = time.monotonic()
                     self.bytes_out += len(chunk)
                     yield chunk
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -149,6 +152,8 @@ class RelayedBody:
             if rest := transformer.flush():
                 self.bytes_out += len(rest)
                 yield rest
+        if self.ctx.first_byte_at is None:  # an empty body: the headers were the first bytes
+            self.ctx.first_byte_at = time.monotonic()
         self.finished = True
 
     def close(self) -> None:

@@ -342,3 +342,17 @@ LOGGING = {
         "axes": {"level": "WARNING"},
     },
 }
+
+# --- Email (budget alerts) -----------------------------------------------------
+# The console backend by default: alerts are written to the log until an operator sets
+# EMAIL_BACKEND=django.core.mail.backends.smtp.EmailBackend and EMAIL_HOST & co.
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="relay@localhost")
+# Who gets budget alerts besides the key's or user's owner; empty: every active
+# superuser with an email address.
+RELAY_ALERT_EMAILS = env.list("RELAY_ALERT_EMAILS", default=[])

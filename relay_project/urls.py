@@ -14,6 +14,7 @@ urlpatterns = [
     path("metrics", metrics_view.metrics),
     # Before the admin's own URLs, whose catch-all would answer admin/dashboard/ with a 404.
     path("admin/dashboard/", admin.site.admin_view(dashboard_view.usage_dashboard), name="relay-dashboard"),
+    path("admin/errors/", admin.site.admin_view(dashboard_view.errors_dashboard), name="relay-errors"),
     path("admin/", admin.site.urls),
     # [\s\S], not ".": a path with an encoded newline must still reach the relay's path checks.
     re_path(r"^v1(?:/[\s\S]*)?\Z", views.RelayView.as_view()),

@@ -153,3 +153,161 @@ def test_admin_login_dashboard_and_csv_export(live_server, browser, django_user_
     assert sorted(r["upstream_request_id"] for r in rows) == ["req_b1", "req_b2", "req_b3"]
     assert {r["user"] for r in rows} == {"bob"}
     assert sorted(Decimal(r["cost_usd"]) for r in rows) == [Decimal("0.01"), Decimal("0.01"), Decimal("2")]
+
+
+# --- the daily tools at 1440 x 1000, on seed_demo data ------------------------------------
+
+DESKTOP = (1440, 1000)
+
+
+def _login(driver, live_server, username: str, password: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{live_server.url}/admin/login/")
+    driver.find_element(By.NAME, "username").send_keys(username)
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "#login-form input[type=submit]").click()
+
+
+def _no_horizontal_scroll(driver) -> None:
+    width = driver.execute_script("return document.documentElement.scrollWidth")
+    assert width <= DESKTOP[0], f"page is {width}px wide: a horizontal scroll at {DESKTOP[0]}px"
+    # Nor inside: Django's changelist puts its table in a box that scrolls on its own.
+    inner = driver.execute_script(
+        "return [...document.querySelectorAll('.results')].map(e => [e.scrollWidth, e.clientWidth])")
+    assert all(scroll <= client for scroll, client in inner), f"the list scrolls sideways: {inner}"
+
+
+def _shot(driver, name: str, full: bool = False) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    if full:
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(DESKTOP[0], min(int(height) + 40, 3200))
+    assert driver.save_screenshot(str(ARTIFACTS / name))
+    driver.set_window_size(*DESKTOP)
+
+
+@pytest.fixture
+def demo_data(transactional_db, shipped_prices, django_user_model):
+    import io
+
+    from django.core.management import call_command
+
+    from audit_app.models import BatchRecord
+    from proxy_app.models import UserLimit
+
+    call_command("seed_demo", "--calls", "3000", "--days", "40", "--seed", "16", "--batches", "10",
+                 "--no-analyze", stdout=io.StringIO())
+    django_user_model.objects.create_superuser("boss", "boss@example.com", PASSWORD)
+    UserLimit.objects.create(user=django_user_model.objects.get(username="alice"), monthly_budget_usd=Decimal("3.00"))
+    assert BatchRecord.objects.filter(request_failed__gt=0).exists()
+
+
+def test_daily_tools_at_1440px(live_server, browser, demo_data, django_user_model):
+    from django.contrib.auth.models import Permission
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from audit_app.models import ApiCall, BatchRecord
+
+    driver, _ = browser
+    driver.set_window_size(*DESKTOP)
+    wait = WebDriverWait(driver, 10)
+    _login(driver, live_server, "boss", PASSWORD)
+    wait.until(EC.presence_of_element_located((By.ID, "errors-dashboard-link")))
+
+    # 1. Every list shows its important columns without a horizontal scroll.
+    lists = {
+        "apicall": ("column-model_short", "column-status_outcome", "column-cost_usd", "column-duration"),
+        "batchrecord": ("column-status", "column-failed_link", "column-cost_usd", "column-owner_link"),
+        "filerecord": ("column-short_file_id", "column-purpose", "column-owner_link"),
+        "batchresult": ("column-custom_id", "column-error_code", "column-short_error", "column-cost_usd"),
+    }
+    for model, columns in lists.items():
+        driver.get(f"{live_server.url}/admin/audit_app/{model}/")
+        _shot(driver, f"list-{model}.png")
+        for column in columns:
+            cell = driver.find_element(By.CSS_SELECTOR, f"#result_list th.{column}")
+            assert cell.is_displayed() and cell.rect["x"] + cell.rect["width"] <= DESKTOP[0], (model, column)
+        _no_horizontal_scroll(driver)  # so every column is in view
+    driver.get(f"{live_server.url}/admin/proxy_app/relaykey/")
+    assert driver.find_element(By.CSS_SELECTOR, "#result_list th.column-month_spend").is_displayed()
+    assert "of $50.00" in driver.find_element(By.ID, "result_list").text  # the scoped key's budget
+    _no_horizontal_scroll(driver)
+
+    # 4 and 7. The calls list with the "Yesterday" preset: totals over the filtered list.
+    driver.get(f"{live_server.url}/admin/audit_app/apicall/?key__isnull=False")
+    driver.find_element(By.LINK_TEXT, "Yesterday").click()
+    wait.until(EC.url_contains("started_at__gte="))
+    totals = driver.find_element(By.ID, "list-totals").text
+    assert "calls" in totals and "exact, from the daily usage rollups" in totals
+    _no_horizontal_scroll(driver)
+    _shot(driver, "admin-calls.png")
+
+    # 2. The errors and latency view; a figure leads to the calls behind it.
+    driver.get(f"{live_server.url}/admin/")
+    driver.find_element(By.ID, "errors-dashboard-link").click()
+    wait.until(EC.url_contains("/admin/errors/"))
+    driver.find_element(By.LINK_TEXT, "Last 30 days").click()
+    wait.until(EC.url_contains("period=30d"))
+    rate = driver.find_element(By.CSS_SELECTOR, "#err-rate .card-value").text
+    assert rate.endswith("%") and rate != "0.0%"
+    assert "ms" in driver.find_element(By.CSS_SELECTOR, "#err-duration .card-value").text
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#errors-by-day tbody tr")) == 30
+    _no_horizontal_scroll(driver)
+    _shot(driver, "admin-errors.png", full=True)
+    driver.find_element(By.CSS_SELECTOR, "#err-rate").click()
+    wait.until(EC.url_contains("outcome_class=error"))
+    outcomes = {c.text.split(" ", 1)[-1] for c in driver.find_elements(By.CSS_SELECTOR, "td.field-status_outcome")}
+    assert outcomes and outcomes <= {"upstream error", "rejected", "failed", "interrupted"}
+
+    # 3 and 6. Dashboard filters (user, then model), the per-key table and the budgets.
+    driver.get(f"{live_server.url}/admin/dashboard/?period=30d")
+    Select(driver.find_element(By.ID, "filter-user")).select_by_visible_text("alice")
+    driver.find_element(By.ID, "apply-filters").click()
+    wait.until(EC.url_contains("user__id__exact="))
+    keys = driver.find_elements(By.CSS_SELECTOR, "#by-key tbody tr")
+    assert keys and all(r.find_elements(By.TAG_NAME, "td")[1].text == "alice" for r in keys)
+    budgets = driver.find_element(By.ID, "budgets").text
+    assert "user alice" in budgets and "$3.00" in budgets
+    Select(driver.find_element(By.ID, "filter-model")).select_by_visible_text("gpt-4o-mini")
+    driver.find_element(By.ID, "apply-filters").click()
+    wait.until(EC.url_contains("model__exact=gpt-4o-mini"))
+    assert driver.find_element(By.ID, "clear-filters").is_displayed()
+    _no_horizontal_scroll(driver)
+    _shot(driver, "admin-dashboard-filters.png", full=True)
+    driver.find_element(By.ID, "total-calls").click()
+    wait.until(EC.url_contains("/admin/audit_app/apicall/"))
+    assert {c.text for c in driver.find_elements(By.CSS_SELECTOR, "td.field-user_link")} == {"alice"}
+
+    # 5. Batches with failures: the filter, then a batch's page with its first errors.
+    driver.get(f"{live_server.url}/admin/audit_app/batchrecord/")
+    driver.find_element(By.LINK_TEXT, "with failures").click()
+    wait.until(EC.url_contains("failures=yes"))
+    from django.db.models import Q
+
+    failing = BatchRecord.objects.filter(Q(request_failed__gt=0) | Q(status__in=["failed", "expired"])).count()
+    rows = driver.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    assert 0 < len(rows) == failing <= BatchRecord.objects.count()
+    batch = BatchRecord.objects.filter(request_failed__gt=0).order_by("-request_failed").first()
+    driver.get(f"{live_server.url}/admin/audit_app/batchrecord/{batch.pk}/change/")
+    table = driver.find_element(By.CSS_SELECTOR, "table.batch-failures")
+    assert f"{batch.request_failed} of {batch.request_total} requests failed" in driver.page_source
+    assert len(table.find_elements(By.CSS_SELECTOR, "tbody tr")) == min(batch.request_failed, 5)
+    _shot(driver, "admin-batch-failures.png", full=True)
+
+    # 8. Staff who may view calls but not keys or users get no link to those pages.
+    clerk = django_user_model.objects.create_user("clerk", password=PASSWORD, is_staff=True)
+    clerk.user_permissions.add(Permission.objects.get(codename="view_apicall"))
+    driver.delete_all_cookies()
+    _login(driver, live_server, "clerk", PASSWORD)
+    driver.get(f"{live_server.url}/admin/audit_app/apicall/")
+    hrefs = [a.get_attribute("href") or "" for a in driver.find_elements(By.CSS_SELECTOR, "#result_list a")]
+    assert hrefs and not [h for h in hrefs if "/relaykey/" in h or "/auth/user/" in h], (driver.current_url, driver.title)
+    assert ApiCall.objects.exists()
+    # Sorting by an unindexed column from the URL keeps the indexed order.
+    driver.get(f"{live_server.url}/admin/audit_app/apicall/?o=6")
+    sorted_heads = driver.find_elements(By.CSS_SELECTOR, "#result_list th.sorted")
+    assert [h.get_attribute("class").split("column-")[1].split()[0] for h in sorted_heads] == ["started"]
+    assert not driver.find_elements(By.CSS_SELECTOR, "#result_list th.column-duration a")  # not offered either

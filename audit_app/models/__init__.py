@@ -6,6 +6,7 @@ from .jobs import AsyncJob, JobKind
 from .files import FileOrigin, FileRecord, UploadRecord
 from .ledger import ChainState, LedgerEntry, LedgerKind, PruneRun
 from .reconciliation import Match, ReconciledCost, ReconciledDay, ReconciledUsage, ReconcileRun
+from .stats import BudgetAlert, CallStatsDaily, StatusClass
 from .usage import ModelPrice, UsageDaily
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "ApiCall", "Billing", "Outcome", "ModelPrice", "UsageDaily", "FileRecord", "FileOrigin", "UploadRecord",
     "AsyncJob", "JobKind", "BatchRecord", "BatchResult", "Match", "ReconciledCost", "ReconciledDay", "ReconciledUsage",
     "ReconcileRun", "BatchStatus", "ChainState", "LedgerEntry", "LedgerKind", "PruneRun",
+    "BudgetAlert", "CallStatsDaily", "StatusClass",
 ]

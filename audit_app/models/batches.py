@@ -79,6 +79,7 @@ class BatchRecord(Owned, TokenUsage, Maced):
         ordering = ["-first_seen_at"]
         indexes = [
             models.Index(fields=["status"], name="batchrecord_status"),
+            models.Index(fields=["-first_seen_at"], name="batchrecord_seen"),  # the admin's order
             models.Index(fields=["created_by", "-first_seen_at"], name="batchrecord_user_seen"),
             models.Index(fields=["updated_at"], name="batchrecord_updated"),  # the sealer's pass
         ]

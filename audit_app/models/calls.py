@@ -41,6 +41,9 @@ class ApiCall(TokenUsage):
     started_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.FloatField(null=True, blank=True)
+    # From the start of the request to the first byte of the response on its way to the
+    # client; empty when none was sent (refused, failed before upstream answered).
+    ttfb_ms = models.FloatField("time to first byte (ms)", null=True, blank=True)
 
     # No index of their own: apicall_key_started and apicall_user_started lead with
     # these columns and serve every lookup by key or user, and each index is one

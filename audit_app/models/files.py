@@ -42,6 +42,7 @@ class FileRecord(Owned, Maced):
         indexes = [
             models.Index(fields=["created_by", "-first_seen_at"], name="filerecord_user_seen"),
             models.Index(fields=["purpose"], name="filerecord_purpose"),
+            models.Index(fields=["-first_seen_at"], name="filerecord_seen"),  # the admin's order
             models.Index(fields=["updated_at"], name="filerecord_updated"),  # the sealer's pass
         ]
 

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from audit_app import rollups, spool
+from audit_app import latency, rollups, spool
 from audit_app.ledger import call_mac
 from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import ApiCall, Billing, Outcome
@@ -81,6 +81,7 @@ class Command(StoppableCommand):
                             outcome=row.outcome, finished_at=now, error=row.error, billing=row.billing,
                             row_mac=row.row_mac):
                         rollups.add_call(row)  # a finished call with a key is in the rollups
+                        latency.add_call(row)  # and every finished call in the error rate
                         count += 1
             self.progress(f"  {count} interrupted so far")
         for pk in forged:

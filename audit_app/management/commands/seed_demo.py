@@ -14,7 +14,7 @@ from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit_app import rollups
+from audit_app import latency, rollups
 from audit_app.ledger import call_mac
 from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import (ApiCall, BatchRecord, BatchResult, BatchStatus, FileOrigin, FileRecord,
@@ -34,6 +34,12 @@ FAMILIES = (("responses", 45), ("chat", 30), ("embeddings", 15), ("models", 4), 
             ("batches", 3))
 AGENTS = ("OpenAI/Python 1.99.9", "OpenAI/Python 2.3.0", "OpenAI/JS 5.12.1", "curl/8.5.0",
           "Mozilla/5.0 (compatible; ChatGPT-User/1.0)")
+BATCH_ERRORS = (
+    ("invalid_request_error", "max_tokens is too large: 40000. This model supports at most 16384 completion tokens."),
+    ("invalid_request_error", "Invalid 'messages[0].content': string too long."),
+    ("context_length_exceeded", "This model's maximum context length is 128000 tokens."),
+    ("model_not_found", "The model 'gpt-4o-mini-legacy' does not exist or you do not have access to it."),
+)
 ROLLUP_COUNTERS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
                    "total_tokens", "images", "audio_seconds", "characters", "cost")
 
@@ -187,6 +193,7 @@ class Command(StoppableCommand):
             size = min(CHUNK, total - done)
             rows: list[dict[str, Any]] = []
             buckets: dict[tuple, dict[str, Any]] = defaultdict(lambda: defaultdict(int))
+            stats: dict[tuple, list[int]] = {}
             for i in range(done, done + size):
                 # Stratified times: ids grow with started_at, as they do in production.
                 at = self.start + timedelta(seconds=(i + rng.random()) / total * span)
@@ -196,6 +203,7 @@ class Command(StoppableCommand):
                 rows.append(call)
                 if call["key_id"] is not None:
                     self.add_to_bucket(buckets, call)
+                self.add_to_stats(stats, call)
                 if call["cost"] is not None:
                     summary.cost += call["cost"]
                 summary.unpriced += call["unpriced"]
@@ -204,11 +212,24 @@ class Command(StoppableCommand):
                 for (day_at, user_id, key_id, model, family), counters in buckets.items():
                     rollups.add(started_at=day_at, user_id=user_id, key_id=key_id, model=model, family=family,
                                 **counters)
+                latency.bulk_add((*k, *v) for k, v in stats.items())
             summary.buckets += len(buckets)
             done += size
             summary.calls = done
             if done % 50_000 == 0 or done == total:
                 self.progress(f"  {done}/{total} calls")
+
+    def add_to_stats(self, stats: dict, call: dict[str, Any]) -> None:
+        """The call in its errors-and-latency row (audit_app.latency), summed per chunk."""
+        values = latency.stat_values(
+            started_at=call["started_at"], model=call["model"], family=call["family"], user_id=call["user_id"],
+            key_id=call["key_id"], outcome=call["outcome"], status=call["status"],
+            duration_ms=call["duration_ms"], ttfb_ms=call["ttfb_ms"])
+        key, counts = tuple(values[:7]), values[7:]
+        if key in stats:
+            stats[key] = [a + b for a, b in zip(stats[key], counts)]
+        else:
+            stats[key] = counts
 
     def add_to_bucket(self, buckets: dict, call: dict[str, Any]) -> None:
         day = rollups.bucket_date(call["started_at"])
@@ -264,8 +285,10 @@ class Command(StoppableCommand):
         if roll < 0.035:
             status = rng.choice([400, 429, 500, 503])
             call.update(upstream_status=status, status=status, outcome=Outcome.UPSTREAM_ERROR.value,
-                        error=f"upstream answered {status}")
+                        error=f"upstream answered {status}", ttfb_ms=round(duration * 0.97, 3))
             return call
+        # First byte: a stream's first event comes early; a whole JSON answer near the end.
+        call["ttfb_ms"] = round(duration * (rng.uniform(0.05, 0.3) if stream else rng.uniform(0.85, 0.99)), 3)
         call.update(upstream_status=200, status=200,
                     outcome=(Outcome.CLIENT_CLOSED if stream and roll < 0.045 else Outcome.OK).value)
         if model:
@@ -361,7 +384,7 @@ class Command(StoppableCommand):
                                  request_id=f"req_{rng.getrandbits(128):032x}", model=model,
                                  status_code=400 if failed else 200, from_error_file=failed)
             if failed:
-                result.error_code, result.error_message = "invalid_request_error", "max_tokens is too large"
+                result.error_code, result.error_message = rng.choice(BATCH_ERRORS)
             else:
                 family = "embeddings" if endpoint == "/v1/embeddings" else "chat"
                 fields = priced_fields(self.usage(rng, model, family), model, created, batch=True)
