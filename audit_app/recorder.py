@@ -116,11 +116,17 @@ def _insert_finished(ctx: CallContext, fields: dict[str, Any]) -> None:
 
 
 def priced_fields(usage: Usage | None, model: str, at, *, batch: bool = False) -> dict[str, Any]:
-    """Usage columns plus cost, price and the billing state, for a call or a result."""
+    """Usage columns plus cost, price and the billing state, for a call, a batch result or a job.
+
+    The one entry point to pricing: live calls, batch results, the poller and `reprice`
+    all come through here with the usage as stored on the row (Usage.from_row), the
+    most specific model name known (the snapshot upstream reported) and the time the
+    work started, so re-pricing a row with unchanged prices reproduces its cost exactly.
+    """
     if usage is None or usage.is_empty:
         return {}
     price = pricing.price_for(model, at)
-    cost = pricing.cost_of(usage, price, batch=batch)
+    cost = pricing.cost_of(usage, price, batch=batch, at=at)
     return {**usage.as_fields(), "cost": cost, "unpriced": cost is None,
             "billing": Billing.PRICED if cost is not None else Billing.UNPRICED,
             "price": price if cost is not None else None}
@@ -156,7 +162,10 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
               response_model: str) -> None:
     if usage is not None:
         # The model upstream reports is the most specific name (a dated snapshot).
-        fields.update(priced_fields(usage, response_model or fields.get("model", ""), ctx.started_at))
+        priced_as = (response_model or fields.get("model", ""))[:128]
+        fields.update(priced_fields(usage, priced_as, ctx.started_at))
+        if fields.get("billing"):
+            fields["priced_model"] = priced_as
     if not fields.get("model") and response_model:
         fields["model"] = response_model[:128]
     fields.setdefault("billing", Billing.FREE)

@@ -210,10 +210,11 @@ def test_legacy_completions(relay_url, relay_key, upstream):
     assert tokens(unpriced) == JSON_TOKENS
     assert unpriced.cost is None and unpriced.unpriced, "the shipped map has no legacy completion model"
 
-    # OpenAI lists gpt-3.5-turbo-instruct at 1.50 in / 2.00 out per 1M, with no cached rate
-    # (so cached input is charged in full).
+    # OpenAI lists gpt-3.5-turbo-instruct at 1.50 in / 2.00 out per 1M, with no cache
+    # discount: the admin says so with a cached rate equal to the input rate (without
+    # one, the fake's 4 cached tokens would leave the call unpriced, never guessed).
     price = ModelPrice.objects.create(model="gpt-3.5-turbo-instruct", input_per_1m=Decimal("1.5"),
-                                      output_per_1m=Decimal("2"),
+                                      output_per_1m=Decimal("2"), cached_input_per_1m=Decimal("1.5"),
                                       effective_from=datetime(2024, 1, 1, tzinfo=dt_timezone.utc))
     for stream, include_usage, expected in [
         (False, None, Decimal("0.000032")),  # 12 x 1.50 + 7 x 2.00 = 18 + 14 = 32 per 1M

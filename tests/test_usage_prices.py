@@ -97,16 +97,17 @@ def test_reprice_applies_a_price_to_calls_that_had_none(call, capsys):
     first = call("house-model")
     assert first.unpriced and first.cost is None
     ModelPrice.objects.create(model="house-model", effective_from=datetime(2024, 1, 1, tzinfo=dt_timezone.utc),
-                              input_per_1m=Decimal("1"), output_per_1m=Decimal("2"))
+                              input_per_1m=Decimal("1"), output_per_1m=Decimal("2"),
+                              cached_input_per_1m=Decimal("0.5"))
     first.refresh_from_db()
     assert first.unpriced, "prices never change past calls silently"
     call_command("reprice", "--since", utc_day(first.started_at))
     assert "1 changed" in capsys.readouterr().out
     first.refresh_from_db()
-    # No cached rate: all 12 input tokens at 1.00, plus 7 x 2.00 = 26 per 1M.
-    assert first.cost == Decimal("0.000026") and not first.unpriced
+    # 8 uncached x 1.00 + 4 cached x 0.50 + 7 x 2.00 = 8 + 2 + 14 = 24 per 1M.
+    assert first.cost == Decimal("0.000024") and not first.unpriced
     daily = UsageDaily.objects.get()
-    assert daily.cost == Decimal("0.000026") and daily.unpriced_calls == 0 and daily.calls == 1
+    assert daily.cost == Decimal("0.000024") and daily.unpriced_calls == 0 and daily.calls == 1
 
 
 def test_import_prices_adds_a_model_and_changes_a_price_from_a_date(call, tmp_path, capsys):
@@ -116,6 +117,7 @@ def test_import_prices_adds_a_model_and_changes_a_price_from_a_date(call, tmp_pa
     prices = tmp_path / "prices.json"
     prices.write_text(json.dumps({
         "house-model-x": {"input_cost_per_token": 4e-06, "output_cost_per_token": 1.6e-05,
+                          "cache_read_input_token_cost": 1e-06,
                           "litellm_provider": "openai", "mode": "responses"},
         "gpt-4o-mini": {"input_cost_per_token": 3e-07, "cache_read_input_token_cost": 1.5e-07,
                         "output_cost_per_token": 1.2e-06, "litellm_provider": "openai", "mode": "chat"},
@@ -125,12 +127,12 @@ def test_import_prices_adds_a_model_and_changes_a_price_from_a_date(call, tmp_pa
     call_command("import_prices", str(prices), "--effective", today)
     assert f"prices: 2 new, 0 unchanged, 1 skipped, effective {today} 00:00 UTC" in capsys.readouterr().out
     new = ModelPrice.objects.get(model="house-model-x")
-    assert (new.input_per_1m, new.output_per_1m, new.cached_input_per_1m) == (Decimal("4"), Decimal("16"), None)
+    assert (new.input_per_1m, new.output_per_1m, new.cached_input_per_1m) == (Decimal("4"), Decimal("16"), Decimal("1"))
     assert new.effective_from == datetime.fromisoformat(today).replace(tzinfo=dt_timezone.utc)
 
     priced = call("house-model-x")
-    # No cached rate: 12 x 4.00 + 7 x 16.00 = 48 + 112 = 160 per 1M.
-    assert priced.cost == Decimal("0.00016") and priced.price == new
+    # 8 x 4.00 + 4 cached x 1.00 + 7 x 16.00 = 32 + 4 + 112 = 148 per 1M.
+    assert priced.cost == Decimal("0.000148") and priced.price == new
     mini = call("gpt-4o-mini")
     # 8 x 0.30 + 4 x 0.15 + 7 x 1.20 = 2.4 + 0.6 + 8.4 = 11.4 per 1M (shipped would be 5.7).
     assert mini.cost == Decimal("0.0000114") and mini.price.effective_from == new.effective_from

@@ -15,6 +15,17 @@ class ModelPrice(models.Model):
 
     Rows are never rewritten when prices change: a new row with a later
     `effective_from` keeps past calls priced as they were.
+
+    What prices a call is `rates`: every money field of the model's price-map entry,
+    under the map's own name (`input_cost_per_token_flex`,
+    `cache_read_input_audio_token_cost`, `output_cost_per_token_above_272k_tokens_priority`,
+    `search_context_cost_per_query.search_context_size_high`, `input_cost_per_image/hd/1024-x-1792`),
+    in USD per unit as the map gives it. Why a dict and not a column per rate: the
+    map has 80 such fields for OpenAI alone (tiers x long context x modality x cache)
+    and gains more with each new tier; a new one needs no migration, and docs/prices.md
+    can say exactly which field of the map priced which part of a call. The per-1M
+    columns stay as the admin's editable face of the common rates: saving a row
+    with an edited column writes it into `rates` (see save()).
     """
 
     model = models.CharField(max_length=128)
@@ -28,6 +39,10 @@ class ModelPrice(models.Model):
     per_image = models.DecimalField(**PRICE)
     per_second = models.DecimalField("per audio second", **PRICE)
     per_character = models.DecimalField("per character", **PRICE)
+    rates = models.JSONField(default=dict, blank=True,
+                             help_text="USD per unit by price-map field name (see docs/prices.md)")
+    # The model's largest output: what a budget reserves for a call that sets no max.
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
     source = models.CharField(max_length=64, blank=True, help_text="where the price came from")
 
     class Meta:
@@ -38,6 +53,30 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} from {self.effective_from:%Y-%m-%d}"
+
+    def save(self, *args, **kwargs):
+        self.rates = sync_columns(self, dict(self.rates or {}))
+        super().save(*args, **kwargs)
+
+
+def sync_columns(price, rates: dict) -> dict:
+    """`rates` with the per-1M columns written in where they differ from what `rates`
+    says (an admin edited a column); a cleared column removes its rates."""
+    from decimal import Decimal
+
+    from ..price_import import _FIELDS, MILLION
+
+    for column, (keys, per_token) in _FIELDS.items():
+        value = getattr(price, column)
+        present = [k for k in keys if k in rates]
+        implied = Decimal(str(rates[present[0]])) * (MILLION if per_token else 1) if present else None
+        if value is None:
+            for k in present:
+                del rates[k]
+        elif implied is None or implied.quantize(Decimal("1e-10")) != Decimal(value).quantize(Decimal("1e-10")):
+            per_unit = Decimal(value) / MILLION if per_token else Decimal(value)
+            rates[present[0] if present else keys[0]] = str(per_unit.normalize())
+    return rates
 
 
 class UsageDaily(models.Model):
