@@ -20,6 +20,7 @@ never 0: a missing price must show up as a gap, not as free usage.
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -80,8 +81,9 @@ _cache_version: list[object] = [None]
 def current_version() -> object:
     version = cache.get(VERSION_KEY)
     if version is None:
-        # First use, or the cache was flushed: start a version no process has seen.
-        cache.add(VERSION_KEY, 1, timeout=None)
+        # First use, or the cache was flushed: start at a version no process has seen
+        # (restarting at 1 would match a worker that last saw 1 and keeps old prices).
+        cache.add(VERSION_KEY, secrets.randbits(52), timeout=None)
         version = cache.get(VERSION_KEY)
     return version
 
@@ -104,7 +106,7 @@ def clear_cache(**_: object) -> None:
     try:
         cache.incr(VERSION_KEY)
     except ValueError:  # no version yet: the next read starts one
-        cache.add(VERSION_KEY, 1, timeout=None)
+        cache.add(VERSION_KEY, secrets.randbits(52), timeout=None)
 
 
 def price_for(model: str, at: datetime) -> ModelPrice | None:

@@ -141,3 +141,34 @@ def test_import_prices_adds_a_model_and_changes_a_price_from_a_date(call, tmp_pa
 
     call_command("import_prices", str(prices), "--effective", today)
     assert "prices: 0 new, 2 unchanged, 1 skipped" in capsys.readouterr().out
+
+
+def test_a_price_change_applies_to_the_very_next_call_in_another_worker(start_gunicorn, issue_key, upstream,
+                                                                        tmp_path, capsys):
+    """The relay runs in gunicorn (another process, which has read and kept gpt-4o's
+    price); the price changes here, by an admin's row and then by import_prices; the
+    worker's very next call is priced at the new price each time."""
+    relay = start_gunicorn()
+    _, key = issue_key()
+
+    def call() -> ApiCall:
+        r = requests.post(f"{relay.url}/v1/responses", json={"model": "gpt-4o", "input": "hi"},
+                          headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        finished_calls(ApiCall.objects.count())
+        return ApiCall.objects.get(relay_request_id=r.headers["x-relay-request-id"])
+
+    assert call().cost == SHIPPED_GPT_4O
+    ModelPrice.objects.create(model="gpt-4o", effective_from=timezone.now() - timedelta(seconds=1),
+                              input_per_1m=Decimal("3"), cached_input_per_1m=Decimal("1.5"),
+                              output_per_1m=Decimal("12"))
+    # 8 x 3.00 + 4 x 1.50 + 7 x 12.00 = 24 + 6 + 84 = 114 per 1M.
+    assert call().cost == Decimal("0.000114")
+
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"gpt-4o": {"input_cost_per_token": 4e-06, "cache_read_input_token_cost": 2e-06,
+                                             "output_cost_per_token": 1.6e-05}}))
+    call_command("import_prices", str(prices))  # effective now
+    assert "1 new" in capsys.readouterr().out
+    # 8 x 4.00 + 4 x 2.00 + 7 x 16.00 = 32 + 8 + 112 = 152 per 1M.
+    assert call().cost == Decimal("0.000152")
