@@ -47,7 +47,7 @@ _MAC_FIELDS = tuple(name for name in _CALL_FIELDS if name != "id")
 # Columns added after rows were first MACed (migration 0010 on). They enter a row's
 # canonical text only when they hold something other than their default, so a row
 # written before the column existed still verifies, and one written after binds it.
-LATE_FIELDS = frozenset({"billing", "priced_model", *DIMENSION_FIELDS})
+LATE_FIELDS = frozenset({"billing", "priced_model", "budget_held", *DIMENSION_FIELDS})
 
 
 # --- calls --------------------------------------------------------------------

@@ -16,7 +16,7 @@ from django.db import DatabaseError, close_old_connections, connection, transact
 from django.dispatch import Signal
 from django.utils import timezone
 
-from . import call_rows, ledger, pricing, rollups, spool
+from . import budgets, call_rows, ledger, pricing, rollups, spool
 from .models import ApiCall, Billing, Outcome
 from .usage import Usage
 
@@ -45,6 +45,8 @@ class CallContext:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     forwarded_at: float | None = None
     upstream_ms: float | None = None
+    # The budget reservation made before forwarding (audit_app.budgets), settled at close.
+    reservation: Any = None
 
 
 def _base_fields(ctx: CallContext) -> dict[str, Any]:
@@ -148,6 +150,7 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
     for attempt in (1, 2):
         try:
             _complete(call_id, ctx, dict(fields), usage, response_model)
+            budgets.settle(ctx.reservation)
             return
         except DatabaseError:
             if attempt == 1:
@@ -169,6 +172,9 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
     if not fields.get("model") and response_model:
         fields["model"] = response_model[:128]
     fields.setdefault("billing", Billing.FREE)
+    if ctx.reservation is not None and fields["billing"] in (Billing.UNPRICED, Billing.UNKNOWN):
+        # Its cost is unknown: the budget keeps counting the most it was estimated at.
+        fields["budget_held"] = ctx.reservation.amount
     fields = _with_mac(ctx, fields)
     bucket = _bucket(ctx, fields)
     if bucket is not None and connection.vendor == "postgresql" \
@@ -242,7 +248,7 @@ def replay_journal() -> tuple[int, int]:
     return spool.replay(apply)
 
 
-_ROLLUP_FIELDS = frozenset({"model", "unpriced", "billing", "cost", *Usage.STORED})
+_ROLLUP_FIELDS = frozenset({"model", "unpriced", "billing", "cost", "budget_held", *Usage.STORED})
 
 
 def release_connection() -> None:

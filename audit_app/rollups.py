@@ -19,7 +19,7 @@ from .models import ApiCall, Billing, UsageDaily
 
 _COUNTERS = (
     "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens",
-    "images", "audio_seconds", "characters", "cost",
+    "images", "audio_seconds", "characters", "cost", "budget_held",
 )
 _TABLE = UsageDaily._meta.db_table
 _COLUMNS = ("date", "user_id", "key_id", "model", "family", "calls", *_COUNTERS, "unpriced_calls",
@@ -98,7 +98,8 @@ def rebuild(since: date | None = None) -> int:
             date=r["day"], user_id=r["user_id"], key_id=r["key_id"], model=r["model"],
             family=r["family"], calls=r["n"], unpriced_calls=r["unpriced_n"],
             unknown_calls=r["unknown_n"],
-            **{c: r[f"s_{c}"] or (Decimal(0) if c in ("cost", "audio_seconds") else 0) for c in _COUNTERS},
+            **{c: r[f"s_{c}"] or (Decimal(0) if c in ("cost", "audio_seconds", "budget_held") else 0)
+               for c in _COUNTERS},
         )
         for r in rows.iterator()
     ]

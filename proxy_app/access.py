@@ -10,24 +10,17 @@ from __future__ import annotations
 import json
 import math
 import time
-from datetime import date
 from decimal import Decimal
 
 from django.core.cache import cache
-from django.db.models import Sum
-from django.utils import timezone
 
-from audit_app.models import UsageDaily
+from audit_app import budgets
 from audit_app.recorder import CallContext
 
 from . import upstream
 from .errors import PolicyDenied, RelayError
 from .paths import ApiPath, family_hint
 from .policy import REQUEST_RULES
-
-# Spend is cached this long: a budget check costs a cache read, not a query.
-SPEND_CACHE_SECONDS = 10
-
 
 class BudgetExceeded(RelayError):
     status_code = 429
@@ -113,46 +106,52 @@ def _check_batch_input(ctx: CallContext, values: dict) -> None:
 
 
 # --- budgets ------------------------------------------------------------------
-
-
-def _month_start() -> date:
-    return timezone.localdate().replace(day=1)
+#
+# Reservations, settlement and the bound: audit_app.budgets and docs/prices.md.
 
 
 def month_spend(*, key_id: int | None = None, user_id: int | None = None) -> Decimal:
-    """USD spent this calendar month by a key or a user, from the daily rollups."""
-    first = _month_start()
-    who = f"k{key_id}" if key_id is not None else f"u{user_id}"
-    cache_key = f"relay:spend:{who}:{first:%Y%m}"
-    cached = cache.get(cache_key)
-    if cached is not None:
-        return Decimal(cached)
-    rows = UsageDaily.objects.filter(date__gte=first)
-    rows = rows.filter(key_id=key_id) if key_id is not None else rows.filter(user_id=user_id)
-    spend = rows.aggregate(s=Sum("cost"))["s"] or Decimal(0)
-    cache.set(cache_key, str(spend), SPEND_CACHE_SECONDS)
-    return spend
+    """USD counted against a key's or a user's budget this calendar month (priced cost
+    plus the holds of calls whose cost is unknown), from the daily rollups."""
+    return budgets.month_spend(f"k{key_id}" if key_id is not None else f"u{user_id}")
 
 
 def check_budgets(api_path: ApiPath, method: str, ctx: CallContext) -> None:
-    key = ctx.key
-    if key is None:
+    """Before the body is read: refuse at once when spend and the reservations of calls
+    in progress already fill a budget."""
+    now = time.time()
+    for owner, budget, name in budgets.budget_of(ctx.key, ctx.user):
+        spent = budgets.month_spend(owner)
+        held = budgets.reserved(owner, now)
+        if spent + held >= budget:
+            raise BudgetExceeded(_budget_message(ctx, owner, name, budget, spent, held))
+
+
+def _budget_message(ctx: CallContext, owner: str, name: str, budget, spent, held) -> str:
+    who = f"Relay key {ctx.key.prefix}…" if owner[0] == "k" else f"User {ctx.user.get_username()}"
+    return (f"{who} has used its monthly budget of ${budget} (spent ${spent:.2f} this month, "
+            f"${held:.2f} held by calls in progress; budget: {name}).")
+
+
+def reserve_budget(ctx: CallContext, api_path: ApiPath, method: str, fields: dict, body_bytes: int | None) -> None:
+    """Once the body's fields are known: reserve the call's estimated cost against every
+    budget over it, or refuse (403 when its cost could not be counted, 429 when it does
+    not fit)."""
+    if method != "POST" or api_path.path not in budgets.GENERATING_PATHS \
+            or not budgets.applies(ctx.key, ctx.user):
         return
-    if key.monthly_budget_usd is not None:
-        spent = month_spend(key_id=key.pk)
-        if spent >= key.monthly_budget_usd:
-            raise BudgetExceeded(
-                f"Relay key {key.prefix}… has used its monthly budget of ${key.monthly_budget_usd} "
-                f"(spent ${spent:.2f} this month; budget: key monthly_budget_usd)."
-            )
-    limit = getattr(ctx.user, "relay_limit", None)
-    if limit is not None and limit.monthly_budget_usd is not None:
-        spent = month_spend(user_id=ctx.user.pk)
-        if spent >= limit.monthly_budget_usd:
-            raise BudgetExceeded(
-                f"User {ctx.user.get_username()} has used their monthly budget of "
-                f"${limit.monthly_budget_usd} (spent ${spent:.2f} this month; budget: user monthly_budget_usd)."
-            )
+    try:
+        amount = budgets.estimate(fields.get("model"), fields, body_bytes or 0, api_path.path)
+    except budgets.Unpriceable as exc:
+        raise PolicyDenied(
+            f"This key has a monthly budget, and {exc}, so the relay could not count this call "
+            "against it. An admin can add a price (a fallback rate) for it in Model prices.",
+            code="relay_unpriced_under_budget", param="model",
+        ) from None
+    reservation, refusal = budgets.reserve(ctx.key, ctx.user, amount, time.time())
+    if reservation is None:
+        raise BudgetExceeded(f"This call does not fit the {refusal}.")
+    ctx.reservation = reservation
 
 
 # --- rate limits -----------------------------------------------------------------

@@ -18,6 +18,8 @@ from django.conf import settings
 
 from audit_app.recorder import CallContext
 
+from audit_app import budgets
+
 from . import access
 from .errors import BodyTooLarge, RelayError
 from .paths import ApiPath
@@ -44,18 +46,22 @@ def inspect_body(ctx: CallContext, api_path: ApiPath, method: str, content_type:
         raw = source.read(length)
         fields = _json_object(raw)
         access.check_model_scope(ctx, api_path, method, fields)
+        access.reserve_budget(ctx, api_path, method, fields, len(raw))
         return io.BytesIO(raw), len(raw)
-    if not access.has_model_scope(ctx):
+    # A budget needs the model (and output limits) too, to reserve the call's cost.
+    if not access.has_model_scope(ctx) and not budgets.applies(ctx.key, ctx.user):
         return source, length
     if kind == "application/json":
-        sniffer: JsonFieldSniffer | MultipartFieldSniffer = JsonFieldSniffer(_FIELDS)
+        sniffer: JsonFieldSniffer | MultipartFieldSniffer = JsonFieldSniffer(_FIELDS | budgets.ESTIMATE_FIELDS)
     elif kind == "multipart/form-data":
-        sniffer = MultipartFieldSniffer(boundary_of(content_type) or "", frozenset({"model"}))
+        sniffer = MultipartFieldSniffer(boundary_of(content_type) or "", budgets.ESTIMATE_FIELDS)
     else:
+        access.reserve_budget(ctx, api_path, method, {}, length)  # refused: no model to price it by
         return source, length
     spool, total = _spool(source, sniffer)
     try:
         access.check_model_scope(ctx, api_path, method, sniffer.values)
+        access.reserve_budget(ctx, api_path, method, sniffer.values, total)
     except RelayError:
         spool.close()
         raise

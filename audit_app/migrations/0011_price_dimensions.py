@@ -186,5 +186,15 @@ class Migration(migrations.Migration):
             name='rates',
             field=models.JSONField(blank=True, default=dict, help_text='USD per unit by price-map field name (see docs/prices.md)'),
         ),
+        migrations.AddField(
+            model_name='apicall',
+            name='budget_held',
+            field=models.DecimalField(blank=True, decimal_places=10, help_text='USD a budget counts for this call while its cost is unknown', max_digits=20, null=True),
+        ),
+        migrations.AddField(
+            model_name='usagedaily',
+            name='budget_held',
+            field=models.DecimalField(decimal_places=10, default=0, help_text='USD counted by budgets for calls of unknown cost', max_digits=20),
+        ),
         migrations.RunPython(fill_rates, migrations.RunPython.noop),
     ]

@@ -83,6 +83,10 @@ class ApiCall(TokenUsage, BilledDimensions):
     # A call with usage but no price for its model: cost stays NULL, never 0.
     unpriced = models.BooleanField(default=False)
     billing = models.CharField(max_length=8, choices=Billing.choices, blank=True, default="")
+    # What a budget counts for a call whose cost is unknown (unpriced, usage unknown):
+    # the cost reserved for it before it was forwarded (audit_app.budgets).
+    budget_held = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True,
+                                      help_text="USD a budget counts for this call while its cost is unknown")
     price = models.ForeignKey(
         "audit_app.ModelPrice", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )

@@ -102,6 +102,8 @@ class UsageDaily(models.Model):
     unpriced_calls = models.BigIntegerField(default=0)
     # Billed by OpenAI, usage not readable by the relay: cost unknown, never $0.
     unknown_calls = models.BigIntegerField(default=0)
+    # Budget holds of unpriced and usage-unknown calls (never part of `cost`).
+    budget_held = models.DecimalField(**MONEY, default=0, help_text="USD counted by budgets for calls of unknown cost")
 
     class Meta:
         verbose_name_plural = "usage (daily)"
