@@ -155,6 +155,8 @@ def _token_parts(u: Usage, write_rate: bool) -> list[tuple[str, str, int]]:
 @dataclass
 class Priced:
     cost: Decimal | None
+    # The part of cost that is per-call tool fees.
+    tool_cost: Decimal | None = None
     # The first rate the call needed and the price has not ("output_cost_per_token_flex"),
     # or why there is no price at all.
     missing: str = ""
@@ -226,6 +228,7 @@ def price_usage(usage: Usage, price: ModelPrice | None, *, batch: bool = False,
         if not charge(video, "output_cost_per_video_per_second"):
             return Priced(None, "output_cost_per_video_per_second")
     # Tool calls billed per call (per session for containers), at no tier's discount.
+    before_tools = total
     if usage.web_search_calls:
         size = usage.search_context_size or WEB_SEARCH_DEFAULT_CONTEXT
         key = f"search_context_cost_per_query.search_context_size_{size}"
@@ -243,7 +246,8 @@ def price_usage(usage: Usage, price: ModelPrice | None, *, batch: bool = False,
             return Priced(None, "code_interpreter_cost_per_session")
         total += Decimal(usage.code_interpreter_sessions) * Decimal(str(rate))
     # Exactly what the cost columns hold, so that what is stored is what was computed.
-    return Priced(total.quantize(COST_PLACES))
+    tools = total - before_tools
+    return Priced(total.quantize(COST_PLACES), tool_cost=tools.quantize(COST_PLACES) if tools else None)
 
 
 def cost_of(usage: Usage, price: ModelPrice | None, *, batch: bool = False,

@@ -128,8 +128,10 @@ def priced_fields(usage: Usage | None, model: str, at, *, batch: bool = False) -
     if usage is None or usage.is_empty:
         return {}
     price = pricing.price_for(model, at)
-    cost = pricing.cost_of(usage, price, batch=batch, at=at)
-    return {**usage.as_fields(), "cost": cost, "unpriced": cost is None,
+    priced = pricing.price_usage(usage, price, batch=batch, at=at)
+    cost = priced.cost
+    return {**usage.as_fields(), "cost": cost, "tool_cost": priced.tool_cost if cost is not None else None,
+            "unpriced": cost is None,
             "billing": Billing.PRICED if cost is not None else Billing.UNPRICED,
             "price": price if cost is not None else None}
 
@@ -206,6 +208,7 @@ def _bucket(ctx: CallContext, fields: dict[str, Any]) -> list[Any] | None:
     values = {k: v for k, v in fields.items() if k in _ROLLUP_FIELDS}
     return rollups.bucket_values(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
                                  model=values.pop("model", ""), family=ctx.family, calls=1,
+                                 service_tier=values.pop("service_tier", None),
                                  unpriced=1 if values.pop("unpriced", False) else 0,
                                  unknown=1 if values.pop("billing", "") == Billing.UNKNOWN else 0, **values)
 

@@ -124,7 +124,8 @@ CASES = [
           "tools": [{"type": "web_search", "search_context_size": "high"}]},
          # input_cost_per_token 1.5e-07 x 1000 + output_cost_per_token 6e-07 x 500
          # + search_context_cost_per_query.search_context_size_high 0.025 x 2 = 0.00015 + 0.0003 + 0.05
-         Decimal("0.05045"), stored={"web_search_calls": 2, "search_context_size": "high"}),
+         Decimal("0.05045"), stored={"web_search_calls": 2, "search_context_size": "high",
+                                     "tool_cost": Decimal("0.05")}),
     Case("code interpreter sessions (gpt-4.1)", responses, "gpt-4.1",
          {"usage": {**RESPONSES_USAGE, "input_tokens_details": {"cached_tokens": 0}},
           "output": [{"type": "code_interpreter_call", "id": "ci_1", "status": "completed",
@@ -135,7 +136,7 @@ CASES = [
                       "container_id": "cntr_b", "code": "3+3", "outputs": None}]},
          # input_cost_per_token 2e-06 x 1000 + output_cost_per_token 8e-06 x 500
          # + openai/container code_interpreter_cost_per_session 0.03 x 2 containers = 0.002 + 0.004 + 0.06
-         Decimal("0.066"), stored={"code_interpreter_sessions": 2}),
+         Decimal("0.066"), stored={"code_interpreter_sessions": 2, "tool_cost": Decimal("0.06")}),
     Case("file search calls: the map has no per-call rate, unpriced", responses, "gpt-4.1",
          {"usage": RESPONSES_USAGE,
           "output": [{"type": "file_search_call", "id": "fs_1", "status": "completed", "queries": ["q"]}]},

@@ -51,6 +51,8 @@ class BilledDimensions(models.Model):
     file_search_calls = _count("file search calls")
     code_interpreter_sessions = _count("code interpreter sessions")
     image_generation_calls = _count("image generation calls")
+    # The part of `cost` that is per-call tool fees (web search, containers).
+    tool_cost = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
 
     class Meta:
         abstract = True
@@ -60,7 +62,7 @@ DIMENSION_FIELDS = (
     "cache_write_tokens", "audio_input_tokens", "cached_audio_input_tokens", "image_input_tokens",
     "cached_image_input_tokens", "audio_output_tokens", "image_output_tokens", "service_tier",
     "image_variant", "web_search_calls", "search_context_size", "file_search_calls",
-    "code_interpreter_sessions", "image_generation_calls",
+    "code_interpreter_sessions", "image_generation_calls", "tool_cost",
 )
 
 

@@ -88,6 +88,9 @@ class UsageDaily(models.Model):
     key = models.ForeignKey("proxy_app.RelayKey", on_delete=models.PROTECT, related_name="+")
     model = models.CharField(max_length=128, blank=True)
     family = models.CharField("endpoint family", max_length=32, blank=True)
+    # The tier upstream reported ("" when none): priority and flex calls are billed at
+    # rates of their own, so a statement shows them on rows of their own.
+    service_tier = models.CharField(max_length=16, blank=True, default="")
 
     calls = models.BigIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
@@ -98,6 +101,15 @@ class UsageDaily(models.Model):
     images = models.BigIntegerField(default=0)
     audio_seconds = models.DecimalField(max_digits=16, decimal_places=3, default=0)
     characters = models.BigIntegerField(default=0)
+    audio_input_tokens = models.BigIntegerField(default=0)
+    audio_output_tokens = models.BigIntegerField(default=0)
+    image_input_tokens = models.BigIntegerField(default=0)
+    image_output_tokens = models.BigIntegerField(default=0)
+    web_search_calls = models.BigIntegerField(default=0)
+    file_search_calls = models.BigIntegerField(default=0)
+    code_interpreter_sessions = models.BigIntegerField(default=0)
+    image_generation_calls = models.BigIntegerField(default=0)
+    tool_cost = models.DecimalField(**MONEY, default=0, help_text="USD of per-call tool fees, part of cost")
     cost = models.DecimalField(**MONEY, default=0, help_text="USD, priced calls only")
     unpriced_calls = models.BigIntegerField(default=0)
     # Billed by OpenAI, usage not readable by the relay: cost unknown, never $0.
@@ -110,7 +122,7 @@ class UsageDaily(models.Model):
         ordering = ["-date"]
         constraints = [
             models.UniqueConstraint(
-                fields=["date", "user", "key", "model", "family"], name="usagedaily_bucket"
+                fields=["date", "user", "key", "model", "family", "service_tier"], name="usagedaily_bucket"
             ),
         ]
         indexes = [

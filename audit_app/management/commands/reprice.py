@@ -68,19 +68,27 @@ class Command(StoppableCommand):
         new = priced_fields(Usage.from_row(call), call.priced_model or call.model, call.started_at)
         cost, unpriced = new.get("cost"), new.get("unpriced", False)
         billing = new.get("billing", call.billing)
-        if cost == call.cost and unpriced == call.unpriced and billing == call.billing:
+        if cost == call.cost and unpriced == call.unpriced and billing == call.billing \
+                and new.get("tool_cost") == call.tool_cost:
             return 0
         if amend is not None:
             old_cost, old_unpriced = call.cost, call.unpriced
             call.cost, call.unpriced, call.price, call.billing = cost, unpriced, new.get("price"), billing
+            old_tools, call.tool_cost = call.tool_cost, new.get("tool_cost")
+            # A budget hold stands in for an unknown cost; once the cost is known it goes.
+            old_held = call.budget_held if billing == Billing.PRICED else None
+            if old_held is not None:
+                call.budget_held = None
             call.row_mac = call_mac(call)
             if call.chain_seq is not None:
                 call.chain_seq = amend(call)
-            call.save(update_fields=["cost", "unpriced", "price", "billing", "row_mac", "chain_seq"])
+            call.save(update_fields=["cost", "tool_cost", "unpriced", "price", "billing", "budget_held",
+                                     "row_mac", "chain_seq"])
             if call.key_id is not None and call.user_id is not None:
                 rollups.add(
                     started_at=call.started_at, user_id=call.user_id, key_id=call.key_id,
-                    model=call.model, family=call.family, calls=0,
+                    model=call.model, family=call.family, service_tier=call.service_tier, calls=0,
+                    tool_cost=(call.tool_cost or 0) - (old_tools or 0), budget_held=-(old_held or 0),
                     cost=(cost or 0) - (old_cost or 0), unpriced=int(unpriced) - int(old_unpriced),
                 )
         return 1
