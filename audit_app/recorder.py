@@ -251,7 +251,7 @@ def replay_journal() -> tuple[int, int]:
     return spool.replay(apply)
 
 
-_ROLLUP_FIELDS = frozenset({"model", "unpriced", "billing", "cost", "budget_held", *Usage.STORED})
+_ROLLUP_FIELDS = frozenset({"model", "unpriced", "billing", "cost", "budget_held", "tool_cost", *Usage.STORED})
 
 
 def release_connection() -> None:
