@@ -247,15 +247,19 @@ def reserve(key: Any, user: Any, amount: Decimal, now: float) -> tuple[Reservati
     reservation = Reservation(amount=amount)
     timeout = settings.RELAY_PENDING_TIMEOUT_SECONDS + 2 * _bucket_seconds()
     for owner, budget, name in budget_of(key, user):
-        bucket = _reservation_keys(owner, now)[-1]
+        *older, bucket = _reservation_keys(owner, now)
         cache.add(bucket, 0, timeout=timeout)
         try:
-            cache.incr(bucket, units)
+            after = cache.incr(bucket, units)
         except ValueError:  # expired between add and incr
             cache.add(bucket, units, timeout=timeout)
+            after = units
         reservation.holds.append((bucket, units))
+        # `after` counts this reservation and those made before it in this bucket, not the
+        # ones made after it: calls are admitted in the order they reserved, and a burst of
+        # concurrent calls cannot refuse each other all at once.
+        open_ = sum((Decimal(v) for v in cache.get_many(older).values()), Decimal(after)) * UNIT
         spent = month_spend(owner)
-        open_ = reserved(owner, now)  # includes this reservation
         if spent + open_ > budget:
             release(reservation)
             return None, (f"{name} of ${budget} (spent ${spent:.2f} this month, ${open_ - amount:.2f} held "

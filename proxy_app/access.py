@@ -117,14 +117,14 @@ def month_spend(*, key_id: int | None = None, user_id: int | None = None) -> Dec
 
 
 def check_budgets(api_path: ApiPath, method: str, ctx: CallContext) -> None:
-    """Before the body is read: refuse at once when spend and the reservations of calls
-    in progress already fill a budget."""
-    now = time.time()
+    """Before the body is read: refuse at once when spend alone fills a budget. Whether
+    this call fits beside the calls in progress is decided by its reservation
+    (reserve_budget), in the order calls reserve: counting other calls' reservations
+    here would let a burst of calls refuse each other all at once."""
     for owner, budget, name in budgets.budget_of(ctx.key, ctx.user):
         spent = budgets.month_spend(owner)
-        held = budgets.reserved(owner, now)
-        if spent + held >= budget:
-            raise BudgetExceeded(_budget_message(ctx, owner, name, budget, spent, held))
+        if spent >= budget:
+            raise BudgetExceeded(_budget_message(ctx, owner, name, budget, spent, budgets.reserved(owner, time.time())))
 
 
 def _budget_message(ctx: CallContext, owner: str, name: str, budget, spent, held) -> str:
