@@ -8,8 +8,9 @@ docs/prices.md ("Budgets") states the design and the overshoot bound; in short:
   `max_completion_tokens`) capped by the model's largest output, each at the
   highest rate the model has for its kind; tool calls and images at their rates.
 - The reservation is admitted only if spend + every open reservation + it stays
-  within the budget. The reservation is an atomic increment of a shared counter
-  (Redis in production), so 20 concurrent calls cannot all see the same headroom.
+  within the budget. The reservation is an atomic increment of a shared counter in
+  Redis (or a BudgetHold row with the database cache, whose increments are not
+  atomic), so 20 concurrent calls cannot all see the same headroom.
 - At completion it is settled: released, with the real cost now in the rollups.
   A call that ends unpriced or usage-unknown keeps its reservation as spend (the
   call's `budget_held`, summed in the rollups): its cost is unknown, so the
@@ -26,17 +27,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
+from datetime import timezone as dt_timezone
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
 from django.db.models import Sum
 from django.utils import timezone
 
 from . import pricing
-from .models import UsageDaily
+from .models import BudgetHold, UsageDaily
 
 UNIT = Decimal("1e-10")
 # Requests that generate (and so are billed). Reads, files, batches and jobs are not
@@ -233,9 +235,49 @@ def month_spend(owner: str) -> Decimal:
     return spend
 
 
+def atomic_cache() -> bool:
+    """Whether the cache counts atomically (Redis): else reservations are rows (BudgetHold)."""
+    from django.core.cache.backends.redis import RedisCache
+
+    return isinstance(caches["default"], RedisCache)
+
+
 def reserved(owner: str, now: float) -> Decimal:
+    """USD held by calls of this budget in progress (within the pending-call timeout)."""
+    if not atomic_cache():
+        since = datetime.fromtimestamp(now - settings.RELAY_PENDING_TIMEOUT_SECONDS, dt_timezone.utc)
+        held = BudgetHold.objects.filter(owner=owner, created_at__gte=since).aggregate(s=Sum("amount"))["s"]
+        return held or Decimal(0)
     values = cache.get_many(_reservation_keys(owner, now))
     return sum((Decimal(v) for v in values.values()), Decimal(0)) * UNIT
+
+
+def _hold(owner: str, amount: Decimal, now: float) -> tuple[tuple[str, int], Decimal]:
+    """Add a hold; returns it and what is held with it: itself and the holds made before it.
+
+    Counting only earlier holds admits calls in the order they reserved: a burst of
+    concurrent calls cannot refuse each other all at once.
+    """
+    if not atomic_cache():
+        at = datetime.fromtimestamp(now, dt_timezone.utc)
+        row = BudgetHold.objects.create(owner=owner, amount=amount, created_at=at)
+        since = datetime.fromtimestamp(now - settings.RELAY_PENDING_TIMEOUT_SECONDS, dt_timezone.utc)
+        BudgetHold.objects.filter(owner=owner, created_at__lt=since).delete()  # lapsed, never settled
+        held = BudgetHold.objects.filter(owner=owner, created_at__gte=since, pk__lte=row.pk) \
+            .aggregate(s=Sum("amount"))["s"]
+        return ("db", row.pk), held or amount
+    units = _units(amount)
+    timeout = settings.RELAY_PENDING_TIMEOUT_SECONDS + 2 * _bucket_seconds()
+    *older, bucket = _reservation_keys(owner, now)
+    cache.add(bucket, 0, timeout=timeout)
+    try:
+        after = cache.incr(bucket, units)
+    except ValueError:  # expired between add and incr
+        cache.add(bucket, units, timeout=timeout)
+        after = units
+    # `after` counts this hold and those made before it in this bucket.
+    held = sum((Decimal(v) for v in cache.get_many(older).values()), Decimal(after)) * UNIT
+    return (bucket, units), held
 
 
 def reserve(key: Any, user: Any, amount: Decimal, now: float) -> tuple[Reservation | None, str]:
@@ -243,22 +285,10 @@ def reserve(key: Any, user: Any, amount: Decimal, now: float) -> tuple[Reservati
 
     Returns (reservation, "") or (None, a sentence naming the budget that refused).
     """
-    units = _units(amount)
     reservation = Reservation(amount=amount)
-    timeout = settings.RELAY_PENDING_TIMEOUT_SECONDS + 2 * _bucket_seconds()
     for owner, budget, name in budget_of(key, user):
-        *older, bucket = _reservation_keys(owner, now)
-        cache.add(bucket, 0, timeout=timeout)
-        try:
-            after = cache.incr(bucket, units)
-        except ValueError:  # expired between add and incr
-            cache.add(bucket, units, timeout=timeout)
-            after = units
-        reservation.holds.append((bucket, units))
-        # `after` counts this reservation and those made before it in this bucket, not the
-        # ones made after it: calls are admitted in the order they reserved, and a burst of
-        # concurrent calls cannot refuse each other all at once.
-        open_ = sum((Decimal(v) for v in cache.get_many(older).values()), Decimal(after)) * UNIT
+        hold, open_ = _hold(owner, amount, now)
+        reservation.holds.append(hold)
         spent = month_spend(owner)
         if spent + open_ > budget:
             release(reservation)
@@ -271,7 +301,12 @@ def reserve(key: Any, user: Any, amount: Decimal, now: float) -> tuple[Reservati
 def release(reservation: Reservation | None) -> None:
     if reservation is None:
         return
+    rows = [units for bucket, units in reservation.holds if bucket == "db"]
+    if rows:
+        BudgetHold.objects.filter(pk__in=rows).delete()
     for bucket, units in reservation.holds:
+        if bucket == "db":
+            continue
         try:
             cache.decr(bucket, units)
         except ValueError:  # expired: the hold has lapsed already

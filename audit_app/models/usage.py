@@ -133,3 +133,21 @@ class UsageDaily(models.Model):
 
     def __str__(self) -> str:
         return f"{self.date} {self.user_id}/{self.key_id} {self.model or '-'}"
+
+
+class BudgetHold(models.Model):
+    """A budget reservation of a call in flight, when the cache cannot count atomically.
+
+    With Redis, reservations are counters in the cache (atomic INCRBY). Django's
+    database cache increments by reading then writing, which loses one of two
+    concurrent updates; so without Redis each reservation is a row here: an insert
+    is atomic, a call is checked against the holds made before it (lower id), and
+    settling deletes its row. Rows older than the pending-call timeout no longer count.
+    """
+
+    owner = models.CharField(max_length=24)  # "k12" (a key) or "u3" (a user)
+    amount = models.DecimalField(**MONEY)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "created_at"], name="budgethold_owner_created")]
