@@ -126,7 +126,7 @@ def price_for(model: str, at: datetime) -> ModelPrice | None:
 
 # Token dimensions: (label, rate name in the map, quantity from the usage). Quantities
 # are disjoint and add up to input_tokens and output_tokens.
-def _token_parts(u: Usage, write_rate: bool) -> list[tuple[str, str, int]]:
+def _token_parts(u: Usage, write_rate: bool, write_base: str) -> list[tuple[str, str, int]]:
     cached = u.cached_input_tokens or 0
     cached_audio = u.cached_audio_input_tokens or 0
     cached_image = u.cached_image_input_tokens or 0
@@ -142,7 +142,7 @@ def _token_parts(u: Usage, write_rate: bool) -> list[tuple[str, str, int]]:
     return [
         ("text input", "input_cost_per_token", text_in),
         ("cached text input", "cache_read_input_token_cost", cached_text),
-        ("cache writes", "cache_creation_input_token_cost", writes),
+        ("cache writes", write_base, writes),
         ("audio input", "input_cost_per_audio_token", audio_in - cached_audio),
         ("cached audio input", "cache_read_input_audio_token_cost", cached_audio),
         ("image input", "input_cost_per_image_token", image_in - cached_image),
@@ -206,8 +206,11 @@ def price_usage(usage: Usage, price: ModelPrice | None, *, batch: bool = False,
         long = "_above_%dk_tokens" % (threshold // 1000) \
             if threshold is not None and (usage.input_tokens or 0) > threshold else ""
         write_base = "cache_creation_input_token_cost"
-        write_rate = write_base + long + suffix in rates
-        for label, base, quantity in _token_parts(usage, write_rate):
+        if (usage.cache_retention or "").lower() == "24h":
+            write_base += "_above_12hr"  # extended retention: the map's above-12-hour write rate
+        write_rate = write_base + long + suffix in rates or (
+            "cache_creation_input_token_cost" + long + suffix in rates)  # writes are billed: a missing 12h rate is unpriced
+        for label, base, quantity in _token_parts(usage, write_rate, write_base):
             if quantity < 0:
                 return Priced(None, f"inconsistent usage: negative {label}")
             if not charge(quantity, base + long + suffix):

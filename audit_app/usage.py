@@ -40,6 +40,8 @@ class Usage:
     total_tokens: int | None = None
     # Input tokens written to the prompt cache (billed at a write rate by some models).
     cache_write_tokens: int | None = None
+    # The response's `prompt_cache_retention`: "24h" writes bill at the map's `_above_12hr` rate.
+    cache_retention: str | None = None
     audio_input_tokens: int | None = None
     cached_audio_input_tokens: int | None = None
     image_input_tokens: int | None = None
@@ -63,13 +65,13 @@ class Usage:
     # Stored on ApiCall (and BatchResult, which lacks the unit columns).
     STORED = (
         "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens",
-        "cache_write_tokens", "audio_input_tokens", "cached_audio_input_tokens", "image_input_tokens",
+        "cache_write_tokens", "cache_retention", "audio_input_tokens", "cached_audio_input_tokens", "image_input_tokens",
         "cached_image_input_tokens", "audio_output_tokens", "image_output_tokens", "service_tier",
         "images", "image_variant", "audio_seconds", "characters", "web_search_calls",
         "search_context_size", "file_search_calls", "code_interpreter_sessions", "image_generation_calls",
     )
     # What describes the usage rather than measures it: alone, it is no usage.
-    _QUALIFIERS = ("service_tier", "image_variant", "search_context_size")
+    _QUALIFIERS = ("service_tier", "image_variant", "search_context_size", "cache_retention")
 
     @property
     def is_empty(self) -> bool:
@@ -152,6 +154,9 @@ class Usage:
         tier = response.get("service_tier")
         if isinstance(tier, str) and tier:
             self.service_tier = tier[:16]
+        retention = response.get("prompt_cache_retention")
+        if isinstance(retention, str) and retention:
+            self.cache_retention = retention[:16]
         items = response.get("output")
         if isinstance(items, list):
             containers: set[str] = set()
@@ -188,6 +193,7 @@ class OutputItemCounter:
     _CONTAINER = re.compile(rb'[{,]\s*"container_id"\s*:\s*"([^"\\]{1,128})"')
     _TIER = re.compile(rb'[{,]\s*"service_tier"\s*:\s*"([a-z_]{1,16})"')
     _SIZE = re.compile(rb'[{,]\s*"search_context_size"\s*:\s*"([a-z]{1,8})"')
+    _RETENTION = re.compile(rb'[{,]\s*"prompt_cache_retention"\s*:\s*"([a-z0-9_]{1,16})"')
     _KEEP = 128  # longer than any match
 
     def __init__(self) -> None:
@@ -195,6 +201,7 @@ class OutputItemCounter:
         self.containers: set[bytes] = set()
         self.tiers: list[bytes] = []
         self.size: bytes | None = None
+        self.retention: bytes | None = None
         self._tail = b""
 
     def feed(self, chunk: bytes) -> None:
@@ -211,6 +218,8 @@ class OutputItemCounter:
                 self.tiers.append(m.group(1))
         for m in self._SIZE.finditer(data):
             self.size = m.group(1)
+        for m in self._RETENTION.finditer(data):
+            self.retention = m.group(1)
         self._tail = data[-self._KEEP:]
 
     def apply(self, usage: Usage) -> Usage:
@@ -222,6 +231,8 @@ class OutputItemCounter:
         if self.tiers and usage.service_tier is None:
             # A Response has one top-level service_tier, written after its output.
             usage.service_tier = self.tiers[-1].decode()
+        if self.retention is not None and usage.cache_retention is None:
+            usage.cache_retention = self.retention.decode()
         if self.size is not None and usage.web_search_calls:
             usage.search_context_size = self.size.decode()
         return usage

@@ -459,7 +459,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not sc:
             return obj
         obj = dict(obj)
-        for name in ("model", "service_tier", "tools"):
+        for name in ("model", "service_tier", "tools", "prompt_cache_retention"):
             if name in sc:
                 obj[name] = sc[name]
         if "output" in sc and isinstance(obj.get("output"), list):

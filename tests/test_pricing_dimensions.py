@@ -160,6 +160,14 @@ CASES = [
          # input_cost_per_token 4e-06 x 6000 + cache_creation_input_token_cost 5e-06 x 4000
          # + output_cost_per_token 2e-05 x 100 = 0.024 + 0.02 + 0.002
          Decimal("0.046"), streams=(False,), stored={"cache_write_tokens": 4000}),
+    Case("cache writes with 24h retention (gpt-5.6)", responses, "gpt-5.6",
+         {"prompt_cache_retention": "24h",
+          "usage": {"input_tokens": 10000, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 4000},
+                    "output_tokens": 100, "output_tokens_details": {"reasoning_tokens": 0},
+                    "total_tokens": 10100}},
+         # input_cost_per_token 4e-06 x 6000 + cache_creation_input_token_cost_above_12hr 1e-05 x 4000
+         # + output_cost_per_token 2e-05 x 100 = 0.024 + 0.04 + 0.002
+         Decimal("0.066"), stored={"cache_retention": "24h"}),
     Case("audio input tokens of a transcription (gpt-4o-mini-transcribe)", transcription,
          "gpt-4o-mini-transcribe",
          {"usage": {"type": "tokens", "input_tokens": 100, "input_token_details": {"text_tokens": 20, "audio_tokens": 80},

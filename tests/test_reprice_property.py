@@ -92,7 +92,8 @@ def random_usage(rng: random.Random, model: str) -> Usage:
               audio_input_tokens=audio or None, image_input_tokens=image or None,
               audio_output_tokens=audio_out or None, image_output_tokens=image_out or None,
               cache_write_tokens=some(inp - audio - image - cached) or None,
-              service_tier=rng.choice(TIERS) if rng.random() < 0.4 else None)
+              service_tier=rng.choice(TIERS) if rng.random() < 0.4 else None,
+              cache_retention=rng.choice([None, "in_memory", "24h"]))
     if rng.random() < 0.2:
         u.web_search_calls = rng.randint(1, 3)
         u.search_context_size = rng.choice([None, "low", "medium", "high"])

@@ -36,6 +36,8 @@ class BilledDimensions(models.Model):
     cached_* are parts of their kind. NULL: not reported (or none)."""
 
     cache_write_tokens = _count("cache write tokens")
+    cache_retention = models.CharField(max_length=16, blank=True, null=True,
+                                       help_text="prompt_cache_retention upstream applied (24h: extended)")
     audio_input_tokens = _count("audio input tokens")
     cached_audio_input_tokens = _count("cached audio input tokens")
     image_input_tokens = _count("image input tokens")
@@ -59,7 +61,7 @@ class BilledDimensions(models.Model):
 
 
 DIMENSION_FIELDS = (
-    "cache_write_tokens", "audio_input_tokens", "cached_audio_input_tokens", "image_input_tokens",
+    "cache_write_tokens", "cache_retention", "audio_input_tokens", "cached_audio_input_tokens", "image_input_tokens",
     "cached_image_input_tokens", "audio_output_tokens", "image_output_tokens", "service_tier",
     "image_variant", "web_search_calls", "search_context_size", "file_search_calls",
     "code_interpreter_sessions", "image_generation_calls", "tool_cost",
