@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from . import pricing, rollups
+from . import rollups
 from .file_records import from_epoch, record_file
 from .models import BatchRecord, BatchResult, FileOrigin
 from .models.batches import FINAL_STATUSES, LIFECYCLE_FIELDS

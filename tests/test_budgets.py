@@ -19,7 +19,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from audit_app import budgets
-from audit_app.models import ApiCall, Billing, BudgetHold, ModelPrice, UsageDaily
+from audit_app.models import Billing, BudgetHold, ModelPrice, UsageDaily
 from proxy_app.models import UserLimit
 from tests.conftest import finished_calls
 

@@ -17,9 +17,8 @@ from decimal import Decimal
 from typing import Any, Callable
 
 import openai
-import pytest
 
-from audit_app.models import ApiCall, Billing, ModelPrice
+from audit_app.models import Billing, ModelPrice
 from tests.conftest import finished_calls
 
 RESPONSES_USAGE = {"input_tokens": 1000, "input_tokens_details": {"cached_tokens": 200},

@@ -288,8 +288,6 @@ def test_usage_report(post, upstream, capsys):
 
 
 def test_usage_report_shows_dimensions_tiers_modes_and_unknown_costs_apart(post, upstream, capsys, shipped_prices):
-    from audit_app.models import BatchRecord, BatchResult  # noqa: F401  (batch rows come from the rollups)
-
     upstream.scenario = {"service_tier": "priority", "usage": {
         "input_tokens": 1000, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 500,
         "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 1500},
