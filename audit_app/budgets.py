@@ -161,6 +161,8 @@ def estimate(model: Any, fields: dict[str, Any], body_bytes: int, path: str) -> 
     else:
         raise Unpriceable(f"model '{model}' has no rate the relay can count")
     total += _tool_fees(model, rates, fields)
+    if path == "/v1/chat/completions" and pricing.is_search_model(model):
+        total += max(_rates_with(rates, lambda k: k.startswith(_SEARCH_RATE)), default=Decimal(0))
     return max(total, _setting('RELAY_BUDGET_MIN_RESERVATION_USD'))
 
 

@@ -45,6 +45,15 @@ CONTAINER_PRICE = "openai/container"
 WEB_SEARCH_DEFAULT_CONTEXT = "medium"  # OpenAI's default search_context_size
 
 
+# Chat Completions' search models (gpt-4o-search-preview, gpt-5-search-api): every
+# request is one web search, billed at the model's search_context_cost_per_query.
+_SEARCH_MODEL = re.compile(r"-search-(?:preview|api)(?:-|$)")
+
+
+def is_search_model(model: str) -> bool:
+    return bool(_SEARCH_MODEL.search(model or ""))
+
+
 def family_of(model: str) -> str | None:
     m = _SNAPSHOT.match(model)
     return m.group("family") if m else None

@@ -168,6 +168,10 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
     if usage is not None:
         # The model upstream reports is the most specific name (a dated snapshot).
         priced_as = (response_model or fields.get("model", ""))[:128]
+        if ctx.family == "chat" and usage.web_search_calls is None and pricing.is_search_model(priced_as) \
+                and usage.has_tokens:
+            # Chat Completions' search models search the web on every request: one call's fee.
+            usage.web_search_calls = 1
         fields.update(priced_fields(usage, priced_as, ctx.started_at))
         if fields.get("billing"):
             fields["priced_model"] = priced_as

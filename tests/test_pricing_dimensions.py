@@ -125,6 +125,11 @@ CASES = [
          # + search_context_cost_per_query.search_context_size_high 0.025 x 2 = 0.00015 + 0.0003 + 0.05
          Decimal("0.05045"), stored={"web_search_calls": 2, "search_context_size": "high",
                                      "tool_cost": Decimal("0.05")}),
+    Case("a chat search model: every request is one web search (gpt-4o-search-preview)", chat,
+         "gpt-4o-search-preview", {"usage": {**CHAT_USAGE, "prompt_tokens_details": {"cached_tokens": 0}}},
+         # input_cost_per_token 2.5e-06 x 1000 + output_cost_per_token 1e-05 x 500
+         # + search_context_cost_per_query.search_context_size_medium 0.025 = 0.0025 + 0.005 + 0.025
+         Decimal("0.0325"), stored={"web_search_calls": 1, "tool_cost": Decimal("0.025")}),
     Case("code interpreter sessions (gpt-4.1)", responses, "gpt-4.1",
          {"usage": {**RESPONSES_USAGE, "input_tokens_details": {"cached_tokens": 0}},
           "output": [{"type": "code_interpreter_call", "id": "ci_1", "status": "completed",
