@@ -261,7 +261,7 @@ class FileRecordAdmin(CsvExportMixin, ReadOnlyAdmin):
 
     @admin.display(description="filename")
     def short_filename(self, obj: FileRecord) -> str:
-        return _short(obj.filename, 24) if obj.filename else "-"
+        return _short(obj.filename, 20) if obj.filename else "-"
 
     @admin.display(description="size")
     def size(self, obj: FileRecord) -> str:
@@ -635,7 +635,7 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(ReadOnlyAdmin):
-    """The budget alerts sent (audit_app.budgets): which threshold, when, to whom."""
+    """The budget alerts sent (audit_app.budget_alerts): which threshold, when, to whom."""
 
     list_display = ("sent_at", "kind", "budget_of", "month", "threshold", "spend_usd", "budget", "recipients")
     list_filter = (date_range("sent_at", "sent"), "kind", "threshold")

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from relay_project.redact import scrub_keys, storable
 
-from . import pricing, rollups
+from . import rollups
 from .file_records import from_epoch, record_file
 from .models import BatchRecord, BatchResult, FileOrigin
 from .models.batches import FINAL_STATUSES, LIFECYCLE_FIELDS
@@ -89,13 +89,14 @@ def result_from_line(batch: BatchRecord, line: dict[str, Any], from_error_file: 
         error_message=scrub_keys(storable(str(error.get("message") or "")))[:1024],
         from_error_file=from_error_file,
     )
-    usage = Usage.from_api(body.get("usage"))
+    usage = Usage.from_api(body.get("usage"), response=body)
     if usage is not None:
-        for name in _TOKENS:
-            setattr(result, name, getattr(usage, name))
-        price = pricing.price_for(result.model, batch.created_at or batch.first_seen_at)
-        result.cost = pricing.cost_of(usage, price, batch=True)
-        result.unpriced = result.cost is None
+        from .recorder import priced_fields
+
+        fields = priced_fields(usage, result.model, batch.created_at or batch.first_seen_at, batch=True)
+        for name, value in fields.items():
+            if name != "price" and hasattr(result, name):
+                setattr(result, name, value)
     return result
 
 

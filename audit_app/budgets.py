@@ -1,188 +1,336 @@
-"""Spend against budget for the month, per key and per user, and the 80% / 100% alerts.
+"""Budgets that hold: reservations before forwarding, settlement at completion.
 
-Spend is read from the daily rollups (UsageDaily.cost: priced calls only; calls
-of unknown cost are counted apart and named in the figures, never as $0).
-`check_budget_alerts` is the one function that sends alerts: call it after a
-call settles (for its key and user), or for everyone from the
-`send_budget_alerts` command on a timer. Each threshold mails once per key or
-user per month: the BudgetAlert row is inserted before the mail, and its unique
-key (kind, id, month, threshold) stops a second process from sending it again.
+docs/prices.md ("Budgets") states the design and the overshoot bound; in short:
+
+- Before a generating call of a key or user with a monthly budget is forwarded, the
+  relay reserves an estimated cost for it (`estimate`): input tokens at most the
+  body's bytes, output tokens the request's `max_output_tokens` (or `max_tokens`,
+  `max_completion_tokens`) capped by the model's largest output, each at the
+  highest rate the model has for its kind; tool calls and images at their rates.
+- The reservation is admitted only if spend + every open reservation + it stays
+  within the budget. The reservation is an atomic increment of a shared counter in
+  Redis (or a BudgetHold row with the database cache, whose increments are not
+  atomic), so 20 concurrent calls cannot all see the same headroom.
+- At completion it is settled: released, with the real cost now in the rollups.
+  A call that ends unpriced or usage-unknown keeps its reservation as spend (the
+  call's `budget_held`, summed in the rollups): its cost is unknown, so the
+  budget counts the most it could have been.
+- An unsettled reservation (a worker killed mid-call) expires with the pending-call
+  timeout: reservations are counted in time buckets that expire after it.
+- A key or user with a budget may not use a model without a price, or a dimension
+  without a rate (a tier, audio output, a billed tool), because the relay could not
+  count it: 403 naming the reason, until an admin adds the price or rate.
+
+Amounts in the cache are integers of 1e-10 USD (the cost columns' scale).
 """
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-from datetime import date
-from decimal import Decimal
+import math
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from datetime import timezone as dt_timezone
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.core.mail import send_mail
-from django.db import IntegrityError, transaction
+from django.core.cache import cache, caches
 from django.db.models import Sum
 from django.utils import timezone
 
-from .models import BudgetAlert, UsageDaily
+from . import pricing
+from .models import BudgetHold, UsageDaily
 
-log = logging.getLogger(__name__)
+UNIT = Decimal("1e-10")
+# Requests that generate (and so are billed). Reads, files, batches and jobs are not
+# reserved here: batches and background jobs are billed when they finish (docs/prices.md).
+GENERATING_PATHS = frozenset({
+    "/v1/responses", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+    "/v1/images/generations", "/v1/images/edits", "/v1/images/variations",
+    "/v1/audio/speech", "/v1/audio/transcriptions", "/v1/audio/translations",
+})
+# Body fields the estimate reads (sniffed from bodies too large to parse whole).
+ESTIMATE_FIELDS = frozenset({"model", "max_output_tokens", "max_completion_tokens", "max_tokens", "n",
+                             "service_tier", "size", "quality", "max_tool_calls"})
+_OUTPUT_LIMITS = ("max_output_tokens", "max_completion_tokens", "max_tokens")
+# Tools whose calls OpenAI bills per call: the rate each needs in the model's price.
+_SEARCH_RATE = "search_context_cost_per_query.search_context_size_"
+_UNRATED_TOOLS = {"file_search": "file_search_cost_per_call",
+                  "image_generation": "image_generation_cost_per_call"}
 
-THRESHOLDS = (80, 100)
+
+# Overridable in settings; the defaults are documented in docs/prices.md.
+DEFAULTS = {
+    # Output reserved for a call that sets no limit, on a model whose largest output
+    # the price map does not give.
+    "RELAY_BUDGET_OUTPUT_CAP_TOKENS": 32768,
+    # The least a generating call reserves.
+    "RELAY_BUDGET_MIN_RESERVATION_USD": Decimal("0.0001"),
+    # Tool calls reserved per billed tool when the request sets no max_tool_calls.
+    "RELAY_BUDGET_TOOL_CALLS": 5,
+    # How long a spend figure is reused when no call of its budget has settled.
+    "RELAY_SPEND_CACHE_SECONDS": 60,
+}
 
 
-def month_start(today: date | None = None) -> date:
-    return (today or timezone.localdate()).replace(day=1)
+def _setting(name: str) -> Any:
+    return getattr(settings, name, DEFAULTS[name])
+
+
+class Unpriceable(Exception):
+    """The call would use something without a rate: its cost could not be counted."""
 
 
 @dataclass
-class BudgetLine:
-    kind: str  # "key" or "user"
-    object_id: int
-    label: str
-    owner: str
-    owner_id: int
-    budget: Decimal
-    spend: Decimal
-    unknown_calls: int  # unpriced + usage unknown: not in the spend
-
-    @property
-    def share(self) -> float:
-        return float(self.spend / self.budget) if self.budget > 0 else 1.0
-
-    @property
-    def percent(self) -> int:
-        return int(self.share * 100)
-
-    @property
-    def level(self) -> str:
-        """"over" at 100% and more, "near" from 80%, else "ok": the CSS class of the bar."""
-        return "over" if self.share >= 1 else "near" if self.share >= 0.8 else "ok"
+class Reservation:
+    amount: Decimal
+    # (cache key of the reservation bucket, amount in units) per budget it counts against.
+    holds: list[tuple[str, int]] = field(default_factory=list)
+    budget_owners: list[str] = field(default_factory=list)  # "k12", "u3": whose spend it settles into
 
 
-def _spend(field: str, ids: list[int], first: date) -> dict[int, tuple[Decimal, int]]:
-    if not ids:
-        return {}
-    rows = (UsageDaily.objects.filter(date__gte=first, **{f"{field}__in": ids}).values(field)
-            .annotate(cost=Sum("cost"), unpriced=Sum("unpriced_calls"), unknown=Sum("unknown_calls")).order_by())
-    return {r[field]: (r["cost"] or Decimal(0), (r["unpriced"] or 0) + (r["unknown"] or 0)) for r in rows}
+def applies(key: Any, user: Any) -> bool:
+    return budget_of(key, user) != []
 
 
-def budget_lines(*, today: date | None = None, key_ids: list[int] | None = None,
-                 user_ids: list[int] | None = None) -> list[BudgetLine]:
-    """Every key and user with a monthly budget (or only those named), with this month's spend."""
-    from proxy_app.models import RelayKey, UserLimit
-
-    first = month_start(today)
-    keys = RelayKey.objects.select_related("owner").filter(monthly_budget_usd__isnull=False,
-                                                           revoked_at__isnull=True)
-    limits = UserLimit.objects.select_related("user").filter(monthly_budget_usd__isnull=False)
-    if key_ids is not None or user_ids is not None:
-        keys = keys.filter(pk__in=key_ids or [])
-        limits = limits.filter(user_id__in=user_ids or [])
-    keys, limits = list(keys), list(limits)
-    key_spend = _spend("key_id", [k.pk for k in keys], first)
-    user_spend = _spend("user_id", [lim.user_id for lim in limits], first)
-    lines = [BudgetLine("key", k.pk, str(k), k.owner.get_username(), k.owner_id, k.monthly_budget_usd,
-                        *key_spend.get(k.pk, (Decimal(0), 0))) for k in keys]
-    lines += [BudgetLine("user", lim.user_id, lim.user.get_username(), lim.user.get_username(), lim.user_id,
-                         lim.monthly_budget_usd, *user_spend.get(lim.user_id, (Decimal(0), 0))) for lim in limits]
-    return sorted(lines, key=lambda line: (-line.share, line.kind, line.label))
-
-
-def _admin_emails() -> list[str]:
-    configured = list(getattr(settings, "RELAY_ALERT_EMAILS", []) or [])
-    if configured:
-        return configured
-    return list(get_user_model().objects.filter(is_superuser=True, is_active=True).exclude(email="")
-                .values_list("email", flat=True))
-
-
-def check_budget_alerts(*, key_id: int | None = None, user_id: int | None = None,
-                        today: date | None = None) -> list[BudgetAlert]:
-    """Send the 80% and 100% alerts due for one key and/or user (or, with neither, for
-    every budget); returns the alerts sent now. Each goes once per threshold per month.
-
-    Cheap enough to call after a call settles: two small rollup queries when the key
-    or user has a budget, none otherwise. Never raises on a mail failure (logged; the
-    alert row is removed so that the next check tries again).
-    """
-    if key_id is None and user_id is None:
-        lines = budget_lines(today=today)
-    else:
-        lines = budget_lines(today=today, key_ids=[key_id] if key_id else [],
-                             user_ids=[user_id] if user_id else [])
-    first = month_start(today)
-    sent: list[BudgetAlert] = []
-    for line in lines:
-        due = [t for t in THRESHOLDS if line.spend * 100 >= line.budget * t]
-        if not due:
-            continue
-        already = set(BudgetAlert.objects.filter(kind=line.kind, object_id=line.object_id, month=first)
-                      .values_list("threshold", flat=True))
-        for threshold in due:
-            if threshold in already:
-                continue
-            alert = _send(line, threshold, first)
-            if alert is not None:
-                sent.append(alert)
-    return sent
-
-
-def _send(line: BudgetLine, threshold: int, first: date) -> BudgetAlert | None:
-    owner_email = get_user_model().objects.filter(pk=line.owner_id).values_list("email", flat=True).first()
-    recipients = list(dict.fromkeys([e for e in [owner_email, *_admin_emails()] if e]))
-    try:
-        with transaction.atomic():
-            alert = BudgetAlert.objects.create(
-                kind=line.kind, object_id=line.object_id, month=first, threshold=threshold,
-                budget=line.budget, spend=line.spend, recipients=", ".join(recipients)[:1024])
-    except IntegrityError:
-        return None  # another process sent it
-    what = f"Relay key {line.label} of {line.owner}" if line.kind == "key" else f"User {line.label}"
-    reached = "has used its whole" if threshold >= 100 else f"has used {threshold}% of its"
-    subject = f"[Team Relay] {what} {reached} monthly budget"
-    body = (f"{what} {reached} monthly budget for {first:%B %Y}.\n\n"
-            f"Spent: ${line.spend.quantize(Decimal('0.01'))} of ${line.budget} ({line.percent}%).\n")
-    if line.unknown_calls:
-        body += (f"{line.unknown_calls} calls of unknown cost (unpriced or usage unknown) are not in "
-                 f"this figure.\n")
-    if threshold >= 100:
-        body += "\nFurther calls are refused until the budget is raised or the month ends.\n"
-    if not recipients:
-        log.warning("budget alert %s: nobody to send it to (no owner email, no RELAY_ALERT_EMAILS, "
-                    "no superuser with an email)", subject)
-        return alert
-    try:
-        send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, recipients)
-    except Exception:  # a mail server down must not stop the relay; the next check retries
-        log.exception("budget alert: could not send %r", subject)
-        alert.delete()
-        return None
-    return alert
-
-
-# A call that settles checks its budgets at most this often per key or user.
-CHECK_EVERY_SECONDS = 60
-
-
-def check_after_call(key, user) -> list[BudgetAlert]:
-    """For the integrator to call when a generating call settles (after its cost is in the
-    rollups): checks the alerts of that call's key and user, if either has a budget, at
-    most once per CHECK_EVERY_SECONDS each (a cache.add, shared by every worker). Costs
-    nothing for keys and users without a budget. Never raises."""
-    from django.core.cache import cache
-
-    key_id = key.pk if key is not None and key.monthly_budget_usd is not None else None
+def budget_of(key: Any, user: Any) -> list[tuple[str, Decimal, str]]:
+    """(owner tag, budget, the setting's name) for each budget over this call."""
+    out = []
+    if key is not None and key.monthly_budget_usd is not None:
+        out.append((f"k{key.pk}", key.monthly_budget_usd, "key monthly_budget_usd"))
     limit = getattr(user, "relay_limit", None) if user is not None else None
-    user_id = user.pk if limit is not None and limit.monthly_budget_usd is not None else None
-    month = month_start()
-    if key_id is not None and not cache.add(f"relay:budget-check:k{key_id}:{month:%Y%m}", 1, CHECK_EVERY_SECONDS):
-        key_id = None
-    if user_id is not None and not cache.add(f"relay:budget-check:u{user_id}:{month:%Y%m}", 1, CHECK_EVERY_SECONDS):
-        user_id = None
-    if key_id is None and user_id is None:
-        return []
+    if limit is not None and limit.monthly_budget_usd is not None:
+        out.append((f"u{user.pk}", limit.monthly_budget_usd, "user monthly_budget_usd"))
+    team = key.team if key is not None and key.team_id else None
+    if team is not None and team.monthly_budget_usd is not None:
+        out.append((f"t{team.pk}", team.monthly_budget_usd, f"team {team} monthly_budget_usd"))
+    return out
+
+
+# --- estimate ------------------------------------------------------------------
+
+
+def _rates_with(rates: dict, test) -> list[Decimal]:
+    return [Decimal(str(v)) for k, v in rates.items() if test(k)]
+
+
+def estimate(model: Any, fields: dict[str, Any], body_bytes: int, path: str) -> Decimal:
+    """An upper estimate of the call's cost; Unpriceable names what has no rate."""
+    if not isinstance(model, str) or not model:
+        raise Unpriceable("the relay could not read the request's model")
+    price = pricing.price_for(model, timezone.now())
+    if price is None:
+        raise Unpriceable(f"model '{model}' has no price")
+    rates = price.rates or {}
+    tier = fields.get("service_tier")
+    if isinstance(tier, str) and tier.lower() not in pricing.STANDARD_TIERS:
+        key = f"input_cost_per_token_{tier.lower()}"
+        if not any(k.endswith(f"_{tier.lower()}") for k in rates):
+            raise Unpriceable(f"model '{model}' has no rate for service_tier '{tier}' ({key})")
+    total = Decimal(0)
+    n = fields.get("n") if isinstance(fields.get("n"), int) and fields.get("n") > 0 else 1
+    suffix = pricing.tier_suffix(pricing.Usage(service_tier=tier if isinstance(tier, str) else None), False)
+    tiers = {k[len("input_cost_per_token_"):] for k in rates
+             if k.startswith("input_cost_per_token_") and not k.startswith("input_cost_per_token_above_")}
+
+    def of_tier(k: str) -> bool:
+        if suffix:
+            return k.endswith(suffix)
+        return not any(k.endswith(f"_{t}") for t in tiers)
+
+    # The highest rate of each kind at the call's tier (long-context rates included).
+    in_rates = _rates_with(rates, lambda k: of_tier(k) and "token" in k and (
+        k.startswith(("input_cost_per", "cache_creation_input", "cache_read_input"))))
+    out_rates = _rates_with(rates, lambda k: of_tier(k) and k.startswith("output_cost_per") and "token" in k)
+    if in_rates or out_rates:
+        # Tokens never outnumber the bytes of the text they encode.
+        total += body_bytes * max(in_rates, default=Decimal(0))
+        cap = price.max_output_tokens or _setting('RELAY_BUDGET_OUTPUT_CAP_TOKENS')
+        asked = next((fields[k] for k in _OUTPUT_LIMITS if isinstance(fields.get(k), int)), None)
+        out_tokens = min(asked, cap) if asked is not None and asked > 0 else cap
+        total += n * out_tokens * max(out_rates, default=Decimal(0))
+        modalities = fields.get("modalities")
+        if isinstance(modalities, list) and "audio" in modalities and "output_cost_per_audio_token" not in rates:
+            raise Unpriceable(f"model '{model}' has no rate for audio output (output_cost_per_audio_token)")
+    elif path.startswith("/v1/images/"):
+        per_image = _rates_with(rates, lambda k: "_per_image" in k)
+        if not per_image:
+            raise Unpriceable(f"model '{model}' has no per-image price (input_cost_per_image/<size>)")
+        total += n * max(per_image)
+    elif "input_cost_per_character" in rates:
+        total += body_bytes * Decimal(str(rates["input_cost_per_character"]))
+    elif "input_cost_per_second" in rates:
+        # Compressed speech runs at 8 kbit/s or more: at most one second per 1000 bytes.
+        total += math.ceil(body_bytes / 1000) * Decimal(str(rates["input_cost_per_second"]))
+    else:
+        raise Unpriceable(f"model '{model}' has no rate the relay can count")
+    total += _tool_fees(model, rates, fields)
+    if path == "/v1/chat/completions" and pricing.is_search_model(model):
+        total += max(_rates_with(rates, lambda k: k.startswith(_SEARCH_RATE)), default=Decimal(0))
+    return max(total, _setting('RELAY_BUDGET_MIN_RESERVATION_USD'))
+
+
+def _tool_fees(model: str, rates: dict, fields: dict[str, Any]) -> Decimal:
+    tools = fields.get("tools")
+    if not isinstance(tools, list):
+        return Decimal(0)
+    calls = fields.get("max_tool_calls")
+    calls = calls if isinstance(calls, int) and calls > 0 else _setting('RELAY_BUDGET_TOOL_CALLS')
+    fees = Decimal(0)
+    for tool in tools:
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if not isinstance(kind, str):
+            continue
+        if kind.startswith("web_search"):
+            search = _rates_with(rates, lambda k: k.startswith(_SEARCH_RATE))
+            if not search:
+                raise Unpriceable(f"model '{model}' has no rate for web search ({_SEARCH_RATE}*)")
+            fees += calls * max(search)
+        elif kind == "code_interpreter":
+            container = pricing.price_for(pricing.CONTAINER_PRICE, timezone.now())
+            rate = (container.rates or {}).get("code_interpreter_cost_per_session") if container else None
+            if rate is None:
+                raise Unpriceable("the code interpreter has no rate (code_interpreter_cost_per_session)")
+            fees += Decimal(str(rate))
+        elif kind in _UNRATED_TOOLS:
+            raise Unpriceable(f"the {kind} tool has no rate in the price list ({_UNRATED_TOOLS[kind]})")
+    return fees
+
+
+# --- spend and reservations ---------------------------------------------------------
+
+
+def _units(amount: Decimal) -> int:
+    return int((amount / UNIT).to_integral_value(rounding=ROUND_CEILING))
+
+
+def _bucket_seconds() -> int:
+    return max(1, settings.RELAY_PENDING_TIMEOUT_SECONDS // 12)
+
+
+def _reservation_keys(owner: str, now: float) -> list[str]:
+    """The buckets still counted: those started within the pending-call timeout."""
+    size = _bucket_seconds()
+    current = int(now // size)
+    return [f"relay:resv:{owner}:{b}" for b in range(current - 12, current + 1)]
+
+
+def _month() -> date:
+    return timezone.localdate().replace(day=1)
+
+
+def month_spend(owner: str) -> Decimal:
+    """Priced cost plus the holds of unpriced and usage-unknown calls, this calendar month.
+
+    Cached in the shared cache together with the settlement generation it was read
+    at: a settlement bumps the generation, so the next check reads the rollups
+    again instead of a figure that lacks the call just settled.
+    """
+    first = _month()
+    spend_key, gen_key = f"relay:spend:{owner}:{first:%Y%m}", f"relay:spend-gen:{owner}"
+    got = cache.get_many([spend_key, gen_key])
+    gen = got.get(gen_key, 0)
+    cached = got.get(spend_key)
+    if cached is not None and cached[1] == gen:
+        return Decimal(cached[0])
+    rows = UsageDaily.objects.filter(date__gte=first)
+    owner_id = int(owner[1:])
+    rows = rows.filter(**{"k": {"key_id": owner_id}, "u": {"user_id": owner_id}, "t": {"key__team_id": owner_id}}[owner[0]])
+    sums = rows.aggregate(cost=Sum("cost"), held=Sum("budget_held"))
+    spend = (sums["cost"] or Decimal(0)) + (sums["held"] or Decimal(0))
+    cache.set(spend_key, (str(spend), gen), _setting('RELAY_SPEND_CACHE_SECONDS'))
+    return spend
+
+
+def atomic_cache() -> bool:
+    """Whether the cache counts atomically (Redis): else reservations are rows (BudgetHold)."""
+    from django.core.cache.backends.redis import RedisCache
+
+    return isinstance(caches["default"], RedisCache)
+
+
+def reserved(owner: str, now: float) -> Decimal:
+    """USD held by calls of this budget in progress (within the pending-call timeout)."""
+    if not atomic_cache():
+        since = datetime.fromtimestamp(now - settings.RELAY_PENDING_TIMEOUT_SECONDS, dt_timezone.utc)
+        held = BudgetHold.objects.filter(owner=owner, created_at__gte=since).aggregate(s=Sum("amount"))["s"]
+        return held or Decimal(0)
+    values = cache.get_many(_reservation_keys(owner, now))
+    return sum((Decimal(v) for v in values.values()), Decimal(0)) * UNIT
+
+
+def _hold(owner: str, amount: Decimal, now: float) -> tuple[tuple[str, int], Decimal]:
+    """Add a hold; returns it and what is held with it: itself and the holds made before it.
+
+    Counting only earlier holds admits calls in the order they reserved: a burst of
+    concurrent calls cannot refuse each other all at once.
+    """
+    if not atomic_cache():
+        at = datetime.fromtimestamp(now, dt_timezone.utc)
+        row = BudgetHold.objects.create(owner=owner, amount=amount, created_at=at)
+        since = datetime.fromtimestamp(now - settings.RELAY_PENDING_TIMEOUT_SECONDS, dt_timezone.utc)
+        BudgetHold.objects.filter(owner=owner, created_at__lt=since).delete()  # lapsed, never settled
+        held = BudgetHold.objects.filter(owner=owner, created_at__gte=since, pk__lte=row.pk) \
+            .aggregate(s=Sum("amount"))["s"]
+        return ("db", row.pk), held or amount
+    units = _units(amount)
+    timeout = settings.RELAY_PENDING_TIMEOUT_SECONDS + 2 * _bucket_seconds()
+    *older, bucket = _reservation_keys(owner, now)
+    cache.add(bucket, 0, timeout=timeout)
     try:
-        return check_budget_alerts(key_id=key_id, user_id=user_id)
-    except Exception:  # an alert must never fail the call that triggered it
-        log.exception("budget alerts: check after a call failed")
-        return []
+        after = cache.incr(bucket, units)
+    except ValueError:  # expired between add and incr
+        cache.add(bucket, units, timeout=timeout)
+        after = units
+    # `after` counts this hold and those made before it in this bucket.
+    held = sum((Decimal(v) for v in cache.get_many(older).values()), Decimal(after)) * UNIT
+    return (bucket, units), held
+
+
+def reserve(key: Any, user: Any, amount: Decimal, now: float) -> tuple[Reservation | None, str]:
+    """Hold `amount` against every budget over the call, or none of them.
+
+    Returns (reservation, "") or (None, a sentence naming the budget that refused).
+    """
+    reservation = Reservation(amount=amount)
+    for owner, budget, name in budget_of(key, user):
+        hold, open_ = _hold(owner, amount, now)
+        reservation.holds.append(hold)
+        spent = month_spend(owner)
+        if spent + open_ > budget:
+            release(reservation)
+            return None, (f"{name} of ${budget} (spent ${spent:.2f} this month, ${open_ - amount:.2f} held "
+                          f"by calls in progress, this call may cost up to ${amount:.4f})")
+        reservation.budget_owners.append(owner)
+    return reservation, ""
+
+
+def release(reservation: Reservation | None) -> None:
+    if reservation is None:
+        return
+    rows = [units for bucket, units in reservation.holds if bucket == "db"]
+    if rows:
+        BudgetHold.objects.filter(pk__in=rows).delete()
+    for bucket, units in reservation.holds:
+        if bucket == "db":
+            continue
+        try:
+            cache.decr(bucket, units)
+        except ValueError:  # expired: the hold has lapsed already
+            pass
+    reservation.holds = []
+
+
+def settle(reservation: Reservation | None) -> None:
+    """The call's real cost (or its hold) is in the rollups: mark every cached spend
+    figure of its budgets stale, then let the reservation go. In that order, a
+    concurrent check counts the call twice for a moment, never not at all."""
+    if reservation is None:
+        return
+    for owner in reservation.budget_owners:
+        gen_key = f"relay:spend-gen:{owner}"
+        cache.add(gen_key, 0, timeout=None)
+        try:
+            cache.incr(gen_key)
+        except ValueError:
+            cache.add(gen_key, 1, timeout=None)
+    release(reservation)

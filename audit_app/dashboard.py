@@ -45,7 +45,7 @@ OTHER_LABEL = "other models"
 NO_MODEL_LABEL = "(no model)"
 
 _SUMS = ("calls", "input_tokens", "cached_input_tokens", "output_tokens", "total_tokens",
-         "cost", "unpriced_calls")
+         "cost", "unpriced_calls", "unknown_calls")
 
 
 class PeriodError(ValueError):
@@ -247,11 +247,14 @@ class Figures:
     total_tokens: int = 0
     cost: Decimal = Decimal(0)
     unpriced_calls: int = 0
+    unknown_calls: int = 0
 
     @property
     def cost_known(self) -> bool:
-        """False when every call was unpriced: the cost is unknown, not $0."""
-        return not self.calls or self.unpriced_calls < self.calls
+        """False when no call has a known cost but some have an unknown one (unpriced, or
+        usage unknown): the cost is unknown, not $0. Refused and free calls, which the
+        rollups count too, cost nothing and do not make an unknown cost known."""
+        return self.cost > 0 or not (self.unpriced_calls + self.unknown_calls)
 
     def add(self, row: Mapping[str, object]) -> None:
         for name in _SUMS:

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from proxy_app.models import RelayKey
 
-from . import budgets
+from . import budget_alerts
 from .dashboard import (CHOICES_LIMIT, PRESETS, VISIBLE_MODELS, PeriodError, Scope, build_dashboard,
                         parse_period, parse_scope, visible_models)
 from .dashboard_chart import render_spend_chart
@@ -79,13 +79,13 @@ def usage_dashboard(request: HttpRequest) -> TemplateResponse:
         extra = {"dashboard": dashboard,
                  "chart": render_spend_chart(dashboard.days, timezone_name=settings.TIME_ZONE)}
         if request.user.has_perm("proxy_app.view_relaykey"):
-            lines = budgets.budget_lines()
+            lines = budget_alerts.budget_lines()
             if scope.user_id is not None:
                 lines = [b for b in lines if b.owner_id == scope.user_id]
             if scope.key_id is not None:
                 lines = [b for b in lines if b.kind == "user" or b.object_id == scope.key_id]
             extra["budgets"] = lines
-            extra["budget_month"] = budgets.month_start()
+            extra["budget_month"] = budget_alerts.month_start()
         return extra
 
     return _page(request, PERMISSION, "Usage dashboard", "admin/relay_dashboard.html", build)

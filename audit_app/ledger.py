@@ -31,6 +31,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from . import call_rows
+from .models.tokens import DIMENSION_FIELDS
 from .macs import canonical, mac, record_content_hash, record_mac_ok
 from .models import (ApiCall, AsyncJob, BatchRecord, ChainState, FileRecord, LedgerEntry, LedgerKind, Outcome,
                      PruneRun)
@@ -46,7 +47,7 @@ _MAC_FIELDS = tuple(name for name in _CALL_FIELDS if name != "id")
 # Columns added after rows were first MACed (migration 0010 on). They enter a row's
 # canonical text only when they hold something other than their default, so a row
 # written before the column existed still verifies, and one written after binds it.
-LATE_FIELDS = frozenset({"billing", "ws_session_id", "ttfb_ms"})
+LATE_FIELDS = frozenset({"billing", "ws_session_id", "ttfb_ms", "priced_model", "budget_held", *DIMENSION_FIELDS})
 
 
 # --- calls --------------------------------------------------------------------

@@ -8,6 +8,7 @@ becomes a new row effective from the import date.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,8 +61,30 @@ def _decimal(value: Any) -> Decimal | None:
         return None
 
 
-def price_fields(entry: dict[str, Any]) -> dict[str, Decimal | None]:
-    out: dict[str, Decimal | None] = {}
+def entry_rates(entry: dict[str, Any]) -> dict[str, str]:
+    """Every money field of a price-map entry, under the map's own name, as a Decimal string.
+
+    USD per unit exactly as the map gives it (per token, per second, per character,
+    per query): `search_context_cost_per_query` holds one rate per context size and
+    becomes `search_context_cost_per_query.search_context_size_low` and so on.
+    """
+    rates: dict[str, str] = {}
+    for name, value in entry.items():
+        if "cost" not in name:
+            continue
+        if isinstance(value, dict):
+            for sub, inner in value.items():
+                if (d := _decimal(inner)) is not None:
+                    rates[f"{name}.{sub}"] = str(d)
+        elif (d := _decimal(value)) is not None:
+            rates[name] = str(d)
+    return rates
+
+
+def price_fields(entry: dict[str, Any]) -> dict[str, Any]:
+    """The columns of a ModelPrice row for a price-map entry: the classic per-1M columns
+    (what the admin shows and edits), every rate in `rates`, and the model's output cap."""
+    out: dict[str, Any] = {}
     for field, (keys, per_token) in _FIELDS.items():
         value = next((_decimal(entry[k]) for k in keys if k in entry), None)
         if value is not None:
@@ -70,19 +93,55 @@ def price_fields(entry: dict[str, Any]) -> dict[str, Decimal | None]:
             out[field] = ((value * MILLION) if per_token else value).quantize(_PLACES)
         else:
             out[field] = None
+    out["rates"] = entry_rates(entry)
+    cap = entry.get("max_output_tokens")
+    out["max_output_tokens"] = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
     return out
 
 
+# "hd/1024-x-1792/dall-e-3", "1024-x-1024/dall-e-2", "low/1024-x-1024/gpt-image-1": a
+# per-image price of one size (and quality) of a model.
+_VARIANT = re.compile(r"^(?:(?P<quality>[a-z]+)/)?(?P<size>\d+-x-\d+)/(?P<model>[^/]+)$")
+# Rates that are not a model's but a tool's, kept under the map's own name.
+TOOL_ENTRIES = frozenset({"openai/container"})
+_PER_IMAGE_KEYS = ("input_cost_per_image", "output_cost_per_image", "input_cost_per_pixel",
+                   "output_cost_per_pixel")
+
+
 def priced_models(entries: dict[str, dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any] | None]]:
-    """(model, price fields) for each entry; fields are None for entries that are not a price."""
+    """(model, price fields) for each model; fields are None for entries that are not a price.
+
+    Fine-tuned templates (`ft:gpt-4o-mini-2024-07-18`) are models of their own: a
+    fine-tuned call is priced at the row of its base (pricing.price_for). Size and
+    quality variants fold into their model's `rates` as `input_cost_per_image/hd/1024-x-1792`,
+    creating the model's row when the map has no plain entry for it (dall-e).
+    """
+    models: dict[str, dict[str, Any]] = {}
+    variants: dict[str, dict[str, str]] = {}
+    skipped: list[str] = []
     for name, entry in sorted(entries.items()):
-        # Size/quality variants ("low/1024-x-1024/gpt-image-1") and fine-tune
-        # templates are not model names a request carries.
-        if "/" in name or name.startswith("ft:") or len(name) > 128:
-            yield name, None
+        m = _VARIANT.match(name)
+        if m is not None:
+            variant = f"{m['quality']}/{m['size']}" if m["quality"] else m["size"]
+            for key in _PER_IMAGE_KEYS:
+                if (d := _decimal(entry.get(key))) is not None:
+                    variants.setdefault(m["model"], {})[f"{key}/{variant}"] = str(d)
+            continue
+        if ("/" in name and name not in TOOL_ENTRIES) or len(name) > 128:
+            skipped.append(name)  # provider-prefixed duplicates ("openai/sora-2")
             continue
         fields = price_fields(entry)
-        yield name, None if all(v is None for v in fields.values()) else fields
+        if all(fields[f] is None for f in _FIELDS) and not fields["rates"]:
+            skipped.append(name)
+            continue
+        models[name] = fields
+    for name, rates in variants.items():
+        if name not in models:
+            models[name] = {**{f: None for f in _FIELDS}, "rates": {}, "max_output_tokens": None}
+        models[name]["rates"] = {**rates, **models[name]["rates"]}
+    for name in skipped:
+        yield name, None
+    yield from sorted(models.items())
 
 
 def import_map(
@@ -92,6 +151,8 @@ def import_map(
     result = ImportResult()
     # A data migration passes the model as it was then: only the rates it had columns for.
     columns = {f.name for f in price_model._meta.get_fields()}
+    # Migration 0002 runs this with the historical model, before `rates` existed.
+    has_rates = any(f.name == "rates" for f in price_model._meta.get_fields())
     for name, fields in priced_models(entries):
         if fields is not None:
             fields = {f: v for f, v in fields.items() if f in columns}
@@ -103,7 +164,9 @@ def import_map(
             price_model.objects.filter(model=name, effective_from__lte=effective_from)
             .order_by("-effective_from").first()
         )
-        if current is not None and all(getattr(current, f) == v for f, v in fields.items()):
+        if not has_rates:
+            fields = {f: v for f, v in fields.items() if f not in ("rates", "max_output_tokens")}
+        if current is not None and all(_same(getattr(current, f), v) for f, v in fields.items()):
             result.unchanged += 1
             continue
         price_model.objects.update_or_create(
@@ -111,3 +174,10 @@ def import_map(
         )
         result.created += 1
     return result
+
+
+def _same(current: Any, new: Any) -> bool:
+    if isinstance(new, dict):  # rates: compare as numbers, "2.5E-6" == "0.0000025"
+        current = current or {}
+        return set(current) == set(new) and all(Decimal(str(current[k])) == Decimal(new[k]) for k in new)
+    return current == new

@@ -1,14 +1,31 @@
 """Prices in effect at a moment, and what a usage record costs under them.
 
+One function prices every call, batch result and job: `cost_of(usage, price, ...)`
+(through `audit_app.recorder.priced_fields`), fed only from what is stored on the
+row, so that `reprice` with unchanged prices changes nothing.
+
+Each billed dimension is priced by its own rate, looked up by the price map's
+field name in `ModelPrice.rates`, composed as
+
+    <dimension rate><long-context suffix><tier suffix>
+
+e.g. `cache_read_input_audio_token_cost`, `output_cost_per_token_above_272k_tokens_priority`,
+`input_cost_per_token_batches`. A dimension the call used (quantity > 0) without
+its rate makes the whole call unpriced (cost None, `missing` names the rate):
+never a guess, never another dimension's rate. docs/prices.md lists them all.
+
 All money is Decimal. A cost that cannot be computed is None (unpriced),
 never 0: a missing price must show up as a gap, not as free usage.
 """
 from __future__ import annotations
 
 import re
-import time
+import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+
+from django.core.cache import cache
 
 from .models import ModelPrice
 from .usage import Usage
@@ -17,6 +34,24 @@ MILLION = Decimal(1_000_000)
 COST_PLACES = Decimal("1e-10")
 # Dated snapshots: gpt-4o-2024-08-06, o3-mini-2025-01-31, gpt-4-0613, gpt-3.5-turbo-1106.
 _SNAPSHOT = re.compile(r"^(?P<family>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
+# ft:gpt-4o-mini-2024-07-18:my-org::abc123 -> its base model.
+_FINE_TUNED = re.compile(r"^ft:(?P<base>[^:]+):")
+_LONG_CONTEXT = re.compile(r"_above_(\d+)k_tokens")
+# Tiers billed at the standard rates. Any other tier upstream reports ("flex",
+# "priority", "scale", ...) is priced only by the map's rates for it.
+STANDARD_TIERS = frozenset({"", "default", "auto", "standard"})
+# The row holding the code interpreter's per-session fee (the map's "openai/container").
+CONTAINER_PRICE = "openai/container"
+WEB_SEARCH_DEFAULT_CONTEXT = "medium"  # OpenAI's default search_context_size
+
+
+# Chat Completions' search models (gpt-4o-search-preview, gpt-5-search-api): every
+# request is one web search, billed at the model's search_context_cost_per_query.
+_SEARCH_MODEL = re.compile(r"-search-(?:preview|api)(?:-|$)")
+
+
+def is_search_model(model: str) -> bool:
+    return bool(_SEARCH_MODEL.search(model or ""))
 
 
 def family_of(model: str) -> str | None:
@@ -24,74 +59,237 @@ def family_of(model: str) -> str | None:
     return m.group("family") if m else None
 
 
-# Prices change rarely and are read on every call: each process keeps them for
-# a short while. Saving a price clears this process's copy at once; other
-# workers see it within PRICE_CACHE_SECONDS.
-PRICE_CACHE_SECONDS = 60.0
-_cache: dict[str, tuple[float, list[ModelPrice]]] = {}
+def candidates(model: str) -> list[str]:
+    """Names whose price applies to `model`, most specific first: itself, its family
+    (a dated snapshot), and for a fine-tuned model the map's fine-tuned price of its
+    base (`ft:gpt-4o-mini-2024-07-18`) and of the base's family."""
+    names = [model]
+    if (m := _FINE_TUNED.match(model)) is not None:
+        base = m.group("base")
+        names.append(f"ft:{base}")
+        if (fam := family_of(base)) is not None:
+            names.append(f"ft:{fam}")
+    elif (fam := family_of(model)) is not None:
+        names.append(fam)
+    return names
+
+
+# --- the price cache: every worker sees a change on its very next call ---------------
+#
+# Prices are read on every call; each process keeps the rows it read, stamped with
+# the price version (a counter in the shared cache, Redis in production). Saving or
+# deleting a price, or an import, bumps the counter; each call reads it (one cache
+# GET: 0.33 ms measured on Redis on the shared 2-core test machine) and drops its
+# copy when it moved. So a change applies
+# to the next call in every worker, not within a cache timeout.
+
+VERSION_KEY = "relay:prices:version"
+_cache: dict[str, list[ModelPrice]] = {}
+_cache_version: list[object] = [None]
+
+
+def current_version() -> object:
+    version = cache.get(VERSION_KEY)
+    if version is None:
+        # First use, or the cache was flushed: start at a version no process has seen
+        # (restarting at 1 would match a worker that last saw 1 and keeps old prices).
+        cache.add(VERSION_KEY, secrets.randbits(52), timeout=None)
+        version = cache.get(VERSION_KEY)
+    return version
 
 
 def _rows(name: str) -> list[ModelPrice]:
-    now = time.monotonic()
+    version = current_version()
+    if version != _cache_version[0] or version is None:
+        _cache.clear()
+        _cache_version[0] = version
     hit = _cache.get(name)
-    if hit is None or now - hit[0] > PRICE_CACHE_SECONDS:
-        hit = (now, list(ModelPrice.objects.filter(model=name).order_by("-effective_from")))
-        _cache[name] = hit
-    return hit[1]
+    if hit is None:
+        hit = _cache[name] = list(ModelPrice.objects.filter(model=name).order_by("-effective_from"))
+    return hit
 
 
 def clear_cache(**_: object) -> None:
+    """Drop this process's prices and tell every other worker to drop theirs."""
     _cache.clear()
+    _cache_version[0] = None
+    try:
+        cache.incr(VERSION_KEY)
+    except ValueError:  # no version yet: the next read starts one
+        cache.add(VERSION_KEY, secrets.randbits(52), timeout=None)
 
 
 def price_for(model: str, at: datetime) -> ModelPrice | None:
-    """The price row in effect at `at` for the model, or for its family when a
-    dated snapshot has no price of its own."""
+    """The price row in effect at `at` for the model, or for the name it is priced as
+    (see `candidates`)."""
     if not model:
         return None
-    for name in (model, family_of(model)):
-        if name:
-            for price in _rows(name):
-                if price.effective_from <= at:
-                    return price
+    for name in candidates(model):
+        for price in _rows(name):
+            if price.effective_from <= at:
+                return price
     return None
 
 
-def cost_of(usage: Usage, price: ModelPrice | None, *, batch: bool = False) -> Decimal | None:
-    """USD for the usage under the price, or None when any billed part has no rate."""
-    if price is None or usage.is_empty:
-        return None
-    total = Decimal(0)
-    input_rate = price.batch_input_per_1m if batch else price.input_per_1m
-    output_rate = price.batch_output_per_1m if batch else price.output_per_1m
-    cached_rate = price.cached_input_per_1m
-    if batch and cached_rate is not None and price.input_per_1m and price.batch_input_per_1m is not None:
-        # Batch discounts apply to cached input in the same proportion.
-        cached_rate = cached_rate * price.batch_input_per_1m / price.input_per_1m
-    if cached_rate is None:
-        cached_rate = input_rate  # no cache discount known: charge the full input rate
+# --- pricing ------------------------------------------------------------------------
 
-    if usage.input_tokens is not None or usage.output_tokens is not None:
-        # Token-billed (gpt-image included): image counts are informational.
-        cached = usage.cached_input_tokens or 0
-        image_in = usage.image_input_tokens or 0
-        parts = [
-            ((usage.input_tokens or 0) - cached - image_in, input_rate),
-            (cached, cached_rate),
-            (image_in, price.image_input_per_1m or input_rate),
-            (usage.output_tokens, output_rate),
-        ]
-        per = MILLION
-    else:
-        parts = [(usage.images, price.per_image), (usage.audio_seconds, price.per_second),
-                 (usage.characters, price.per_character),
-                 (usage.video_seconds, price.per_video_second)]
-        per = Decimal(1)
-    for quantity, rate in parts:
+# Token dimensions: (label, rate name in the map, quantity from the usage). Quantities
+# are disjoint and add up to input_tokens and output_tokens.
+def _token_parts(u: Usage, write_rate: bool, write_base: str) -> list[tuple[str, str, int]]:
+    cached = u.cached_input_tokens or 0
+    cached_audio = u.cached_audio_input_tokens or 0
+    cached_image = u.cached_image_input_tokens or 0
+    audio_in = u.audio_input_tokens or 0
+    image_in = u.image_input_tokens or 0
+    # Cache writes are carved out of input only for models that bill them at a rate of
+    # their own; elsewhere they are ordinary input tokens.
+    writes = (u.cache_write_tokens or 0) if write_rate else 0
+    cached_text = cached - cached_audio - cached_image
+    text_in = (u.input_tokens or 0) - audio_in - image_in - cached_text - writes
+    audio_out = u.audio_output_tokens or 0
+    image_out = u.image_output_tokens or 0
+    return [
+        ("text input", "input_cost_per_token", text_in),
+        ("cached text input", "cache_read_input_token_cost", cached_text),
+        ("cache writes", write_base, writes),
+        ("audio input", "input_cost_per_audio_token", audio_in - cached_audio),
+        ("cached audio input", "cache_read_input_audio_token_cost", cached_audio),
+        ("image input", "input_cost_per_image_token", image_in - cached_image),
+        ("cached image input", "cache_read_input_image_token_cost", cached_image),
+        ("text output", "output_cost_per_token", (u.output_tokens or 0) - audio_out - image_out),
+        ("audio output", "output_cost_per_audio_token", audio_out),
+        ("image output", "output_cost_per_image_token", image_out),
+    ]
+
+
+@dataclass
+class Priced:
+    cost: Decimal | None
+    # The part of cost that is per-call tool fees.
+    tool_cost: Decimal | None = None
+    # The first rate the call needed and the price has not ("output_cost_per_token_flex"),
+    # or why there is no price at all.
+    missing: str = ""
+
+
+def tier_suffix(usage: Usage, batch: bool) -> str:
+    if batch:
+        return "_batches"
+    tier = (usage.service_tier or "").lower()
+    return "" if tier in STANDARD_TIERS else f"_{tier}"
+
+
+def long_context_threshold(rates: dict) -> int | None:
+    """Input tokens above which the model's long-context rates apply (272k for gpt-5.4)."""
+    for name in rates:
+        if (m := _LONG_CONTEXT.search(name)) is not None:
+            return int(m.group(1)) * 1000
+    return None
+
+
+def price_usage(usage: Usage, price: ModelPrice | None, *, batch: bool = False,
+                at: datetime | None = None) -> Priced:
+    """USD for the usage under the price, or None (and the missing rate) when any billed
+    part has no rate. Tool fees that live on a row of their own (the code interpreter's
+    container) are looked up at `at`."""
+    if usage.is_empty:
+        return Priced(None, "no usage")
+    if price is None:
+        return Priced(None, "no price for the model")
+    rates = price.rates or {}
+    total = Decimal(0)
+
+    def charge(quantity, key: str) -> bool:
+        nonlocal total
         if not quantity:
-            continue
+            return True
+        rate = rates.get(key)
         if rate is None:
-            return None
-        total += Decimal(quantity) * rate / per
+            return False
+        total += Decimal(quantity) * Decimal(str(rate))
+        return True
+
+    suffix = tier_suffix(usage, batch)
+    if usage.has_tokens:
+        threshold = long_context_threshold(rates)
+        long = "_above_%dk_tokens" % (threshold // 1000) \
+            if threshold is not None and (usage.input_tokens or 0) > threshold else ""
+        write_base = "cache_creation_input_token_cost"
+        if (usage.cache_retention or "").lower() == "24h":
+            write_base += "_above_12hr"  # extended retention: the map's above-12-hour write rate
+        write_rate = write_base + long + suffix in rates or (
+            "cache_creation_input_token_cost" + long + suffix in rates)  # writes are billed: a missing 12h rate is unpriced
+        for label, base, quantity in _token_parts(usage, write_rate, write_base):
+            if quantity < 0:
+                return Priced(None, f"inconsistent usage: negative {label}")
+            if not charge(quantity, base + long + suffix):
+                return Priced(None, base + long + suffix)
+    else:
+        # Billed by the unit: images (dall-e), seconds (whisper), characters (tts).
+        # Unit counts of a token-billed call (its images, the request's characters) are
+        # informational: the tokens are the bill.
+        if usage.images:
+            key = _image_rate(rates, usage.image_variant)
+            if key is None:
+                return Priced(None, f"input_cost_per_image/{usage.image_variant or '?'}")
+            total += Decimal(usage.images) * _per_image(rates, key)
+        if not charge(usage.audio_seconds, "input_cost_per_second"):
+            return Priced(None, "input_cost_per_second")
+        if not charge(usage.characters, "input_cost_per_character"):
+            return Priced(None, "input_cost_per_character")
+        video = getattr(usage, "video_seconds", None)
+        if not charge(video, "output_cost_per_video_per_second"):
+            return Priced(None, "output_cost_per_video_per_second")
+    # Tool calls billed per call (per session for containers), at no tier's discount.
+    before_tools = total
+    if usage.web_search_calls:
+        size = usage.search_context_size or WEB_SEARCH_DEFAULT_CONTEXT
+        key = f"search_context_cost_per_query.search_context_size_{size}"
+        if not charge(usage.web_search_calls, key):
+            return Priced(None, key)
+    if usage.file_search_calls and not charge(usage.file_search_calls, "file_search_cost_per_call"):
+        return Priced(None, "file_search_cost_per_call")
+    if usage.image_generation_calls and not charge(usage.image_generation_calls, "image_generation_cost_per_call"):
+        # The image tool's own tokens are not in the Response's usage.
+        return Priced(None, "image_generation_cost_per_call")
+    if usage.code_interpreter_sessions:
+        container = price_for(CONTAINER_PRICE, at) if at is not None else None
+        rate = (container.rates or {}).get("code_interpreter_cost_per_session") if container else None
+        if rate is None:
+            return Priced(None, "code_interpreter_cost_per_session")
+        total += Decimal(usage.code_interpreter_sessions) * Decimal(str(rate))
     # Exactly what the cost columns hold, so that what is stored is what was computed.
-    return total.quantize(COST_PLACES)
+    tools = total - before_tools
+    return Priced(total.quantize(COST_PLACES), tool_cost=tools.quantize(COST_PLACES) if tools else None)
+
+
+def cost_of(usage: Usage, price: ModelPrice | None, *, batch: bool = False,
+            at: datetime | None = None) -> Decimal | None:
+    return price_usage(usage, price, batch=batch, at=at).cost
+
+
+def _image_rate(rates: dict, variant: str | None) -> str | None:
+    """The rate name for one image of this size and quality: `hd/1024-x-1792` exactly;
+    a size without quality is dall-e-3's "standard" or dall-e-2's only quality."""
+    if not variant:
+        return None
+    quality, _, size = variant.rpartition("/")
+    tries = [variant]
+    if not quality:
+        tries.append(f"standard/{size}")
+    elif quality == "standard":
+        tries.append(size)
+    for v in tries:
+        for kind in ("input_cost_per_image", "output_cost_per_image", "input_cost_per_pixel",
+                     "output_cost_per_pixel"):
+            if f"{kind}/{v}" in rates:
+                return f"{kind}/{v}"
+    return None
+
+
+def _per_image(rates: dict, key: str) -> Decimal:
+    rate = Decimal(str(rates[key]))
+    if "_per_pixel/" in key:
+        width, height = key.rsplit("/", 1)[1].split("-x-")
+        rate *= int(width) * int(height)
+    return rate

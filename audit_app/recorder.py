@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from relay_project.redact import scrub_keys, storable
 
-from . import call_rows, latency, ledger, pricing, rollups, spool
+from . import budgets, call_rows, latency, ledger, pricing, rollups, spool
 from .models import ApiCall, Billing, Outcome
 from .usage import Usage
 
@@ -49,6 +49,8 @@ class CallContext:
     upstream_ms: float | None = None
     # time.monotonic() when the response's first byte went to the client (pipeline.RelayedBody).
     first_byte_at: float | None = None
+    # The budget reservation made before forwarding (audit_app.budgets), settled at close.
+    reservation: Any = None
 
 
 def _base_fields(ctx: CallContext) -> dict[str, Any]:
@@ -149,12 +151,20 @@ def _insert_finished(ctx: CallContext, fields: dict[str, Any], *, once: bool = F
 
 
 def priced_fields(usage: Usage | None, model: str, at, *, batch: bool = False) -> dict[str, Any]:
-    """Usage columns plus cost, price and the billing state, for a call or a result."""
+    """Usage columns plus cost, price and the billing state, for a call, a batch result or a job.
+
+    The one entry point to pricing: live calls, batch results, the poller and `reprice`
+    all come through here with the usage as stored on the row (Usage.from_row), the
+    most specific model name known (the snapshot upstream reported) and the time the
+    work started, so re-pricing a row with unchanged prices reproduces its cost exactly.
+    """
     if usage is None or usage.is_empty:
         return {}
     price = pricing.price_for(model, at)
-    cost = pricing.cost_of(usage, price, batch=batch)
-    return {**usage.as_fields(), "cost": cost, "unpriced": cost is None,
+    priced = pricing.price_usage(usage, price, batch=batch, at=at)
+    cost = priced.cost
+    return {**usage.as_fields(), "cost": cost, "tool_cost": priced.tool_cost if cost is not None else None,
+            "unpriced": cost is None,
             "billing": Billing.PRICED if cost is not None else Billing.UNPRICED,
             "price": price if cost is not None else None}
 
@@ -191,6 +201,7 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
     for attempt in (1, 2):
         try:
             _complete(call_id, ctx, dict(fields), usage, response_model)
+            budgets.settle(ctx.reservation)
             return
         except DatabaseError:
             if attempt == 1:
@@ -215,10 +226,20 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
     response_model = storable(response_model or "")
     if usage is not None:
         # The model upstream reports is the most specific name (a dated snapshot).
-        fields.update(priced_fields(usage, response_model or fields.get("model", ""), ctx.started_at))
+        priced_as = (response_model or fields.get("model", ""))[:128]
+        if ctx.family == "chat" and usage.web_search_calls is None and pricing.is_search_model(priced_as) \
+                and usage.has_tokens:
+            # Chat Completions' search models search the web on every request: one call's fee.
+            usage.web_search_calls = 1
+        fields.update(priced_fields(usage, priced_as, ctx.started_at))
+        if fields.get("billing"):
+            fields["priced_model"] = priced_as
     if not fields.get("model") and response_model:
         fields["model"] = response_model[:128]
     fields.setdefault("billing", Billing.FREE)
+    if ctx.reservation is not None and fields["billing"] in (Billing.UNPRICED, Billing.UNKNOWN):
+        # Its cost is unknown: the budget keeps counting the most it was estimated at.
+        fields["budget_held"] = ctx.reservation.amount
     fields = _with_mac(ctx, fields)
     bucket = _bucket(ctx, fields)
     stats = _stats(ctx, fields)
@@ -291,7 +312,7 @@ def _bucket(ctx: CallContext, fields: dict[str, Any]) -> list[Any] | None:
     # path's first segment once journaled a rollup write that failed on every replay).
     return rollups.bucket_values(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk,
                                  model=storable(values.pop("model", "") or ""), family=storable(ctx.family),
-                                 calls=1,
+                                 calls=1, service_tier=values.pop("service_tier", None),
                                  unpriced=1 if values.pop("unpriced", False) else 0,
                                  unknown=1 if values.pop("billing", "") == Billing.UNKNOWN else 0, **values)
 
@@ -339,7 +360,7 @@ def replay_journal() -> tuple[int, int]:
     return spool.replay(apply)
 
 
-_ROLLUP_FIELDS = frozenset({"model", "unpriced", "billing", "cost", *Usage.STORED})
+_ROLLUP_FIELDS = frozenset({"model", "unpriced", "billing", "cost", "budget_held", "tool_cost", *Usage.STORED})
 
 
 def release_connection() -> None:

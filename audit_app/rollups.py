@@ -19,13 +19,16 @@ from .models import ApiCall, Billing, UsageDaily
 
 _COUNTERS = (
     "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens",
-    "images", "audio_seconds", "characters", "cost",
+    "images", "audio_seconds", "characters", "cost", "budget_held",
+    "audio_input_tokens", "audio_output_tokens", "image_input_tokens", "image_output_tokens",
+    "web_search_calls", "file_search_calls", "code_interpreter_sessions", "image_generation_calls", "tool_cost",
 )
+_MONEY = ("cost", "audio_seconds", "budget_held", "tool_cost")
 _TABLE = UsageDaily._meta.db_table
-_COLUMNS = ("date", "user_id", "key_id", "model", "family", "calls", *_COUNTERS, "unpriced_calls",
+_COLUMNS = ("date", "user_id", "key_id", "model", "family", "service_tier", "calls", *_COUNTERS, "unpriced_calls",
             "unknown_calls")
 _ON_CONFLICT = (
-    "ON CONFLICT (date, user_id, key_id, model, family) DO UPDATE SET "
+    "ON CONFLICT (date, user_id, key_id, model, family, service_tier) DO UPDATE SET "
     + ", ".join(f"{c} = {_TABLE}.{c} + excluded.{c}" for c in ("calls", *_COUNTERS, "unpriced_calls", "unknown_calls"))
 )
 _UPSERT = f"INSERT INTO {_TABLE} ({', '.join(_COLUMNS)}) VALUES ({', '.join(['%s'] * len(_COLUMNS))}) {_ON_CONFLICT}"
@@ -39,9 +42,10 @@ def bucket_date(started_at: datetime) -> date:
 
 
 def bucket_values(*, started_at: datetime, user_id: int, key_id: int, model: str, family: str,
-                  calls: int = 1, unpriced: int = 0, unknown: int = 0, **counters: Any) -> list[Any]:
+                  calls: int = 1, unpriced: int = 0, unknown: int = 0, service_tier: str | None = "",
+                  **counters: Any) -> list[Any]:
     """The values of one call (or a delta) for its bucket, in the upsert's column order."""
-    values = [bucket_date(started_at), user_id, key_id, model or "", family or "", calls]
+    values = [bucket_date(started_at), user_id, key_id, model or "", family or "", service_tier or "", calls]
     values += [counters.get(c) or 0 for c in _COUNTERS]
     values += [unpriced, unknown]
     return values
@@ -63,7 +67,7 @@ def add_call(call: ApiCall) -> None:
         return  # rejected before authentication: nobody's usage
     add(
         started_at=call.started_at, user_id=call.user_id, key_id=call.key_id, model=call.model,
-        family=call.family, unpriced=1 if call.unpriced else 0,
+        family=call.family, service_tier=call.service_tier, unpriced=1 if call.unpriced else 0,
         unknown=1 if call.billing == Billing.UNKNOWN else 0,
         **{c: getattr(call, c) for c in _COUNTERS},
     )
@@ -86,7 +90,7 @@ def rebuild(since: date | None = None) -> int:
     buckets.delete()
     rows = (
         calls.annotate(day=_day())
-        .values("day", "user_id", "key_id", "model", "family")
+        .values("day", "user_id", "key_id", "model", "family", "service_tier")
         .annotate(
             n=Count("id"),
             unpriced_n=Count("id", filter=Q(unpriced=True)),
@@ -97,9 +101,9 @@ def rebuild(since: date | None = None) -> int:
     objs = [
         UsageDaily(
             date=r["day"], user_id=r["user_id"], key_id=r["key_id"], model=r["model"],
-            family=r["family"], calls=r["n"], unpriced_calls=r["unpriced_n"],
+            family=r["family"], service_tier=r["service_tier"] or "", calls=r["n"], unpriced_calls=r["unpriced_n"],
             unknown_calls=r["unknown_n"],
-            **{c: r[f"s_{c}"] or (Decimal(0) if c in ("cost", "audio_seconds") else 0) for c in _COUNTERS},
+            **{c: r[f"s_{c}"] or (Decimal(0) if c in _MONEY else 0) for c in _COUNTERS},
         )
         for r in rows.iterator()
     ]

@@ -16,20 +16,14 @@ from decimal import Decimal
 
 import requests
 from django.core.cache import cache
-from django.db.models import Sum
-from django.utils import timezone
 
-from audit_app.models import UsageDaily
+from audit_app import budgets
 from audit_app.recorder import CallContext
 
 from . import upstream
 from .errors import PolicyDenied, RelayError
 from .paths import ApiPath, family_hint
 from .policy import REQUEST_RULES
-
-# Spend is cached this long: a budget check costs a cache read, not a query.
-SPEND_CACHE_SECONDS = 10
-
 
 class BudgetExceeded(RelayError):
     status_code = 429
@@ -179,59 +173,54 @@ def _jsonl_lines(chunks) -> Iterator[bytes | None]:
 
 
 # --- budgets ------------------------------------------------------------------
-
-
-def _month_start() -> date:
-    return timezone.localdate().replace(day=1)
+#
+# Reservations, settlement and the bound: audit_app.budgets and docs/prices.md.
 
 
 def month_spend(*, key_id: int | None = None, user_id: int | None = None, team_id: int | None = None) -> Decimal:
-    """USD spent this calendar month by a key, a user or a team's keys, from the daily rollups."""
-    first = _month_start()
-    who = f"k{key_id}" if key_id is not None else f"u{user_id}" if user_id is not None else f"t{team_id}"
-    cache_key = f"relay:spend:{who}:{first:%Y%m}"
-    cached = cache.get(cache_key)
-    if cached is not None:
-        return Decimal(cached)
-    rows = UsageDaily.objects.filter(date__gte=first)
-    if key_id is not None:
-        rows = rows.filter(key_id=key_id)
-    elif user_id is not None:
-        rows = rows.filter(user_id=user_id)
-    else:
-        rows = rows.filter(key__team_id=team_id)
-    spend = rows.aggregate(s=Sum("cost"))["s"] or Decimal(0)
-    cache.set(cache_key, str(spend), SPEND_CACHE_SECONDS)
-    return spend
+    """USD counted against a key's, a user's or a team's budget this calendar month (priced
+    cost plus the holds of calls whose cost is unknown), from the daily rollups."""
+    return budgets.month_spend(f"k{key_id}" if key_id is not None else f"u{user_id}" if user_id is not None
+                               else f"t{team_id}")
 
 
 def check_budgets(api_path: ApiPath, method: str, ctx: CallContext) -> None:
-    key = ctx.key
-    if key is None:
+    """Before the body is read: refuse at once when spend alone fills a budget. Whether
+    this call fits beside the calls in progress is decided by its reservation
+    (reserve_budget), in the order calls reserve: counting other calls' reservations
+    here would let a burst of calls refuse each other all at once."""
+    for owner, budget, name in budgets.budget_of(ctx.key, ctx.user):
+        spent = budgets.month_spend(owner)
+        if spent >= budget:
+            raise BudgetExceeded(_budget_message(ctx, owner, name, budget, spent, budgets.reserved(owner, time.time())))
+
+
+def _budget_message(ctx: CallContext, owner: str, name: str, budget, spent, held) -> str:
+    who = {"k": lambda: f"Relay key {ctx.key.prefix}…", "u": lambda: f"User {ctx.user.get_username()}",
+           "t": lambda: f"Team {ctx.key.team}"}[owner[0]]()
+    return (f"{who} has used its monthly budget of ${budget} (spent ${spent:.2f} this month, "
+            f"${held:.2f} held by calls in progress; budget: {name}).")
+
+
+def reserve_budget(ctx: CallContext, api_path: ApiPath, method: str, fields: dict, body_bytes: int | None) -> None:
+    """Once the body's fields are known: reserve the call's estimated cost against every
+    budget over it, or refuse (403 when its cost could not be counted, 429 when it does
+    not fit)."""
+    if method != "POST" or api_path.path not in budgets.GENERATING_PATHS \
+            or not budgets.applies(ctx.key, ctx.user):
         return
-    if key.monthly_budget_usd is not None:
-        spent = month_spend(key_id=key.pk)
-        if spent >= key.monthly_budget_usd:
-            raise BudgetExceeded(
-                f"Relay key {key.prefix}… has used its monthly budget of ${key.monthly_budget_usd} "
-                f"(spent ${spent:.2f} this month; budget: key monthly_budget_usd)."
-            )
-    limit = getattr(ctx.user, "relay_limit", None)
-    if limit is not None and limit.monthly_budget_usd is not None:
-        spent = month_spend(user_id=ctx.user.pk)
-        if spent >= limit.monthly_budget_usd:
-            raise BudgetExceeded(
-                f"User {ctx.user.get_username()} has used their monthly budget of "
-                f"${limit.monthly_budget_usd} (spent ${spent:.2f} this month; budget: user monthly_budget_usd)."
-            )
-    team = key.team if key.team_id else None
-    if team is not None and team.monthly_budget_usd is not None:
-        spent = month_spend(team_id=team.pk)
-        if spent >= team.monthly_budget_usd:
-            raise BudgetExceeded(
-                f"Team {team} has used its monthly budget of ${team.monthly_budget_usd} "
-                f"(spent ${spent:.2f} this month; budget: team monthly_budget_usd)."
-            )
+    try:
+        amount = budgets.estimate(fields.get("model"), fields, body_bytes or 0, api_path.path)
+    except budgets.Unpriceable as exc:
+        raise PolicyDenied(
+            f"This key has a monthly budget, and {exc}, so the relay could not count this call "
+            "against it. An admin can add a price (a fallback rate) for it in Model prices.",
+            code="relay_unpriced_under_budget", param="model",
+        ) from None
+    reservation, refusal = budgets.reserve(ctx.key, ctx.user, amount, time.time())
+    if reservation is None:
+        raise BudgetExceeded(f"This call does not fit the {refusal}.")
+    ctx.reservation = reservation
 
 
 # --- rate limits -----------------------------------------------------------------

@@ -25,6 +25,8 @@ from django.conf import settings
 
 from audit_app.recorder import CallContext
 
+from audit_app import budgets
+
 from . import access, bodyread
 from .errors import BodyTooLarge, RelayError
 from .model_endpoints import model_field
@@ -57,19 +59,23 @@ def inspect_body(ctx: CallContext, api_path: ApiPath, method: str, content_type:
         raw = bodyread.read_exactly(source, length)
         fields = _json_object(raw, strict=scoped)
         access.check_model_scope(ctx, api_path, method, fields, takes_model=takes_model)
+        access.reserve_budget(ctx, api_path, method, fields, len(raw))
         return io.BytesIO(raw), len(raw)
-    if not scoped:
+    # A budget needs the model (and output limits) too, to reserve the call's cost.
+    if not scoped and not budgets.applies(ctx.key, ctx.user):
         return source, length
     if as_json:
-        sniffer: JsonFieldSniffer | MultipartFieldSniffer = JsonFieldSniffer(_FIELDS)
+        sniffer: JsonFieldSniffer | MultipartFieldSniffer = JsonFieldSniffer(_FIELDS | budgets.ESTIMATE_FIELDS)
     elif kind == "multipart/form-data":
-        sniffer = MultipartFieldSniffer(boundary_of(content_type) or "", frozenset({"model"}))
+        sniffer = MultipartFieldSniffer(boundary_of(content_type) or "", budgets.ESTIMATE_FIELDS)
     else:
+        access.reserve_budget(ctx, api_path, method, {}, length)  # refused: no model to price it by
         return source, length
     spool, total = _spool(source, sniffer)
     try:
         access.check_model_scope(ctx, api_path, method, sniffer.values, takes_model=takes_model,
                                  unreadable=_unreadable(sniffer))
+        access.reserve_budget(ctx, api_path, method, sniffer.values, total)
     except RelayError:
         spool.close()
         raise

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 from django.conf import settings
 
 from audit_app.recorder import CallContext
-from audit_app.usage import Usage
+from audit_app.usage import OutputItemCounter, Usage, image_variant
 
 from .operations import generates
 from .paths import ApiPath
@@ -36,6 +36,10 @@ from .sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
 from .sse import ChatUsageStripper, SseUsageScanner
 
 _REQUEST_FIELDS = frozenset({"model", "stream", "n"})
+# What per-image prices (dall-e) depend on.
+_IMAGE_FIELDS = frozenset({"size", "quality"})
+# Families whose output tokens are not text when upstream does not break them down.
+_OUTPUT_MODALITY = {"images": "image"}
 # Their forms (a file and its purpose; an upload's part) carry none of those fields,
 # and can be 512 MB: looking for part delimiters in them was a fifth of the relay's
 # CPU during an upload.
@@ -80,12 +84,13 @@ class RequestFields(Observer):
         self.speech = generating and api_path.path == "/v1/audio/speech"
         self.images = generating and api_path.family == "images"
         self.sniffer: JsonFieldSniffer | MultipartFieldSniffer | None = None
+        wanted = _REQUEST_FIELDS | _IMAGE_FIELDS if self.images else _REQUEST_FIELDS
         if kind == "application/json":
-            wanted = _REQUEST_FIELDS | {"input"} if self.speech else _REQUEST_FIELDS
+            wanted = wanted | {"input"} if self.speech else wanted
             self.sniffer = JsonFieldSniffer(wanted, limits={"input": _SPEECH_INPUT_LIMIT})
         elif kind == "multipart/form-data" and api_path.family not in _FORMS_WITHOUT_FIELDS \
                 and (boundary := boundary_of(content_type)):
-            self.sniffer = MultipartFieldSniffer(boundary, _REQUEST_FIELDS)
+            self.sniffer = MultipartFieldSniffer(boundary, wanted)
         self.is_event_stream = False
         self.status = 0
 
@@ -111,16 +116,23 @@ class RequestFields(Observer):
             if self.images:
                 n = values.get("n")
                 hint.images = int(n) if isinstance(n, int) or (isinstance(n, str) and n.isdigit()) else 1
+                hint.image_variant = image_variant(values.get("size"), values.get("quality"))
             if not hint.is_empty:
                 fields["usage_hint"] = hint
         return fields
 
 
 class ResponseUsage(Observer):
-    """Usage from a JSON response body (top-level `usage`) or an SSE stream."""
+    """Usage from a JSON response body (top-level `usage`) or an SSE stream, with what
+    else is billed: the service tier, tool calls in a Response's output.
 
-    def __init__(self) -> None:
+    `output` is the modality of the endpoint's output tokens (see Usage.from_api).
+    """
+
+    def __init__(self, output: str = "text") -> None:
+        self.output = output
         self.json: JsonFieldSniffer | None = None
+        self.items: OutputItemCounter | None = None
         self.sse: SseUsageScanner | None = None
 
     def on_response_start(self, status: int, headers: Any) -> None:
@@ -129,22 +141,28 @@ class ResponseUsage(Observer):
             self.sse = SseUsageScanner()
         elif kind == "application/json":
             self.json = JsonFieldSniffer(frozenset({"model"}), frozenset({"usage"}))
+            self.items = OutputItemCounter()
 
     def on_response_chunk(self, chunk: bytes) -> None:
         if self.sse is not None:
             self.sse.feed(chunk)
         elif self.json is not None:
             self.json.feed(chunk)
+            self.items.feed(chunk)
 
     def audit_fields(self) -> dict[str, Any]:
         if self.sse is not None:
             usage, model = self.sse.usage, self.sse.model
+            response = getattr(self.sse, "response", None)
         elif self.json is not None:
             usage, model = self.json.values.get("usage"), self.json.values.get("model")
+            response = None
         else:
             return {}
         fields: dict[str, Any] = {}
-        if (parsed := Usage.from_api(usage)) is not None:
+        if (parsed := Usage.from_api(usage, response=response, output=self.output)) is not None:
+            if self.items is not None:
+                self.items.apply(parsed)
             fields["usage"] = parsed
         if isinstance(model, str):
             fields["response_model"] = model
@@ -193,7 +211,8 @@ class ChatStreamUsage(Observer):
         return self.stripper.flush() if self.stripper else b""
 
     def audit_fields(self) -> dict[str, Any]:
-        if self.stripper is None or (usage := Usage.from_api(self.stripper.usage)) is None:
+        if self.stripper is None or (usage := Usage.from_api(
+                self.stripper.usage, response=getattr(self.stripper, "response", None))) is None:
             return {}
         fields: dict[str, Any] = {"usage": usage}
         if self.stripper.model:
@@ -337,7 +356,8 @@ def observers_for(api_path: ApiPath, method: str, content_type: str, ctx: CallCo
         if method == "POST" and api_path.path in ("/v1/chat/completions", "/v1/completions") \
                 and media_type(content_type) == "application/json":
             observers.append(ChatStreamUsage())
-        observers.append(ResponseUsage())
+        observers.append(ResponseUsage(output=_OUTPUT_MODALITY.get(api_path.family, "text")
+                                       if api_path.path != "/v1/audio/speech" else "audio"))
     observers.append(UpstreamError())
     for extra in FAMILY_OBSERVERS:
         observers += extra(api_path, method, ctx)

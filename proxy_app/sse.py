@@ -37,6 +37,8 @@ class SseUsageScanner:
     def __init__(self) -> None:
         self.usage: dict[str, Any] | None = None
         self.model: str | None = None
+        # The object the usage came in (a Response): its tier, output items and tools are billed too.
+        self.response: dict[str, Any] | None = None
         self._line = bytearray()  # the unfinished last line of the previous chunk
 
     def feed(self, chunk: bytes) -> None:
@@ -61,9 +63,10 @@ class SseUsageScanner:
     def _consider(self, line: bytes) -> None:
         # Chunks with `"usage": null` (include_usage on) are the common case: skip the parse.
         if line.startswith(b"data:") and b'"usage"' in _USAGE_NULL.sub(b"", line):
-            usage, model, _ = usage_in_event(line[5:].strip())
+            usage, model, obj = usage_in_event(line[5:].strip())
             if usage is not None:
                 self.usage, self.model = usage, model or self.model
+                self.response = obj.get("response") if isinstance(obj.get("response"), dict) else obj
 
 
 class ChatUsageStripper:
@@ -78,6 +81,7 @@ class ChatUsageStripper:
     def __init__(self) -> None:
         self.usage: dict[str, Any] | None = None
         self.model: str | None = None
+        self.response: dict[str, Any] | None = None  # the usage chunk (its service_tier)
         self._pending = bytearray()
 
     def transform(self, chunk: bytes) -> bytes:
@@ -94,7 +98,7 @@ class ChatUsageStripper:
                 if b'"usage"' in event:  # a real usage object, not a null
                     usage, model, obj = usage_in_event(event[5:].strip())
                     if usage is not None:
-                        self.usage, self.model = usage, model or self.model
+                        self.usage, self.model, self.response = usage, model or self.model, obj
                         if obj.get("choices") == []:
                             continue  # the usage-only chunk the client did not ask for
             out.append(event + b"\n\n")

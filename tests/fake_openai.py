@@ -127,6 +127,11 @@ class FakeUpstream:
         self.latency = 0.0  # seconds added before every answer
         # Headers added to every answer (Deprecation, Sunset, Location, ...).
         self.extra_headers: dict[str, str] = {}
+        # What the next generating answers report instead of the fixed usage (the pricing
+        # tests' shapes): {"usage": {...}, "model": str, "service_tier": str,
+        # "output": [items], "tools": [tools]}; used by Responses, chat, speech and images,
+        # streamed or not.
+        self.scenario: dict[str, Any] | None = None
         handler = type("Handler", (_Handler,), {"fake": self})
         self.server = _Server((host, port), handler)
         self.thread: threading.Thread | None = None
@@ -165,6 +170,7 @@ class FakeUpstream:
         self.sse_event_count = 3
         self.responses_end = "completed"
         self.chat_stream_id = None
+        self.scenario = None
 
     def inject(self, path_prefix: str, *, method: str | None = None, status: int | None = None,
                body: Any = None, headers: dict[str, str] | None = None, hang: float | None = None,
@@ -564,16 +570,26 @@ class _Handler(BaseHTTPRequestHandler):
             return self.api_embeddings(body)
         if parts == ["images", "generations"] and m == "POST":
             n = int(body.get("n") or 1)
-            return self.send_json({"created": now(), "data": [{"b64_json": base64.b64encode(b"png").decode()}] * n,
-                                   "usage": {"input_tokens": 50 * n, "input_tokens_details": {
-                                       "text_tokens": 50 * n, "image_tokens": 0},
-                                       "output_tokens": 4160 * n, "total_tokens": 4210 * n}})
+            answer = {"created": now(), "data": [{"b64_json": base64.b64encode(b"png").decode()}] * n,
+                      "usage": {"input_tokens": 50 * n, "input_tokens_details": {
+                          "text_tokens": 50 * n, "image_tokens": 0},
+                          "output_tokens": 4160 * n, "total_tokens": 4210 * n}}
+            if str(body.get("model", "")).startswith("dall-e"):
+                del answer["usage"]  # dall-e reports no usage: it is billed per image
+            return self.send_json(self._scenario(answer))
         if parts == ["audio", "speech"] and m == "POST":
+            if body.get("stream_format") == "sse":
+                usage = (self.fake.scenario or {}).get("usage") or {
+                    "input_tokens": 10, "output_tokens": 200, "total_tokens": 210}
+                return self.send_sse([
+                    b'data: {"type": "speech.audio.delta", "audio": "SUQz"}\n\n',
+                    b"data: " + json.dumps({"type": "speech.audio.done", "usage": usage}).encode() + b"\n\n",
+                ], drop)
             return self.send_bytes(4096, "audio/mpeg", b"ID3" + b"\0" * 4093)
         if parts in (["audio", "transcriptions"], ["audio", "translations"]) and m == "POST":
             if req.body and b'name="response_format"\r\n\r\ntext\r\n' in req.body:
                 return self.send_bytes(6, "text/plain; charset=utf-8", b"hello\n")  # no usage at all
-            return self.send_json({"text": "hello", "usage": {"type": "duration", "seconds": 42}})
+            return self.send_json(self._scenario({"text": "hello", "usage": {"type": "duration", "seconds": 42}}))
         if parts == ["realtime", "client_secrets"] and m == "POST":
             session = body.get("session") or {}
             return self.send_json({"value": "ek_" + secrets.token_hex(8), "expires_at": now() + 600,
@@ -598,6 +614,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- generation ----------------------------------------------------------------
 
+    def _scenario(self, obj: dict, usage_key: str = "usage") -> dict:
+        """The answer with the scenario's usage, model, tier, output items and tools."""
+        sc = self.fake.scenario
+        if not sc:
+            return obj
+        obj = dict(obj)
+        for name in ("model", "service_tier", "tools", "prompt_cache_retention"):
+            if name in sc:
+                obj[name] = sc[name]
+        if "output" in sc and isinstance(obj.get("output"), list):
+            obj["output"] = [*sc["output"], *obj["output"]]
+        if "usage" in sc and obj.get(usage_key) is not None:
+            obj[usage_key] = sc["usage"]
+        return obj
+
     def api_responses(self, body: dict, drop: int | None) -> None:
         model = body.get("model", "gpt-4o")
         rid = "resp_" + secrets.token_hex(8)
@@ -617,6 +648,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not body.get("stream"):
             done = {**base, "status": "completed", "output": [_message("Hello from the fake.")],
                     "usage": usage_responses(JSON_OUT_TOKENS)}
+            done = self._scenario(done)
             if body.get("store", True):
                 with self.fake.lock:
                     self.fake.responses[rid] = done
@@ -635,6 +667,10 @@ class _Handler(BaseHTTPRequestHandler):
             done["error"] = {"code": "server_error", "message": "The model failed mid-response."}
         events.append(_event("response.output_text.done", {"item_id": "msg_1", "output_index": 0,
                                                            "content_index": 0, "text": text}, n + 2))
+        done = self._scenario(done)
+        for i, item in enumerate((self.fake.scenario or {}).get("output", [])):
+            # As upstream streams them: each item done before the response is.
+            events.append(_event("response.output_item.done", {"output_index": i, "item": item}, n + 2))
         events.append(_event(f"response.{end}", {"response": done}, n + 3))
         if body.get("store", True):
             with self.fake.lock:
@@ -703,6 +739,7 @@ class _Handler(BaseHTTPRequestHandler):
                           "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello."},
                                        "finish_reason": "stop", "logprobs": None}],
                           "usage": usage_chat(JSON_OUT_TOKENS)}
+            completion = self._scenario(completion)
             if body.get("store"):
                 with self.fake.lock:
                     self.fake.chat_completions[cid] = completion
@@ -714,6 +751,7 @@ class _Handler(BaseHTTPRequestHandler):
                    "choices": choices}
             if include_usage:
                 obj["usage"] = None if usage is ... else usage
+            obj = self._scenario(obj)
             return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
         events = [chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]

@@ -175,7 +175,7 @@ def _no_horizontal_scroll(driver) -> None:
     # Nor inside: Django's changelist puts its table in a box that scrolls on its own.
     inner = driver.execute_script(
         "return [...document.querySelectorAll('.results')].map(e => [e.scrollWidth, e.clientWidth])")
-    assert all(scroll <= client for scroll, client in inner), f"the list scrolls sideways: {inner}"
+    assert all(scroll <= client for scroll, client in inner), f"{driver.current_url} scrolls sideways: {inner}"
 
 
 def _shot(driver, name: str, full: bool = False) -> None:

@@ -339,3 +339,12 @@ def test_page_reads_the_rollups_never_the_raw_calls(usage, admin_client):
     # bar's users, keys, models and families, the budgets (keys, limits and their two spend
     # sums): a fixed number, whatever the data.
     assert len(sql) <= 16, sql
+def test_a_model_whose_billed_calls_all_have_unknown_cost_is_never_shown_as_free(usage):
+    carol, kc = usage["carol"], usage["keys"][2]
+    # Two refused calls of the model (free, counted in its rollup) and one whose usage was unreadable.
+    UsageDaily.objects.create(date=date(2026, 3, 4), user=carol, key=kc, model="mystery-model",
+                              family="chat", calls=3, cost=Decimal(0), unknown_calls=1)
+    d = build_dashboard(parse_period(MARCH, date(2026, 11, 25)))
+    mystery = [m.figures for m in d.top_models if m.label == "mystery-model"]
+    assert [(f.calls, f.unpriced_calls, f.unknown_calls, f.cost_known) for f in mystery] == [(7, 4, 1, False)]
+    assert [m.figures.cost_known for m in d.top_models if m.label == "o3"] == [True]

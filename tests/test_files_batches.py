@@ -24,11 +24,11 @@ from audit_app.models import BatchRecord, BatchResult, FileOrigin, FileRecord, U
 from tests.conftest import ROOT, UPSTREAM_KEY, database_url_for_subprocess, finished_calls, settle
 
 BATCH_MODEL = "gpt-4o-mini-2024-07-18"
-# gpt-4o-mini at batch prices (USD per 1M): input 0.075, output 0.30; cached input at
-# the cache rate scaled by the batch discount: 0.075 * 0.075 / 0.15 = 0.0375.
-# A result of 1000 prompt tokens (200 cached) and 500 completion tokens costs
-# 800 * 0.075e-6 + 200 * 0.0375e-6 + 500 * 0.30e-6 = 0.0002175.
-RESULT_COST = Decimal("0.0002175")
+# gpt-4o-mini at batch prices (input_cost_per_token_batches, output_cost_per_token_batches,
+# USD per 1M): input 0.075, output 0.30. A result of 1000 prompt tokens and 500 completion
+# tokens costs 1000 * 0.075e-6 + 500 * 0.30e-6 = 0.000225. (The map has no batch rate for
+# cached gpt-4o-mini input: a result with cached tokens is unpriced, see test_pricing_dimensions.)
+RESULT_COST = Decimal("0.000225")
 
 
 def jsonl(lines: list[dict]) -> bytes:
@@ -42,7 +42,7 @@ def batch_input(n: int = 3, model: str = "gpt-4o-mini") -> bytes:
 
 
 def output_lines(upstream, n: int, model: str = BATCH_MODEL, start: int = 0) -> list[dict]:
-    return [upstream.make_batch_output_line(f"req-{i}", model, 1000, 500, cached_tokens=200)
+    return [upstream.make_batch_output_line(f"req-{i}", model, 1000, 500)
             for i in range(start, start + n)]
 
 
@@ -190,7 +190,7 @@ def test_a_batch_from_upload_to_results_at_batch_price(sdk, upstream, alice, dja
     assert (record.status, record.request_total, record.request_completed, record.request_failed) == (
         "completed", 3, 2, 1)
     assert record.finalizing_at and record.completed_at and record.last_polled_at and not record.last_poll_error
-    assert (record.input_tokens, record.cached_input_tokens, record.output_tokens) == (2000, 400, 1000)
+    assert (record.input_tokens, record.cached_input_tokens, record.output_tokens) == (2000, 0, 1000)
     assert record.cost == 2 * RESULT_COST and record.unpriced_results == 0
 
     results = {r.custom_id: r for r in record.results.all()}
@@ -213,7 +213,7 @@ def test_a_batch_from_upload_to_results_at_batch_price(sdk, upstream, alice, dja
     admin = Client()
     admin.force_login(django_user_model.objects.create_superuser("root", password="unused"))
     page = admin.get(f"/admin/audit_app/batchrecord/{record.pk}/change/").content.decode()
-    for shown in ("completed", "alice", "0.000435", output.file_id, errors.file_id, record.input_file_id,
+    for shown in ("completed", "alice", "0.00045", output.file_id, errors.file_id, record.input_file_id,
                   f"batch__id__exact={record.pk}"):
         assert shown in page, shown
     results_page = admin.get(f"/admin/audit_app/batchresult/?batch__id__exact={record.pk}").content.decode()

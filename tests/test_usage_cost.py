@@ -7,6 +7,9 @@ per second: whisper-1 0.0001, gpt-4o-mini-transcribe 0.00005; per character: tts
 0.000015, tts-1-hd 0.00003. Price changes and imports: test_usage_prices.py; rollups
 against raw calls: test_usage_rollups.py.
 """
+import csv
+import io
+import json
 import time
 from datetime import datetime, timezone as dt_timezone
 from decimal import Decimal
@@ -16,7 +19,7 @@ import requests
 from django.core.management import call_command
 from django.utils import timezone
 
-from tests.conftest import finished_call
+from tests.conftest import finished_call, finished_calls
 from audit_app.models import ApiCall, ModelPrice, Outcome, UsageDaily
 from audit_app.pricing import price_for
 
@@ -210,10 +213,11 @@ def test_legacy_completions(relay_url, relay_key, upstream):
     assert tokens(unpriced) == JSON_TOKENS
     assert unpriced.cost is None and unpriced.unpriced, "the shipped map has no legacy completion model"
 
-    # OpenAI lists gpt-3.5-turbo-instruct at 1.50 in / 2.00 out per 1M, with no cached rate
-    # (so cached input is charged in full).
+    # OpenAI lists gpt-3.5-turbo-instruct at 1.50 in / 2.00 out per 1M, with no cache
+    # discount: the admin says so with a cached rate equal to the input rate (without
+    # one, the fake's 4 cached tokens would leave the call unpriced, never guessed).
     price = ModelPrice.objects.create(model="gpt-3.5-turbo-instruct", input_per_1m=Decimal("1.5"),
-                                      output_per_1m=Decimal("2"),
+                                      output_per_1m=Decimal("2"), cached_input_per_1m=Decimal("1.5"),
                                       effective_from=datetime(2024, 1, 1, tzinfo=dt_timezone.utc))
     for stream, include_usage, expected in [
         (False, None, Decimal("0.000032")),  # 12 x 1.50 + 7 x 2.00 = 18 + 14 = 32 per 1M
@@ -280,4 +284,43 @@ def test_usage_report(post, upstream, capsys):
     assert "gpt-4o" in out and "0.007500" in out and "TOTAL" in out
     call_command("usage_report", "--by", "user", "--csv")
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("user,calls") and lines[1].startswith("alice,1,")
+    assert lines[0].startswith("user,mode,service_tier,calls") and lines[1].startswith("alice,interactive,-,1,")
+
+
+def test_usage_report_shows_dimensions_tiers_modes_and_unknown_costs_apart(post, upstream, capsys, shipped_prices):
+    upstream.scenario = {"service_tier": "priority", "usage": {
+        "input_tokens": 1000, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 500,
+        "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 1500},
+        "output": [{"type": "web_search_call", "id": "ws", "status": "completed", "action": {"type": "search"}}]}
+    post("/v1/responses", {"model": "gpt-4o-mini-2024-07-18", "input": "hi"})
+    upstream.scenario = None
+    post("/v1/responses", {"model": "house-model-with-a-long-name-2026-01-01", "input": "hi"})
+    finished_calls(2)
+    # A batch of gpt-4o-mini, as the poller rolls its results up: on a row of its own.
+    from audit_app import rollups
+    call = ApiCall.objects.first()
+    rollups.add(started_at=call.started_at, user_id=call.user_id, key_id=call.key_id,
+                model="gpt-4o-mini-2024-07-18", family="batches", calls=3, cost=Decimal("0.0003"))
+
+    call_command("usage_report", "--by", "model", "--format", "json")
+    report = json.loads(capsys.readouterr().out)
+    rows = {(r["model"], r["mode"], r["service_tier"]): r for r in report["rows"]}
+    priority = rows[("gpt-4o-mini-2024-07-18", "interactive", "priority")]
+    # input_cost_per_token_priority 2.5e-07 x 1000 + output_cost_per_token_priority 1e-06 x 500
+    # + search_context_cost_per_query.search_context_size_medium 0.025 = 0.00025 + 0.0005 + 0.025
+    assert Decimal(priority["cost"]) == Decimal("0.02575") and Decimal(priority["tool_cost"]) == Decimal("0.025")
+    assert priority["web_search_calls"] == 1 and priority["cost_complete"] is True
+    assert Decimal(rows[("gpt-4o-mini-2024-07-18", "batch", "-")]["cost"]) == Decimal("0.0003")
+    unpriced = rows[("house-model-with-a-long-name-2026-01-01", "interactive", "-")]
+    assert unpriced["cost"] is None and unpriced["unpriced_calls"] == 1 and unpriced["cost_complete"] is False
+    assert report["total"]["unpriced_calls"] == 1 and report["total"]["cost_complete"] is False
+
+    call_command("usage_report", "--by", "model")
+    table = capsys.readouterr().out
+    line = next(l for l in table.splitlines() if l.startswith("house-model-with-a-long-name-2026-01-01 "))
+    assert "unpriced" in line and "0.000000" not in line.split()[-3]
+    call_command("usage_report", "--by", "model", "--format", "csv")
+    lines = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    header = lines[0]
+    house = next(l for l in lines if l[0].startswith("house-model"))
+    assert house[header.index("cost")] == "" and house[header.index("unpriced_calls")] == "1"

@@ -97,16 +97,17 @@ def test_reprice_applies_a_price_to_calls_that_had_none(call, capsys):
     first = call("house-model")
     assert first.unpriced and first.cost is None
     ModelPrice.objects.create(model="house-model", effective_from=datetime(2024, 1, 1, tzinfo=dt_timezone.utc),
-                              input_per_1m=Decimal("1"), output_per_1m=Decimal("2"))
+                              input_per_1m=Decimal("1"), output_per_1m=Decimal("2"),
+                              cached_input_per_1m=Decimal("0.5"))
     first.refresh_from_db()
     assert first.unpriced, "prices never change past calls silently"
     call_command("reprice", "--since", utc_day(first.started_at))
     assert "1 changed" in capsys.readouterr().out
     first.refresh_from_db()
-    # No cached rate: all 12 input tokens at 1.00, plus 7 x 2.00 = 26 per 1M.
-    assert first.cost == Decimal("0.000026") and not first.unpriced
+    # 8 uncached x 1.00 + 4 cached x 0.50 + 7 x 2.00 = 8 + 2 + 14 = 24 per 1M.
+    assert first.cost == Decimal("0.000024") and not first.unpriced
     daily = UsageDaily.objects.get()
-    assert daily.cost == Decimal("0.000026") and daily.unpriced_calls == 0 and daily.calls == 1
+    assert daily.cost == Decimal("0.000024") and daily.unpriced_calls == 0 and daily.calls == 1
 
 
 def test_import_prices_adds_a_model_and_changes_a_price_from_a_date(call, tmp_path, capsys):
@@ -116,6 +117,7 @@ def test_import_prices_adds_a_model_and_changes_a_price_from_a_date(call, tmp_pa
     prices = tmp_path / "prices.json"
     prices.write_text(json.dumps({
         "house-model-x": {"input_cost_per_token": 4e-06, "output_cost_per_token": 1.6e-05,
+                          "cache_read_input_token_cost": 1e-06,
                           "litellm_provider": "openai", "mode": "responses"},
         "gpt-4o-mini": {"input_cost_per_token": 3e-07, "cache_read_input_token_cost": 1.5e-07,
                         "output_cost_per_token": 1.2e-06, "litellm_provider": "openai", "mode": "chat"},
@@ -125,12 +127,12 @@ def test_import_prices_adds_a_model_and_changes_a_price_from_a_date(call, tmp_pa
     call_command("import_prices", str(prices), "--effective", today)
     assert f"prices: 2 new, 0 unchanged, 1 skipped, effective {today} 00:00 UTC" in capsys.readouterr().out
     new = ModelPrice.objects.get(model="house-model-x")
-    assert (new.input_per_1m, new.output_per_1m, new.cached_input_per_1m) == (Decimal("4"), Decimal("16"), None)
+    assert (new.input_per_1m, new.output_per_1m, new.cached_input_per_1m) == (Decimal("4"), Decimal("16"), Decimal("1"))
     assert new.effective_from == datetime.fromisoformat(today).replace(tzinfo=dt_timezone.utc)
 
     priced = call("house-model-x")
-    # No cached rate: 12 x 4.00 + 7 x 16.00 = 48 + 112 = 160 per 1M.
-    assert priced.cost == Decimal("0.00016") and priced.price == new
+    # 8 x 4.00 + 4 cached x 1.00 + 7 x 16.00 = 32 + 4 + 112 = 148 per 1M.
+    assert priced.cost == Decimal("0.000148") and priced.price == new
     mini = call("gpt-4o-mini")
     # 8 x 0.30 + 4 x 0.15 + 7 x 1.20 = 2.4 + 0.6 + 8.4 = 11.4 per 1M (shipped would be 5.7).
     assert mini.cost == Decimal("0.0000114") and mini.price.effective_from == new.effective_from
@@ -139,3 +141,34 @@ def test_import_prices_adds_a_model_and_changes_a_price_from_a_date(call, tmp_pa
 
     call_command("import_prices", str(prices), "--effective", today)
     assert "prices: 0 new, 2 unchanged, 1 skipped" in capsys.readouterr().out
+
+
+def test_a_price_change_applies_to_the_very_next_call_in_another_worker(start_gunicorn, issue_key, upstream,
+                                                                        tmp_path, capsys):
+    """The relay runs in gunicorn (another process, which has read and kept gpt-4o's
+    price); the price changes here, by an admin's row and then by import_prices; the
+    worker's very next call is priced at the new price each time."""
+    relay = start_gunicorn()
+    _, key = issue_key()
+
+    def call() -> ApiCall:
+        r = requests.post(f"{relay.url}/v1/responses", json={"model": "gpt-4o", "input": "hi"},
+                          headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        finished_calls(ApiCall.objects.count())
+        return ApiCall.objects.get(relay_request_id=r.headers["x-relay-request-id"])
+
+    assert call().cost == SHIPPED_GPT_4O
+    ModelPrice.objects.create(model="gpt-4o", effective_from=timezone.now() - timedelta(seconds=1),
+                              input_per_1m=Decimal("3"), cached_input_per_1m=Decimal("1.5"),
+                              output_per_1m=Decimal("12"))
+    # 8 x 3.00 + 4 x 1.50 + 7 x 12.00 = 24 + 6 + 84 = 114 per 1M.
+    assert call().cost == Decimal("0.000114")
+
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"gpt-4o": {"input_cost_per_token": 4e-06, "cache_read_input_token_cost": 2e-06,
+                                             "output_cost_per_token": 1.6e-05}}))
+    call_command("import_prices", str(prices))  # effective now
+    assert "1 new" in capsys.readouterr().out
+    # 8 x 4.00 + 4 x 2.00 + 7 x 16.00 = 32 + 8 + 112 = 152 per 1M.
+    assert call().cost == Decimal("0.000152")

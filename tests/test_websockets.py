@@ -332,15 +332,20 @@ def test_a_key_over_its_budget_cannot_open_a_session(relay, fake_ws, issue_key):
     assert fake_ws.connections == []
 
 
-def test_realtime_audio_tokens_without_an_audio_rate_leave_the_response_unpriced_not_at_the_text_rate(
-        relay, fake_ws, issue_key):
+def test_realtime_audio_tokens_are_priced_at_the_audio_rate_not_the_text_rate(relay, fake_ws, issue_key):
     key, plaintext = issue_key()
     fake_ws.audio_tokens = 500
     with client_for(relay, plaintext).realtime.connect(model="gpt-realtime") as conn:
         conn.response.create()
         until("response.done", conn)
     _, responses = session_rows(1, 1)
-    assert (responses[0].billing, responses[0].cost, responses[0].unpriced) == ("unpriced", None, True)
+    row = responses[0]
+    assert (row.billing, row.audio_output_tokens, row.cached_input_tokens) == ("priced", 500, 100)
+    # gpt-realtime in the price file: input_cost_per_token 4e-06, cache_read_input_token_cost
+    # 4e-07, output_cost_per_token 1.6e-05, output_cost_per_audio_token 6.4e-05.
+    text_in, text_out = row.input_tokens - 100, row.output_tokens - 500
+    assert row.cost == (text_in * Decimal("4e-6") + 100 * Decimal("4e-7") + text_out * Decimal("1.6e-5")
+                        + 500 * Decimal("6.4e-5"))
 
 
 def test_session_and_response_rows_carry_valid_macs_and_seal_into_the_ledger(relay, fake_ws, issue_key):

@@ -7,10 +7,10 @@ from .files import FileOrigin, FileRecord, UploadRecord
 from .ledger import ChainState, LedgerEntry, LedgerKind, PruneRun
 from .reconciliation import Match, ReconciledCost, ReconciledDay, ReconciledUsage, ReconcileRun
 from .stats import BudgetAlert, CallStatsDaily, StatusClass
-from .usage import ModelPrice, UsageDaily
+from .usage import BudgetHold, ModelPrice, UsageDaily
 
 __all__ = [
-    "AdminAction",
+    "AdminAction", "BudgetHold",
     "ApiCall", "Billing", "Outcome", "ModelPrice", "UsageDaily", "FileRecord", "FileOrigin", "UploadRecord",
     "AsyncJob", "JobKind", "BatchRecord", "BatchResult", "Match", "ReconciledCost", "ReconciledDay", "ReconciledUsage",
     "ReconcileRun", "BatchStatus", "ChainState", "LedgerEntry", "LedgerKind", "PruneRun",

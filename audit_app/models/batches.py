@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from .calls import Billing
 from .ledger import Maced
-from .tokens import Owned, TokenUsage
+from .tokens import BilledDimensions, Owned, TokenUsage
 
 
 class BatchStatus(models.TextChoices):
@@ -92,7 +92,7 @@ class BatchRecord(Owned, TokenUsage, Maced):
         return self.status in FINAL_STATUSES
 
 
-class BatchResult(TokenUsage):
+class BatchResult(TokenUsage, BilledDimensions):
     """One per request of a batch; (batch, custom_id) is unique, which is what
     makes re-reading an output file after a crash count nothing twice."""
 

@@ -5,7 +5,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from .tokens import TokenUsage
+from .tokens import BilledDimensions, TokenUsage
 
 
 class Outcome(models.TextChoices):
@@ -31,7 +31,7 @@ class Billing(models.TextChoices):
     UNKNOWN = "unknown", "Usage unknown"  # OpenAI bills it, the relay could not read its usage
 
 
-class ApiCall(TokenUsage):
+class ApiCall(TokenUsage, BilledDimensions):
     """Written before the call goes upstream, completed once the response is sent.
 
     No bodies and no secrets: only what an admin needs to answer "who called
@@ -61,6 +61,9 @@ class ApiCall(TokenUsage):
     path = models.CharField(max_length=2048)
     family = models.CharField("endpoint family", max_length=32, blank=True)
     model = models.CharField(max_length=128, blank=True)
+    # The model upstream says it used (a dated snapshot, a fine-tune), which is what the
+    # call is priced as; empty when the call has no usage. `reprice` prices by it too.
+    priced_model = models.CharField(max_length=128, blank=True, null=True)
     stream = models.BooleanField(default=False)
 
     upstream_status = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -83,6 +86,10 @@ class ApiCall(TokenUsage):
     # A call with usage but no price for its model: cost stays NULL, never 0.
     unpriced = models.BooleanField(default=False)
     billing = models.CharField(max_length=8, choices=Billing.choices, blank=True, default="")
+    # What a budget counts for a call whose cost is unknown (unpriced, usage unknown):
+    # the cost reserved for it before it was forwarded (audit_app.budgets).
+    budget_held = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True,
+                                      help_text="USD a budget counts for this call while its cost is unknown")
     price = models.ForeignKey(
         "audit_app.ModelPrice", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )

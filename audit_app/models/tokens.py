@@ -26,6 +26,48 @@ class TokenUsage(models.Model):
         abstract = True
 
 
+def _count(label: str) -> models.BigIntegerField:
+    return models.BigIntegerField(label, null=True, blank=True)
+
+
+class BilledDimensions(models.Model):
+    """What a call used beyond plain text tokens, each billed at a rate of its own
+    (audit_app.pricing). Token kinds are parts of input_tokens / output_tokens;
+    cached_* are parts of their kind. NULL: not reported (or none)."""
+
+    cache_write_tokens = _count("cache write tokens")
+    cache_retention = models.CharField(max_length=16, blank=True, null=True,
+                                       help_text="prompt_cache_retention upstream applied (24h: extended)")
+    audio_input_tokens = _count("audio input tokens")
+    cached_audio_input_tokens = _count("cached audio input tokens")
+    image_input_tokens = _count("image input tokens")
+    cached_image_input_tokens = _count("cached image input tokens")
+    audio_output_tokens = _count("audio output tokens")
+    image_output_tokens = _count("image output tokens")
+    service_tier = models.CharField(max_length=16, blank=True, null=True,
+                                    help_text="the tier upstream says served the call")
+    image_variant = models.CharField(max_length=32, blank=True, null=True,
+                                     help_text="quality/size, for per-image prices")
+    web_search_calls = _count("web search calls")
+    search_context_size = models.CharField(max_length=8, blank=True, null=True)
+    file_search_calls = _count("file search calls")
+    code_interpreter_sessions = _count("code interpreter sessions")
+    image_generation_calls = _count("image generation calls")
+    # The part of `cost` that is per-call tool fees (web search, containers).
+    tool_cost = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+DIMENSION_FIELDS = (
+    "cache_write_tokens", "cache_retention", "audio_input_tokens", "cached_audio_input_tokens", "image_input_tokens",
+    "cached_image_input_tokens", "audio_output_tokens", "image_output_tokens", "service_tier",
+    "image_variant", "web_search_calls", "search_context_size", "file_search_calls",
+    "code_interpreter_sessions", "image_generation_calls", "tool_cost",
+)
+
+
 class Owned(models.Model):
     """Who created a record through the relay: the user and the key they used."""
 

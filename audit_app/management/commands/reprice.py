@@ -7,11 +7,12 @@ from typing import Callable
 
 from django.core.management.base import CommandError
 from django.db import transaction
+from django.db.models import Q
 
 from audit_app import rollups
 from audit_app.ledger import amending, call_mac
 from audit_app.management.stoppable import StoppableCommand
-from audit_app.models import ApiCall
+from audit_app.models import ApiCall, Billing
 from audit_app.recorder import priced_fields
 from audit_app.usage import Usage
 
@@ -38,8 +39,10 @@ class Command(StoppableCommand):
             raise CommandError("--since must be YYYY-MM-DD") from exc
         self.install_stop_handlers()
         start = datetime.combine(day, time.min, tzinfo=dt_timezone.utc)
-        calls = ApiCall.objects.filter(started_at__gte=start, total_tokens__isnull=False) | \
-            ApiCall.objects.filter(started_at__gte=start, unpriced=True)
+        # Every call with usage, whatever it is billed by (tokens, seconds, characters, images).
+        calls = ApiCall.objects.filter(started_at__gte=start).filter(
+            Q(billing__in=(Billing.PRICED, Billing.UNPRICED)) | Q(total_tokens__isnull=False)
+            | Q(unpriced=True) | Q(cost__isnull=False))
         checked = changed = 0
         last_id = 0
         while not self.stopping:
@@ -60,22 +63,32 @@ class Command(StoppableCommand):
         self.stdout.write(f"repriced since {day}: {checked} calls checked, {changed} {verb}{stopped}")
 
     def _reprice(self, call: ApiCall, amend: Callable[[ApiCall], int] | None) -> int:
-        usage = Usage(**{f: getattr(call, f) for f in Usage.STORED})
-        new = priced_fields(usage, call.model, call.started_at)
+        # Exactly what the live path priced: the stored usage, the model upstream
+        # reported, the call's start time (recorder._complete).
+        new = priced_fields(Usage.from_row(call), call.priced_model or call.model, call.started_at)
         cost, unpriced = new.get("cost"), new.get("unpriced", False)
-        if cost == call.cost and unpriced == call.unpriced:
+        billing = new.get("billing", call.billing)
+        if cost == call.cost and unpriced == call.unpriced and billing == call.billing \
+                and new.get("tool_cost") == call.tool_cost:
             return 0
         if amend is not None:
             old_cost, old_unpriced = call.cost, call.unpriced
-            call.cost, call.unpriced, call.price = cost, unpriced, new.get("price")
+            call.cost, call.unpriced, call.price, call.billing = cost, unpriced, new.get("price"), billing
+            old_tools, call.tool_cost = call.tool_cost, new.get("tool_cost")
+            # A budget hold stands in for an unknown cost; once the cost is known it goes.
+            old_held = call.budget_held if billing == Billing.PRICED else None
+            if old_held is not None:
+                call.budget_held = None
             call.row_mac = call_mac(call)
             if call.chain_seq is not None:
                 call.chain_seq = amend(call)
-            call.save(update_fields=["cost", "unpriced", "price", "row_mac", "chain_seq"])
+            call.save(update_fields=["cost", "tool_cost", "unpriced", "price", "billing", "budget_held",
+                                     "row_mac", "chain_seq"])
             if call.key_id is not None and call.user_id is not None:
                 rollups.add(
                     started_at=call.started_at, user_id=call.user_id, key_id=call.key_id,
-                    model=call.model, family=call.family, calls=0,
+                    model=call.model, family=call.family, service_tier=call.service_tier, calls=0,
+                    tool_cost=(call.tool_cost or 0) - (old_tools or 0), budget_held=-(old_held or 0),
                     cost=(cost or 0) - (old_cost or 0), unpriced=int(unpriced) - int(old_unpriced),
                 )
         return 1

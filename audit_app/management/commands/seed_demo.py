@@ -25,9 +25,11 @@ from proxy_app.models import RelayKey
 
 CHUNK = 5000
 USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
-# Chat models (weight); the last has no price on purpose: its calls show up as unpriced.
+# Chat models (weight); the fine-tune is priced at its base's fine-tuned rates; the last
+# has no price in the shipped map on purpose: its calls show up as unpriced.
 CHAT_MODELS = (("gpt-4o-mini", 35), ("gpt-4.1-mini", 20), ("gpt-4o", 14), ("gpt-5-mini", 10),
-               ("o4-mini", 6), ("gpt-4.1", 5), ("ft:gpt-4o-mini-2024-07-18:acme:support:B7x2k", 4))
+               ("o4-mini", 6), ("gpt-4.1", 5), ("ft:gpt-4o-mini-2024-07-18:acme:support:B7x2k", 4),
+               ("gpt-4.5-preview", 3))
 REASONING = ("gpt-5-mini", "o4-mini")
 EMBEDDING_MODEL = "text-embedding-3-small"
 FAMILIES = (("responses", 45), ("chat", 30), ("embeddings", 15), ("models", 4), ("files", 3),
@@ -387,7 +389,10 @@ class Command(StoppableCommand):
                 result.error_code, result.error_message = rng.choice(BATCH_ERRORS)
             else:
                 family = "embeddings" if endpoint == "/v1/embeddings" else "chat"
-                fields = priced_fields(self.usage(rng, model, family), model, created, batch=True)
+                usage = self.usage(rng, model, family)
+                # Most models have no batch rate for cached input (a result with some is unpriced).
+                usage.cached_input_tokens = 0 if usage.cached_input_tokens is not None else None
+                fields = priced_fields(usage, model, created, batch=True)
                 fields.pop("price", None)
                 for name, value in fields.items():
                     setattr(result, name, value)
