@@ -382,6 +382,22 @@ def test_an_x_forwarded_for_sent_by_the_client_is_not_taken_as_its_address(behin
     assert finished_calls(1)[0].client_ip == "127.0.0.2"
 
 
+@needs_nginx
+def test_metrics_are_refused_through_nginx_to_anyone_but_localhost(behind_nginx):
+    # The relay sees every request come from nginx (127.0.0.1), which it lets scrape.
+    def scrape(source: str) -> tuple[int, bytes]:
+        conn = http.client.HTTPSConnection("127.0.0.1", behind_nginx.https_port, context=behind_nginx.tls(),
+                                           timeout=10, source_address=(source, 0))
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        return response.status, response.read()
+
+    status, body = scrape("127.0.0.2")
+    assert status == 403 and json.loads(body)["error"]["code"] == "forbidden"
+    status, body = scrape("127.0.0.1")
+    assert status == 200 and b"relay_poll_batches_lag_seconds" in body
+
+
 # --- upgrades and keep-alive, seen from behind nginx ------------------------------------------
 
 

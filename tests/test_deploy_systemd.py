@@ -29,7 +29,7 @@ from tests.conftest import ROOT, UPSTREAM_KEY, database_url_for_subprocess, free
 UNITS = ROOT / "scripts" / "deploy" / "systemd"
 TEMPLATES = sorted(UNITS.glob("*.service")) + sorted(UNITS.glob("*.timer"))
 LONG_RUNNING = ["team-relay.service", "team-relay-poller.service", "team-relay-sealer.service"]
-TIMED = ["reconcile-calls", "sync-files", "prune-audit", "reconcile-usage"]
+TIMED = ["reconcile-calls", "sync-files", "prune-audit", "reconcile-usage", "verify-audit"]
 # Commands the units run that another issue is still writing: the usage reconciliation.
 NOT_YET_WRITTEN = {"reconcile_usage"}
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -113,7 +113,8 @@ def test_every_unit_runs_a_relay_command_with_arguments_the_command_accepts(rend
             continue
         command = load_command_class(commands[name], name)
         command.create_parser("manage.py", name).parse_args(args)  # exits on an unknown argument
-    assert ran == {"poll_batches", "seal_audit", "reconcile_calls", "sync_files", "prune_audit", "reconcile_usage"}
+    assert ran == {"poll_batches", "seal_audit", "reconcile_calls", "sync_files", "prune_audit", "reconcile_usage",
+                   "verify_audit"}
 
 
 def test_the_daemons_restart_on_failure_and_the_jobs_run_on_their_timers(rendered):
