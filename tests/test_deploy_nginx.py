@@ -326,6 +326,8 @@ def test_a_large_upload_streams_through_nginx_and_the_relay_in_bounded_memory(be
         sampler.join()
     assert response.status_code == 200, response.text
     assert response.json()["bytes"] == size
+    finished_calls(1)
+    settle()  # the file is recorded as the call closes, a moment after the response
     assert FileRecord.objects.get(file_id=response.json()["id"]).bytes == size
     # Nothing held whole: not in nginx (no request buffering, no temporary file) ...
     assert not spooled, f"nginx spooled the body to disk: {spooled}"
