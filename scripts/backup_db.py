@@ -2,6 +2,7 @@
 """Back up the relay's database while it runs, and restore a backup into a fresh database.
 
     scripts/backup_db.py backup  DEST           # DATABASE_URL from the environment
+    scripts/backup_db.py backup  DIRECTORY --keep 14   # relay-<UTC time>.backup, 14 newest kept
     scripts/backup_db.py restore SRC --database-url URL_OF_A_NEW_EMPTY_DATABASE
 
 SQLite: an online copy through SQLite's backup API (Python's sqlite3.Connection.backup),
@@ -29,6 +30,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -60,8 +62,17 @@ def _pg_env(password: str | None) -> dict[str, str]:
     return env
 
 
-def backup(url: str, dest: Path) -> None:
+BACKUP_GLOB = "relay-*.backup"
+
+
+def backup(url: str, dest: Path, keep: int | None = None) -> Path:
     kind, where, password = parse(url)
+    directory = dest if dest.is_dir() else None
+    if directory is not None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        dest = directory / f"relay-{stamp}.backup"
+    elif keep is not None:
+        raise SystemExit("backup_db: --keep needs DEST to be a directory")
     partial = dest.with_name(dest.name + ".partial")
     partial.unlink(missing_ok=True)
     started = time.monotonic()
@@ -90,6 +101,12 @@ def backup(url: str, dest: Path) -> None:
     partial.replace(dest)
     print(f"backup_db: backed up {kind} database to {dest} ({dest.stat().st_size} bytes) "
           f"in {time.monotonic() - started:.1f} s")
+    if directory is not None and keep is not None:
+        # Names sort by time; only after a good backup is written are old ones removed.
+        for old in sorted(directory.glob(BACKUP_GLOB))[:-keep]:
+            old.unlink()
+            print(f"backup_db: removed {old} (keeping the {keep} newest)")
+    return dest
 
 
 def restore(src: Path, url: str) -> None:
@@ -115,24 +132,33 @@ def restore(src: Path, url: str) -> None:
           "now run `manage.py verify_audit` against it")
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backup_db.py", description=__doc__.split("\n\n")[0],
         epilog="DATABASE_URL is read from the environment unless --database-url is given.")
     sub = parser.add_subparsers(dest="action", required=True)
     b = sub.add_parser("backup", help="write a consistent copy of the live database to DEST")
-    b.add_argument("dest", type=Path)
+    b.add_argument("dest", type=Path, help="a file, or a directory for a new relay-<UTC time>.backup")
+    b.add_argument("--keep", type=int, metavar="N",
+                   help="with a directory: then delete all but the N newest relay-*.backup files")
     r = sub.add_parser("restore", help="restore SRC into a new, empty database")
     r.add_argument("src", type=Path)
     for p in (b, r):
         p.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
                        help="the database (default: $DATABASE_URL)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("set DATABASE_URL or pass --database-url")
     try:
         if args.action == "backup":
-            backup(args.database_url, args.dest)
+            if args.keep is not None and args.keep < 1:
+                parser.error("--keep must be at least 1")
+            backup(args.database_url, args.dest, args.keep)
         else:
             restore(args.src, args.database_url)
     except subprocess.CalledProcessError as exc:

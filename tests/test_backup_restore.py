@@ -188,3 +188,13 @@ def test_restore_refuses_to_overwrite_an_existing_sqlite_database(tmp_path):
     (tmp_path / "backup").write_bytes(b"")
     result = backup_db("restore", str(tmp_path / "backup"), database_url=f"sqlite:///{existing}")
     assert result.returncode != 0 and "restore only into a new database" in result.stderr
+
+
+def test_backups_into_a_directory_keep_only_the_newest(transactional_db, tmp_path):
+    source = database_url_for_subprocess()
+    for _ in range(3):
+        result = backup_db("backup", str(tmp_path), "--keep", "2", database_url=source)
+        assert result.returncode == 0, result.stderr
+    kept = sorted(tmp_path.glob("relay-*.backup"))
+    assert len(kept) == 2 and "removed" in result.stdout
+    assert backup_db("backup", str(tmp_path / "one.backup"), "--keep", "2", database_url=source).returncode != 0

@@ -23,13 +23,14 @@ import pytest
 import requests
 from django.core.management import get_commands, load_command_class
 
+from scripts.backup_db import build_parser
 from scripts.deploy.render import render_all
 from tests.conftest import ROOT, UPSTREAM_KEY, database_url_for_subprocess, free_port
 
 UNITS = ROOT / "scripts" / "deploy" / "systemd"
 TEMPLATES = sorted(UNITS.glob("*.service")) + sorted(UNITS.glob("*.timer"))
 LONG_RUNNING = ["team-relay.service", "team-relay-poller.service", "team-relay-sealer.service"]
-TIMED = ["reconcile-calls", "sync-files", "prune-audit", "reconcile-usage", "verify-audit"]
+TIMED = ["reconcile-calls", "sync-files", "prune-audit", "reconcile-usage", "verify-audit", "backup"]
 # Commands the units run that another issue is still writing: the usage reconciliation.
 NOT_YET_WRITTEN = {"reconcile_usage"}
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -107,7 +108,13 @@ def test_every_unit_runs_a_relay_command_with_arguments_the_command_accepts(rend
     commands = get_commands()
     ran = set()
     for path in sorted(rendered.glob("team-relay-*.service")):
-        name, *args = manage_py_args(unit(rendered, path.name)["Service"]["ExecStart"], env)
+        exec_start = unit(rendered, path.name)["Service"]["ExecStart"]
+        if " scripts/backup_db.py " in exec_start:
+            argv = shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], exec_start.replace("%S", "/var/lib")))
+            assert argv[1:4] == ["scripts/backup_db.py", "backup", "/var/lib/team-relay/backups"]
+            build_parser().parse_args(argv[2:])
+            continue
+        name, *args = manage_py_args(exec_start, env)
         ran.add(name)
         if name in NOT_YET_WRITTEN and name not in commands:
             continue
@@ -157,13 +164,31 @@ def stop_like_systemd(proc: subprocess.Popen, timeout_stop: float) -> tuple[int,
     return code, time.monotonic() - started
 
 
-def run_exec_start(rendered: Path, name: str, **overrides: str) -> tuple[subprocess.Popen, dict[str, str], Path]:
+@pytest.fixture
+def run_exec_start(rendered):
+    """Start units' ExecStart lines; whatever is still running after the test is killed."""
+    started: list[subprocess.Popen] = []
+
+    def run(name: str, **overrides: str) -> tuple[subprocess.Popen, dict[str, str], Path]:
+        proc, service, log = start_exec_start(rendered, name, **overrides)
+        started.append(proc)
+        return proc, service, log
+
+    yield run
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def start_exec_start(rendered: Path, name: str, **overrides: str) -> tuple[subprocess.Popen, dict[str, str], Path]:
     """The unit's ExecStart, in its WorkingDirectory, with its EnvironmentFile (and test overrides)."""
     service = unit(rendered, name)["Service"]
     env = parse_env_file((rendered / "relay.env").read_text())
     env = {"PATH": os.environ["PATH"], **env, "DATABASE_URL": database_url_for_subprocess(),
            "RELAY_AUDIT_SPOOL": str(rendered / "journal.jsonl"), **overrides}
-    argv = shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], service["ExecStart"]))
+    exec_start = service["ExecStart"].replace("%S", str(rendered / "state"))
+    argv = shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], exec_start))
     log = rendered / f"{name}.log"
     proc = subprocess.Popen(argv, cwd=service["WorkingDirectory"], env=env, stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -174,9 +199,9 @@ def run_exec_start(rendered: Path, name: str, **overrides: str) -> tuple[subproc
     ("team-relay-poller.service", "poll_batches"),
     ("team-relay-sealer.service", "seal_audit"),
 ])
-def test_the_poller_and_the_sealer_stop_cleanly_on_systemds_sigterm(rendered, transactional_db, upstream,
+def test_the_poller_and_the_sealer_stop_cleanly_on_systemds_sigterm(run_exec_start, transactional_db, upstream,
                                                                      name, command):
-    proc, service, log = run_exec_start(rendered, name, OPENAI_BASE_URL=upstream.base_url)
+    proc, service, log = run_exec_start(name, OPENAI_BASE_URL=upstream.base_url)
     time.sleep(4)  # Django loaded and a first pass made (the sealer is quiet when it has nothing to seal)
     assert proc.poll() is None, log.read_text()
     code, took = stop_like_systemd(proc, seconds(service["TimeoutStopSec"]))
@@ -186,9 +211,9 @@ def test_the_poller_and_the_sealer_stop_cleanly_on_systemds_sigterm(rendered, tr
     assert re.search(rf"^{command}: \d+ pass|^{command}: checked", output, re.M), output
 
 
-def test_the_relay_unit_serves_and_drains_on_systemds_sigterm(rendered, transactional_db, upstream):
+def test_the_relay_unit_serves_and_drains_on_systemds_sigterm(rendered, run_exec_start, transactional_db, upstream):
     port = free_port()
-    proc, service, log = run_exec_start(rendered, "team-relay.service", OPENAI_BASE_URL=upstream.base_url,
+    proc, service, log = run_exec_start("team-relay.service", OPENAI_BASE_URL=upstream.base_url,
                                         GUNICORN_BIND=f"127.0.0.1:{port}", GUNICORN_WORKERS="1", HTTPS="false",
                                         STATIC_ROOT=str(rendered / "static"))
     deadline = time.monotonic() + 60
@@ -203,3 +228,16 @@ def test_the_relay_unit_serves_and_drains_on_systemds_sigterm(rendered, transact
         raise AssertionError(log.read_text())
     code, took = stop_like_systemd(proc, seconds(service["TimeoutStopSec"]))
     assert code == 0, log.read_text()
+
+
+def test_the_backup_unit_writes_a_backup_and_keeps_the_newest(run_exec_start, rendered, transactional_db):
+    backups = rendered / "state" / "team-relay" / "backups"
+    backups.mkdir(parents=True)  # systemd makes it: StateDirectory=team-relay team-relay/backups
+    for old in ("relay-20200101T000000.000000Z.backup", "relay-20200102T000000.000000Z.backup"):
+        (backups / old).write_bytes(b"old")
+    proc, service, log = run_exec_start("team-relay-backup.service", RELAY_BACKUP_KEEP="2")
+    assert proc.wait(60) == 0, log.read_text()
+    kept = sorted(p.name for p in backups.iterdir())
+    assert len(kept) == 2 and kept[0] == "relay-20200102T000000.000000Z.backup", kept
+    assert (backups / kept[1]).stat().st_size > 10_000
+    assert "StateDirectory=team-relay team-relay/backups" in (rendered / "team-relay-backup.service").read_text()
