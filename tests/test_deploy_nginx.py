@@ -339,6 +339,33 @@ def test_a_large_upload_streams_through_nginx_and_the_relay_in_bounded_memory(be
 
 
 @needs_nginx
+def test_a_chunked_upload_without_content_length_streams_through(behind_nginx, relay_key, upstream):
+    boundary = "chunked"
+
+    def body():
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nassistants\r\n"
+               f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.bin\"\r\n"
+               f"Content-Type: application/octet-stream\r\n\r\n").encode()
+        for _ in range(8):
+            yield b"y" * (1 << 20)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = requests.post(f"{behind_nginx.url}/v1/files", data=body(), verify=str(behind_nginx.cert), timeout=60,
+                             headers={"Authorization": f"Bearer {relay_key}",
+                                      "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 200, response.text
+    assert response.json()["bytes"] == 8 << 20
+
+
+@needs_nginx
+def test_nginx_answers_in_openai_shape_when_the_relay_is_down(start_nginx):
+    nginx = start_nginx(f"127.0.0.1:{free_port()}")  # nothing listens there
+    response = requests.get(f"{nginx.url}/v1/models", verify=str(nginx.cert), timeout=10)
+    assert response.status_code == 502 and response.headers["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "relay_unavailable"
+
+
+@needs_nginx
 def test_a_body_over_the_limit_gets_an_openai_shaped_413_before_it_is_sent(behind_nginx, relay_key, upstream):
     conn = http.client.HTTPSConnection("127.0.0.1", behind_nginx.https_port, context=behind_nginx.tls(), timeout=10)
     conn.putrequest("POST", "/v1/files")
