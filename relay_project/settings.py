@@ -239,7 +239,8 @@ if HTTPS or env.bool("SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 if HTTPS:
     SECURE_SSL_REDIRECT = True
-    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^v1/health$", r"^$"]
+    # /metrics too: Prometheus scrapes gunicorn over loopback on the host (docs/operations.md).
+    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^v1/health$", r"^$", r"^metrics$"]
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True

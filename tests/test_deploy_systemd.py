@@ -212,22 +212,34 @@ def test_the_poller_and_the_sealer_stop_cleanly_on_systemds_sigterm(run_exec_sta
 
 
 def test_the_relay_unit_serves_and_drains_on_systemds_sigterm(rendered, run_exec_start, transactional_db, upstream):
+    # The environment file as rendered (HTTPS=true, ALLOWED_HOSTS, ...), but a free port.
     port = free_port()
     proc, service, log = run_exec_start("team-relay.service", OPENAI_BASE_URL=upstream.base_url,
-                                        GUNICORN_BIND=f"127.0.0.1:{port}", GUNICORN_WORKERS="1", HTTPS="false",
+                                        GUNICORN_BIND=f"127.0.0.1:{port}", GUNICORN_WORKERS="1",
                                         STATIC_ROOT=str(rendered / "static"))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
         try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2, headers={"Host": "relay.test"}).ok:
-                break
+            health = requests.get(f"http://127.0.0.1:{port}/health", timeout=2, allow_redirects=False)
+            break
         except requests.RequestException:  # not listening yet, or a worker still importing
             time.sleep(0.2)
     else:
         raise AssertionError(log.read_text())
-    code, took = stop_like_systemd(proc, seconds(service["TimeoutStopSec"]))
+    # What the doc's install step and a Prometheus on the host do: plain HTTP on loopback.
+    assert health.status_code == 200, health.text
+    metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10, allow_redirects=False)
+    assert metrics.status_code == 200 and b"relay_poll_batches_lag_seconds" in metrics.content
+    # Anything else over plain HTTP is sent to HTTPS.
+    assert requests.get(f"http://127.0.0.1:{port}/admin/", timeout=10, allow_redirects=False).status_code == 301
+    # nginx keeps idle keep-alive connections open to gunicorn, and gunicorn's graceful stop
+    # waits for them: with the file's GUNICORN_KEEPALIVE a stop takes seconds, not the 60 s drain.
+    with requests.Session() as nginx_like:
+        assert nginx_like.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+        code, took = stop_like_systemd(proc, seconds(service["TimeoutStopSec"]))
     assert code == 0, log.read_text()
+    assert took < 15, f"stopping took {took:.1f} s: an idle keep-alive connection held the drain"
 
 
 def test_the_backup_unit_writes_a_backup_and_keeps_the_newest(run_exec_start, rendered, transactional_db):
