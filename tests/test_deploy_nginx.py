@@ -14,6 +14,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -55,10 +56,10 @@ def throwaway_certificate(directory: Path) -> tuple[Path, Path]:
 class Nginx:
     """nginx on 127.0.0.1 in front of `gunicorn` (host:port), with the shipped site file."""
 
-    def __init__(self, directory: Path, gunicorn: str, max_body: int = MAX_BODY) -> None:
+    def __init__(self, directory: Path, gunicorn: str, max_body: int = MAX_BODY, https_port: int | None = None) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.http_port, self.https_port = free_port(), free_port()
+        self.http_port, self.https_port = free_port(), https_port or free_port()
         self.cert, key = throwaway_certificate(self.dir)
         self.body_temp = self.dir / "client_body_temp"
         self.site = self.dir / "team-relay.conf"
@@ -153,9 +154,10 @@ def static_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def behind_nginx(start_gunicorn, start_nginx, static_root) -> Nginx:
     """nginx -> the relay under gunicorn, configured as docs/operations.md says."""
+    https_port = free_port()
     relay = start_gunicorn(HTTPS="true", RELAY_TRUST_X_FORWARDED_FOR="true", RELAY_MAX_BODY_BYTES=str(MAX_BODY),
-                           STATIC_ROOT=str(static_root))
-    server = start_nginx(f"127.0.0.1:{relay.port}")
+                           STATIC_ROOT=str(static_root), CSRF_TRUSTED_ORIGINS=f"https://127.0.0.1:{https_port}")
+    server = start_nginx(f"127.0.0.1:{relay.port}", https_port=https_port)
     server.relay = relay
     return server
 
@@ -238,6 +240,29 @@ def test_plain_http_is_redirected_to_https_and_the_relay_sees_https(behind_nginx
     static = requests.get(f"{behind_nginx.url}/static/{hashed}", verify=str(behind_nginx.cert), timeout=10)
     assert static.status_code == 200 and static.headers["Content-Type"].startswith("text/css")
     assert "immutable" in static.headers["Cache-Control"]
+
+
+@needs_nginx
+def test_an_admin_logs_in_through_nginx_with_secure_cookies(behind_nginx, django_user_model):
+    from django.contrib.auth.hashers import PBKDF2PasswordHasher
+
+    admin = django_user_model.objects.create_superuser("root")
+    # Hashed as production hashes it: the test settings' fast hasher is not one gunicorn knows.
+    admin.password = PBKDF2PasswordHasher().encode("a-long-admin-password", "nginxtestsalt")
+    admin.save()
+    with requests.Session() as browser:
+        tls = str(behind_nginx.cert)  # per request: a session's verify loses to REQUESTS_CA_BUNDLE
+        login_url = f"{behind_nginx.url}/admin/login/?next=/admin/"
+        page = browser.get(login_url, timeout=10, verify=tls)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        answer = browser.post(login_url, timeout=10, verify=tls, allow_redirects=False, headers={"Referer": login_url},
+                              data={"csrfmiddlewaretoken": token, "username": "root",
+                                    "password": "a-long-admin-password", "next": "/admin/"})
+        assert answer.status_code == 302, re.findall(r"errornote.*?</p>|errorlist.*?</ul>", answer.text, re.S)
+        cookies = answer.headers["Set-Cookie"]
+        assert "sessionid=" in cookies and "Secure" in cookies and "HttpOnly" in cookies
+        index = browser.get(f"{behind_nginx.url}/admin/", timeout=10, verify=tls)
+        assert index.status_code == 200 and "Site administration" in index.text
 
 
 @needs_nginx
