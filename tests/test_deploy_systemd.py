@@ -253,3 +253,33 @@ def test_the_backup_unit_writes_a_backup_and_keeps_the_newest(run_exec_start, re
     assert len(kept) == 2 and kept[0] == "relay-20200102T000000.000000Z.backup", kept
     assert (backups / kept[1]).stat().st_size > 10_000
     assert "StateDirectory=team-relay team-relay/backups" in (rendered / "team-relay-backup.service").read_text()
+
+
+def test_the_install_steps_render_commands_work_as_written(tmp_path):
+    """render.py's command line, as docs/operations.md runs it: secrets as bare names from the
+    environment, the units into a directory, and a typo refused."""
+    script = [sys.executable, str(ROOT / "scripts" / "deploy" / "render.py")]
+    secrets_env = {**os.environ, "OPENAI_API_KEY": "sk-from-env", "SECRET_KEY": "s" * 50,
+                   "AUDIT_CHAIN_KEY": "a" * 50, "DATABASE_URL": "sqlite:////var/lib/team-relay/db.sqlite3"}
+    env_file = subprocess.run([*script, str(UNITS / "relay.env"), "SERVER_NAME=relay.example.com", "DATABASE_URL",
+                               "OPENAI_API_KEY", "SECRET_KEY", "AUDIT_CHAIN_KEY"],
+                              env=secrets_env, capture_output=True, text=True)
+    assert env_file.returncode == 0, env_file.stderr
+    assert parse_env_file(env_file.stdout)["OPENAI_API_KEY"] == "sk-from-env" and "{{" not in env_file.stdout
+
+    units = subprocess.run([*script, "-o", str(tmp_path), *map(str, TEMPLATES), "APP_DIR=/opt/team-relay",
+                            "USER=team-relay", "ENV_FILE=/etc/team-relay/relay.env"], capture_output=True, text=True)
+    assert units.returncode == 0, units.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(t.name for t in TEMPLATES)
+    assert "{{" not in "".join(p.read_text() for p in tmp_path.iterdir())
+
+    typo = subprocess.run([*script, "-o", str(tmp_path), *map(str, TEMPLATES), "APP_DIR=/opt/team-relay",
+                           "USR=team-relay", "ENV_FILE=/etc/team-relay/relay.env"], capture_output=True, text=True)
+    assert typo.returncode == 2 and "no placeholder USR" in typo.stderr
+
+
+def test_relay_run_uses_the_units_paths_and_user():
+    script = (ROOT / "scripts" / "deploy" / "relay-run").read_text()
+    assert subprocess.run(["sh", "-n", str(ROOT / "scripts" / "deploy" / "relay-run")]).returncode == 0
+    assert "${RELAY_APP_DIR:-/opt/team-relay}" in script and "${RELAY_ENV_FILE:-/etc/team-relay/relay.env}" in script
+    assert "${RELAY_USER:-team-relay}" in script and 'StateDirectory="team-relay team-relay/backups"' in script
