@@ -376,7 +376,7 @@ def parse_event(text: str) -> dict:
 
 
 def deadline_sendall(sock: socket.socket, data: bytes, timeout: float) -> None:
-    """sendall that gives up (OSError) after `timeout` seconds without progress.
+    """sendall that gives up (OSError, socket.timeout) once the peer takes nothing for `timeout` seconds.
 
     The socket's timeout is set only for this write; the pumps read it without one.
     Another greenlet reading the same socket meanwhile would see the timeout too, but
