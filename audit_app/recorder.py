@@ -196,7 +196,9 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
         usage = usage_hint = None  # a read echoes the usage of the call that generated: not ours to count
     elif usage is not None or usage_hint is not None:
         usage = (usage or Usage()).merge(usage_hint)
-    if billed and (usage is None or usage.is_empty):
+    if billed and (usage is None or usage.is_empty) and fields.get("billing") not in (Billing.PRICED,
+                                                                                      Billing.UNPRICED):
+        # (A caller that priced the call from usage it read itself, a WebSocket response, keeps that.)
         fields["billing"] = Billing.UNKNOWN
     for attempt in (1, 2):
         try:

@@ -184,6 +184,44 @@ def month_spend(*, key_id: int | None = None, user_id: int | None = None, team_i
                                else f"t{team_id}")
 
 
+def forget_spend(ctx: CallContext) -> None:
+    """Drop the cached spend of the caller's key, owner and team: a cost just landed
+    (a WebSocket response), and the next check must see it, not a 10-second-old figure."""
+    key = ctx.key
+    if key is None:
+        return
+    first = _month_start()
+    names = [f"relay:spend:k{key.pk}:{first:%Y%m}"]
+    if ctx.user is not None and getattr(ctx.user, "pk", None) is not None:
+        names.append(f"relay:spend:u{ctx.user.pk}:{first:%Y%m}")
+    if key.team_id:
+        names.append(f"relay:spend:t{key.team_id}:{first:%Y%m}")
+    cache.delete_many(names)
+
+
+def has_budget(ctx: CallContext) -> bool:
+    """Whether any monthly budget applies to the caller: the key's, its owner's or its team's.
+
+    The one test for "limited by a budget" (realtime secrets and calls, WebSocket
+    sessions): a budget anywhere above the key makes it limited.
+    """
+    key = ctx.key
+    if key is None:
+        return False
+    if key.monthly_budget_usd is not None:
+        return True
+    limit = getattr(ctx.user, "relay_limit", None)
+    if limit is not None and limit.monthly_budget_usd is not None:
+        return True
+    team = key.team if key.team_id else None
+    return team is not None and team.monthly_budget_usd is not None
+
+
+def is_limited(ctx: CallContext) -> bool:
+    """A key with a model scope or under any budget: what the relay cannot read is refused for it."""
+    return has_model_scope(ctx) or has_budget(ctx)
+
+
 def check_budgets(api_path: ApiPath, method: str, ctx: CallContext) -> None:
     """Before the body is read: refuse at once when spend alone fills a budget. Whether
     this call fits beside the calls in progress is decided by its reservation

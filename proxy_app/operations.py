@@ -57,6 +57,10 @@ TABLE: tuple[tuple[str, re.Pattern[str], Kind], ...] = tuple(
 def kind_of(method: str, path: str) -> Kind:
     """The operation's kind from its method and decoded path alone."""
     method = method.upper()
+    if method == "WS":
+        # A WebSocket session's response row (websocket.py): one upstream response, which
+        # generates. The session row itself is a GET and stays free.
+        return Kind.GENERATES
     for m, pattern, kind in TABLE:
         if m == method and pattern.match(path):
             return kind

@@ -13,11 +13,20 @@ name a model the key may use before anything is forwarded (decisions.md).
 - calls: a limited key may not start a call directly: an SDP offer carries no
   session configuration the relay could check. It mints a client secret through
   the relay instead, and the browser starts the call with that secret.
+- every other POST under /v1/realtime (the beta `sessions` and
+  `transcription_sessions`, `translations/client_secrets`, a SIP call's `accept`,
+  and any endpoint added later) is refused for a limited key: each can mint a
+  session or secret whose model the relay does not check. Only hanging up or
+  rejecting a call, which generates nothing, passes.
+
+"Limited" is one test everywhere (access.is_limited): a model scope, or a budget on
+the key, its owner or its team.
 """
 from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -36,23 +45,28 @@ from .policy import REQUEST_RULES
 
 CLIENT_SECRETS = "/v1/realtime/client_secrets"
 CALLS = "/v1/realtime/calls"
+# What a limited key may POST under /v1/realtime besides client_secrets: ending a call.
+_CALL_CONTROL = re.compile(r"^/v1/realtime/calls/[^/]+/(hangup|reject)$")
 
 
 def _limited(ctx: CallContext) -> bool:
-    key = ctx.key
-    if key is None:
-        return False
-    user_limit = getattr(ctx.user, "relay_limit", None)
-    return bool(key.allowed_models) or key.monthly_budget_usd is not None or (
-        user_limit is not None and user_limit.monthly_budget_usd is not None)
+    return access.is_limited(ctx)
 
 
 def check_realtime_call(api_path: ApiPath, method: str, ctx: CallContext) -> None:
-    if method == "POST" and api_path.path == CALLS and _limited(ctx):
+    if method != "POST" or not api_path.path.startswith("/v1/realtime") or not _limited(ctx):
+        return
+    if api_path.path == CALLS:
         raise PolicyDenied(
             f"Relay key {ctx.key.prefix}… is limited to some models or by a budget, and a WebRTC call "
             "started with an SDP offer names no model the relay could check. Mint a client secret "
             f"through the relay ({CLIENT_SECRETS}, naming the session's model) and start the call with it.",
+            code="outside_key_scope")
+    if api_path.path != CLIENT_SECRETS and not _CALL_CONTROL.match(api_path.path):
+        raise PolicyDenied(
+            f"Relay key {ctx.key.prefix}… is limited to some models or by a budget, and "
+            f"{api_path.path} can mint a session or secret whose model the relay does not check. "
+            f"Mint a client secret through the relay ({CLIENT_SECRETS}, naming the session's model).",
             code="outside_key_scope")
 
 
@@ -82,22 +96,39 @@ class ClientSecretPolicy(Observer):
         if len(raw) > limit:
             raise PolicyDenied(f"A client_secrets body over {limit} bytes cannot be checked for this key.",
                                code="outside_key_scope")
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise RelayError("The client_secrets body must be a JSON object.", code="invalid_body") from None
-        session = body.get("session") if isinstance(body, dict) else None
-        from .websocket import _has_budget, _session_models
+        from .websocket import _no_duplicates
 
-        models = _session_models(session)
+        try:
+            # Strict like a WebSocket event: of two duplicate keys another reader could take the other.
+            body = json.loads(raw, object_pairs_hook=_no_duplicates)
+        except (ValueError, RecursionError):
+            raise RelayError("The client_secrets body must be a JSON object the relay can read "
+                             "(no duplicate keys).", code="invalid_body") from None
+        if not isinstance(body, dict):
+            raise RelayError("The client_secrets body must be a JSON object.", code="invalid_body")
+        session = body.get("session")
+        from .websocket import _all_models, _session_models
+
+        try:
+            models = _session_models(session)
+        except RelayError as exc:
+            raise RelayError(exc.message.replace("the relay cannot read it the way upstream would, so it "
+                                                 "was not forwarded", "the relay cannot check it"),
+                             code="invalid_body", param=exc.param) from None
         if not isinstance(session, dict) or not isinstance(session.get("model"), str):
             raise PolicyDenied(
                 f"Relay key {self.ctx.key.prefix}… is limited to some models or by a budget: the session "
                 "must name its model (session.model) so the relay can check it.",
                 code="outside_key_scope", param="session.model")
-        for model in models:
+        # Every field named `model` anywhere in the body, not only the ones the relay knows of.
+        for model in [*models, *_all_models(body)]:
+            if not isinstance(model, str):
+                raise PolicyDenied(
+                    f"Relay key {self.ctx.key.prefix}… is limited to some models or by a budget, and this "
+                    f"body names a model that is a {type(model).__name__}, not a string.",
+                    code="outside_key_scope", param="model")
             access.check_model_scope(self.ctx, self.api_path, "POST", {"model": model})
-            if _has_budget(self.ctx) and pricing.price_for(model, timezone.now()) is None:
+            if access.has_budget(self.ctx) and pricing.price_for(model, timezone.now()) is None:
                 raise PolicyDenied(
                     f"Model '{model}' has no price, and this key or its owner has a budget.",
                     code="model_without_price", param="session.model")

@@ -70,8 +70,11 @@ _DONE = {
 }
 # Upstream events the audit reads; any other message is forwarded without being parsed.
 # (Upstream is OpenAI: a marker inside some text only costs a parse, the type decides.)
+# A realtime input transcription OpenAI bills on its own (usage in its completed event).
+_TRANSCRIBED = "conversation.item.input_audio_transcription.completed"
 _WATCHED = {kind: tuple(f'"{t}"' for t in (*done, "response.created", "response.in_progress",
-                                            "session.created", "session.updated"))
+                                            "session.created", "session.updated",
+                                            *((_TRANSCRIBED,) if kind == "realtime" else ())))
             for kind, done in _DONE.items()}
 # Close codes that may not be sent in a close frame (RFC 6455 7.4.1).
 _UNSENDABLE = frozenset({1005, 1006, 1015})
@@ -102,7 +105,7 @@ def open_session(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> H
         raise UpgradeError(f"{api_path.path} does not accept WebSocket connections.", status=404,
                            code="unknown_url")
     meta = request.META
-    if "gunicorn.socket" not in meta:
+    if "gunicorn.socket" not in meta or not _cooperative_worker():
         raise WebSocketsUnavailable()
     client_ws = _server_handshake(meta)
     models = request.GET.getlist("model")
@@ -120,7 +123,8 @@ def open_session(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> H
         raise AuditUnavailable() from None
     telemetry.forwarding(ctx)
     try:
-        upstream = ws_upstream.connect(api_path.upstream_suffix, meta.get("QUERY_STRING", ""), meta)
+        upstream = ws_upstream.connect(api_path.upstream_suffix, meta.get("QUERY_STRING", ""), meta,
+                                       ctx.key.openai_project if ctx.key is not None else "")
     except Exception as exc:
         if not isinstance(exc, RelayError):
             log.exception("websocket: opening the upstream connection failed")
@@ -142,6 +146,20 @@ def open_session(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> H
         return response
     meta[ENVIRON_KEY] = Session(meta["gunicorn.socket"], client_ws, upstream, call_id, ctx, policy)
     return HttpResponse(status=101)  # never sent: the WSGI entry point runs the session instead
+
+
+def _cooperative_worker() -> bool:
+    """Whether this process runs gevent's patched sockets (gunicorn's gevent worker).
+
+    Every gunicorn worker class hands over `gunicorn.socket`; under a sync or gthread
+    worker a session would hold the whole worker or one of its threads for as long as
+    it lasts, and its pumps' threads would be real threads: answered 501 instead.
+    """
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return monkey.is_module_patched("socket")
 
 
 def _server_handshake(meta: dict) -> WSConnection:
@@ -187,25 +205,43 @@ class SessionPolicy:
 
     def _check_model(self, model: str) -> None:
         access.check_model_scope(self.ctx, self.api_path, "POST", {"model": model})
-        if _has_budget(self.ctx) and pricing.price_for(model, _now()) is None:
+        if access.has_budget(self.ctx) and pricing.price_for(model, _now()) is None:
             # decisions.md: under a budget, a model without a rate is refused, not run at $0.
             raise PolicyDenied(f"Model '{model}' has no price, and this key or its owner has a monthly "
                                "budget, so the relay could not count it. An admin can add a price for it.",
                                code="relay_unpriced_under_budget", param="model")
 
     def check_event(self, event: dict) -> None:
-        etype = event.get("type")
-        if etype == "session.update":
-            for model in _session_models(event.get("session")):
+        etype = event["type"]
+        limited = access.is_limited(self.ctx)
+        if limited and etype not in CLIENT_EVENTS[self.kind]:
+            # An event the relay does not know may name a model or start generation in a
+            # way it never checks: a limited key's session forwards only known ones.
+            raise RelayError(
+                f"Relay key {self.ctx.key.prefix}… is limited to some models or by a budget, and the relay "
+                f"forwards only the client events it checks; '{etype[:100]}' was not forwarded.",
+                code="invalid_event", param="type")
+        if etype in ("session.update", "transcription_session.update"):
+            _session_models(event.get("session"))  # refuses shapes the relay cannot read
+        if limited:
+            # Every field named `model`, at any depth (moderation.model, a transcription's
+            # model, a tool's model ...): each must be allowed, and priced under a budget.
+            for model in _all_models(event):
+                if not isinstance(model, str):
+                    raise PolicyDenied(
+                        f"Relay key {self.ctx.key.prefix}… is limited to some models or by a budget, and "
+                        f"this event names a model that is a {type(model).__name__}, not a string; "
+                        "it was not forwarded.", code="outside_key_scope", param="model")
                 self._check_model(model)
+        if etype in ("session.update", "transcription_session.update"):
             access.check_budgets(self.api_path, "POST", self.ctx)
-        elif etype == "response.create":
+        elif etype in GENERATING_EVENTS:
             model = event.get("model") if self.kind == "responses" else self.model
             if self.kind == "responses" and access.has_model_scope(self.ctx) and not isinstance(model, str):
                 raise PolicyDenied(
-                    f"Relay key {self.ctx.key.prefix}… may only use some models: response.create "
+                    f"Relay key {self.ctx.key.prefix}… may only use some models: {etype} "
                     "must name its model.", code="outside_key_scope", param="model")
-            if model:
+            if isinstance(model, str) and model:
                 self._check_model(model)
             access.check_rate_limit(self.api_path, "POST", self.ctx)
             access.check_budgets(self.api_path, "POST", self.ctx)
@@ -218,22 +254,70 @@ class SessionPolicy:
                 self.model = session["model"]
 
 
-def _has_budget(ctx: CallContext) -> bool:
-    user_limit = getattr(ctx.user, "relay_limit", None)
-    return ctx.key is not None and (ctx.key.monthly_budget_usd is not None or (
-        user_limit is not None and user_limit.monthly_budget_usd is not None))
+# The client events a limited key's session may send (OpenAI's documented client events);
+# anything else is refused with an `error` event. Unlimited keys' events pass through.
+CLIENT_EVENTS = {
+    "realtime": frozenset({
+        "session.update", "transcription_session.update",
+        "input_audio_buffer.append", "input_audio_buffer.commit", "input_audio_buffer.clear",
+        "conversation.item.create", "conversation.item.retrieve", "conversation.item.truncate",
+        "conversation.item.delete", "response.create", "response.cancel", "output_audio_buffer.clear",
+    }),
+    "responses": frozenset({"response.create"}),
+}
+# Client events that start generation: each passes the rate limit and the budget.
+GENERATING_EVENTS = frozenset({"response.create", "response.steer"})
+
+
+def _all_models(value: Any) -> list[Any]:
+    """The value of every key named `model` anywhere in a parsed event (iterative: depth is free)."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for name, child in item.items():
+                if name == "model":
+                    found.append(child)
+                if isinstance(child, (dict, list)):
+                    stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(child for child in item if isinstance(child, (dict, list)))
+    return found
+
+
+def _unreadable(where: str, value: Any) -> RelayError:
+    return RelayError(f"`{where}` must be an object, not a {type(value).__name__}; the relay cannot read "
+                      "it the way upstream would, so it was not forwarded.", code="invalid_event", param=where)
 
 
 def _session_models(session: Any) -> list[str]:
-    """Every model a realtime session configuration names: the session's and its transcription's."""
-    if not isinstance(session, dict):
+    """Every model a realtime session configuration names: the session's and its transcription's.
+
+    Raises RelayError (invalid_event) when a part that holds a model is not an object:
+    the relay could not read it the way upstream would.
+    """
+    if session is None:
         return []
+    if not isinstance(session, dict):
+        raise _unreadable("session", session)
     found = [session.get("model")]
     audio = session.get("audio")
-    if isinstance(audio, dict) and isinstance(audio.get("input"), dict):
-        found.append((audio["input"].get("transcription") or {}).get("model"))
+    if audio is not None:
+        if not isinstance(audio, dict):
+            raise _unreadable("session.audio", audio)
+        audio_input = audio.get("input")
+        if audio_input is not None:
+            if not isinstance(audio_input, dict):
+                raise _unreadable("session.audio.input", audio_input)
+            transcription = audio_input.get("transcription")
+            if transcription is not None:
+                if not isinstance(transcription, dict):
+                    raise _unreadable("session.audio.input.transcription", transcription)
+                found.append(transcription.get("model"))
     legacy = session.get("input_audio_transcription")
-    if isinstance(legacy, dict):
+    if legacy is not None:
+        if not isinstance(legacy, dict):
+            raise _unreadable("session.input_audio_transcription", legacy)
         found.append(legacy.get("model"))
     return [m for m in found if isinstance(m, str)]
 
@@ -279,13 +363,34 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
 def parse_event(text: str) -> dict:
     """A client event, read strictly: another reader could take a different one of
     two duplicate keys, so an event with any is refused."""
-    event = json.loads(text, object_pairs_hook=_no_duplicates)
+    try:
+        event = json.loads(text, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         raise ValueError("an event must be a JSON object with a string `type`")
     return event
 
 
 # --- the session -----------------------------------------------------------------------
+
+
+def deadline_sendall(sock: socket.socket, data: bytes, timeout: float) -> None:
+    """sendall that gives up (OSError, socket.timeout) once the peer takes nothing for `timeout` seconds.
+
+    The socket's timeout is set only for this write; the pumps read it without one.
+    Another greenlet reading the same socket meanwhile would see the timeout too, but
+    this is only used while the session ends, when a pump's read ending is wanted.
+    """
+    previous = sock.gettimeout()
+    sock.settimeout(timeout)
+    try:
+        sock.sendall(data)
+    finally:
+        try:
+            sock.settimeout(previous)
+        except OSError:
+            pass
 
 # The sessions this worker is running, so that a graceful stop can close them.
 _LIVE: "weakref.WeakSet[Session]" = weakref.WeakSet()
@@ -328,7 +433,9 @@ class Session:
         self.ended = threading.Event()
         # Upstream responses seen created and not yet done: response id -> (row id, context).
         self.open_responses: dict[str, tuple[int, CallContext]] = {}
+        self.transcription_model = ""  # the input transcription's model, from session.created/updated
         self.responses = 0
+        self._budget_due = False  # a response just cost money: check the budget once it is forwarded
         self.max_message = settings.RELAY_WS_MAX_MESSAGE_BYTES
 
     # -- running
@@ -396,12 +503,16 @@ class Session:
                 return
             self.outcome, self.error = outcome, error
         self.ended.set()
+        # A pump may be blocked inside sendall, holding that side's lock (a client that stops
+        # reading): the close frame waits for the lock at most the close grace, then that
+        # side's socket is shut down without one, which also unblocks the pump's write.
+        grace = settings.RELAY_WS_CLOSE_GRACE_SECONDS
         for send, close in ((self._send_client, client), (self._send_upstream, upstream)):
             if close is not None:
                 code, reason = close
                 try:
                     send(CloseConnection(code=1000 if code in _UNSENDABLE else code,
-                                         reason=_truncate(reason)))
+                                         reason=_truncate(reason)), timeout=grace)
                 except (_ClientGone, _UpstreamGone, ProtocolError):
                     pass
         for sock in (self.client_sock, self.up.sock):
@@ -419,23 +530,32 @@ class Session:
 
     # -- writing (one writer at a time per side; wsproto objects are not thread-safe)
 
-    def _send_client(self, event) -> None:
+    def _send_client(self, event, timeout: float | None = None) -> None:
+        self._send(self._client_lock, lambda: self.client_ws, self.client_sock, event, timeout, _ClientGone,
+                   outgoing=True)
+
+    def _send_upstream(self, event, timeout: float | None = None) -> None:
+        self._send(self._up_lock, lambda: self.up.ws, self.up.sock, event, timeout, _UpstreamGone)
+
+    def _send(self, lock, ws, sock, event, timeout: float | None, gone: type[Exception],
+              outgoing: bool = False) -> None:
+        """Write one event; `timeout` bounds the wait for the side's lock (closing only)."""
+        if not (lock.acquire() if timeout is None else lock.acquire(timeout=timeout)):
+            raise gone()
         try:
-            with self._client_lock:
-                data = self.client_ws.send(event)
-                self.client_sock.sendall(data)
+            # The timed sendall only while closing: a close frame must not wait forever either.
+            if timeout is not None:
+                data = ws().send(event)
+                deadline_sendall(sock, data, timeout)
+            else:
+                data = ws().send(event)
+                sock.sendall(data)
+            if outgoing:
                 self.bytes_out += len(data)
         except OSError as exc:
-            raise _ClientGone() from exc
-        self.last_activity = time.monotonic()
-
-    def _send_upstream(self, event) -> None:
-        try:
-            with self._up_lock:
-                data = self.up.ws.send(event)
-                self.up.sock.sendall(data)
-        except OSError as exc:
-            raise _UpstreamGone() from exc
+            raise gone() from exc
+        finally:
+            lock.release()
         self.last_activity = time.monotonic()
 
     # -- client -> upstream
@@ -531,6 +651,11 @@ class Session:
                     if isinstance(message, str):
                         self._upstream_message(message)
                         self._send_client(TextMessage(data=message))
+                        if self._budget_due:
+                            # After forwarding: the client gets the event it was billed for
+                            # before any close frame the budget check sends.
+                            self._budget_due = False
+                            self._check_budget_after_response()
                     elif isinstance(message, bytes):
                         self._send_client(BytesMessage(data=message))
             if self.outcome is not None:
@@ -560,6 +685,17 @@ class Session:
             session = event.get("session")
             if isinstance(session, dict) and isinstance(session.get("model"), str):
                 self.policy.model = session["model"]
+            try:
+                models = _session_models(session)
+            except RelayError:
+                models = []
+            if isinstance(session, dict) and len(models) > (1 if isinstance(session.get("model"), str) else 0):
+                self.transcription_model = models[-1]
+        elif etype == _TRANSCRIBED and self.kind == "realtime":
+            try:
+                self._transcribed(event)
+            finally:
+                release_connection()
         elif etype in ("response.created", "response.in_progress") or etype in _DONE[self.kind]:
             response = event.get("response")
             if isinstance(response, dict) and isinstance(response.get("id"), str):
@@ -587,6 +723,24 @@ class Session:
             return
         self.open_responses[response["id"]] = (call_id, ctx)
 
+    def _transcribed(self, event: dict) -> None:
+        """An input audio transcription: billed by OpenAI apart from responses, so a row of its own,
+        priced from its `usage` (tokens), or `unknown` when the relay cannot read one."""
+        ctx = self._child_ctx()
+        try:
+            call_id = open_call(ctx)
+        except Exception:
+            log.exception("audit: could not open the row of a transcription")
+            return
+        model = self.transcription_model or ""
+        fields = response_fields(event.get("usage"), model, ctx.started_at) if model else {"billing": Billing.UNKNOWN}
+        item = event.get("item_id") if isinstance(event.get("item_id"), str) else ""
+        self.responses += 1
+        close_call(call_id, ctx, outcome=Outcome.OK, status=200, upstream_status=200,
+                   upstream_request_id=f"transcription:{item}"[:128], model=model[:128],
+                   ws_session_id=self.call_id, stream=True, **fields)
+        self._budget_due = True
+
     def _response_done(self, response: dict) -> None:
         opened = self.open_responses.pop(response["id"], None)
         if opened is None:
@@ -607,12 +761,14 @@ class Session:
                    status=200, upstream_status=200, upstream_request_id=response["id"][:128],
                    model=(model or "")[:128], ws_session_id=self.call_id, stream=True,
                    **fields, **({"error": error} if error else {}))
-        self._check_budget_after_response()
+        self._budget_due = True
 
     def _check_budget_after_response(self) -> None:
         """Responses the server starts by itself (voice activity) pass no response.create:
         once a response's cost has put the key over its budget, the session ends."""
         try:
+            if access.has_budget(self.ctx):
+                access.forget_spend(self.ctx)  # the response's cost is in the rollups now
             access.check_budgets(self.policy.api_path, "POST", self.ctx)
         except RelayError as exc:
             self._send_client(TextMessage(data=json.dumps(error_event(self.kind, exc, None))))

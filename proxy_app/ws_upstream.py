@@ -65,11 +65,12 @@ def client_subprotocols(meta: dict) -> list[str]:
             if p.strip() and not p.strip().startswith(_KEY_SUBPROTOCOL)]
 
 
-def connect(suffix: str, query: str, meta: dict) -> Upstream | Rejected:
+def connect(suffix: str, query: str, meta: dict, project: str = "") -> Upstream | Rejected:
     """Open the upstream WebSocket for `/v1{suffix}?{query}`.
 
     Raises UpstreamUnreachable / UpstreamTimeout when OpenAI cannot be reached;
-    returns Rejected when it answers with anything but 101.
+    returns Rejected when it answers with anything but 101. `project`: the caller's
+    team's OpenAI project, sent as on every HTTP call of the team's keys.
     """
     base = urlsplit(websocket_base_url())
     secure = base.scheme == "wss"
@@ -86,15 +87,15 @@ def connect(suffix: str, query: str, meta: dict) -> Upstream | Rejected:
     except OSError:
         raise UpstreamUnreachable() from None
     try:
-        return _handshake(sock, host_header, target, meta)
+        return _handshake(sock, host_header, target, meta, project)
     except BaseException:
         sock.close()
         raise
 
 
-def _handshake(sock: socket.socket, host: str, target: str, meta: dict) -> Upstream | Rejected:
+def _handshake(sock: socket.socket, host: str, target: str, meta: dict, project: str = "") -> Upstream | Rejected:
     ws = WSConnection(ConnectionType.CLIENT)
-    extra = [(name, value) for name, value in header_rules.request_headers_from_meta(meta).items()
+    extra = [(name, value) for name, value in header_rules.request_headers_from_meta(meta, project).items()
              if name not in ("content-type", "content-length")]
     sock.sendall(ws.send(Request(host=host, target=target, extra_headers=extra,
                                  subprotocols=client_subprotocols(meta))))

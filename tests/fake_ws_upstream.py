@@ -9,6 +9,8 @@ what reached upstream and how fast it was let go.
 Turns are scripted by the text of the request: "close:<code>" makes upstream
 close the session with that code after response.created, "drop" makes it drop
 the TCP connection without a close frame, "hang" leaves the response open.
+An `input_audio_buffer.commit` is answered with a finished input transcription
+carrying token usage (500 audio tokens in, 20 out), as OpenAI bills it.
 Usage of turn n (1-based, per connection): input 1000 + 10n tokens of which
 100 cached, output 200 + n tokens.
 """
@@ -107,6 +109,12 @@ class FakeWsUpstream:
                 if event.get("type") == "session.update":
                     session.update({k: v for k, v in (event.get("session") or {}).items()})
                     ws.send(json.dumps({"type": "session.updated", "event_id": "event_2", "session": session}))
+                elif event.get("type") == "input_audio_buffer.commit":
+                    ws.send(json.dumps({
+                        "type": "conversation.item.input_audio_transcription.completed", "event_id": "event_t",
+                        "item_id": f"item_{len(record.events)}", "content_index": 0, "transcript": "hello",
+                        "usage": {"type": "tokens", "input_tokens": 500, "output_tokens": 20, "total_tokens": 520,
+                                  "input_token_details": {"audio_tokens": 500, "text_tokens": 0}}}))
                 elif event.get("type") == "response.create":
                     turn += 1
                     if not self._respond(ws, kind, event, turn, session.get("model")):

@@ -69,3 +69,68 @@ def test_the_sdk_starts_a_webrtc_call_through_the_relay(sdk, upstream, relay_key
     assert answer.content.startswith(b"v=0")
     row = finished_call()
     assert (row.path, row.status, row.billing) == ("/v1/realtime/calls", 201, "unknown")
+
+
+def test_a_team_budget_makes_a_key_limited_so_it_may_not_start_a_webrtc_call_directly(
+        relay_url, upstream, django_user_model):
+    from decimal import Decimal
+
+    from django.contrib.auth.models import Group
+
+    from proxy_app.models import RelayKey, Team
+
+    team = Team.objects.create(group=Group.objects.create(name="ops"), monthly_budget_usd=Decimal("1.00"))
+    owner = django_user_model.objects.create_user("carol")
+    owner.groups.add(team.group)
+    key, plaintext = RelayKey.issue(owner)
+    assert key.team == team and key.monthly_budget_usd is None
+    resp = requests.post(f"{relay_url}/v1/realtime/calls", data=OFFER, timeout=10,
+                         headers={"Authorization": f"Bearer {plaintext}", "Content-Type": "application/sdp"})
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "outside_key_scope"
+    settle()
+    assert not [r for r in upstream.requests if r.path.endswith("/calls")]
+
+
+def test_a_client_secret_whose_transcription_is_not_an_object_is_refused_with_400_not_a_5xx(
+        relay_url, upstream, issue_key):
+    key, plaintext = limited_key(issue_key, models=["gpt-realtime-mini"])
+    for transcription in ("x", ["x"]):
+        resp = requests.post(f"{relay_url}/v1/realtime/client_secrets", timeout=10,
+                             headers={"Authorization": f"Bearer {plaintext}"},
+                             json={"session": {"type": "realtime", "model": "gpt-realtime-mini",
+                                               "audio": {"input": {"transcription": transcription}}}})
+        assert resp.status_code == 400, (resp.status_code, resp.text[:300])
+        assert resp.json()["error"]["code"] == "invalid_body"
+    settle()
+    assert not [r for r in upstream.requests if r.path.endswith("/client_secrets")]
+
+
+def test_a_client_secret_naming_a_denied_model_in_any_field_is_refused(relay_url, upstream, issue_key):
+    key, plaintext = limited_key(issue_key, models=["gpt-realtime-mini"])
+    resp = requests.post(f"{relay_url}/v1/realtime/client_secrets", timeout=10,
+                         headers={"Authorization": f"Bearer {plaintext}"},
+                         json={"session": {"type": "realtime", "model": "gpt-realtime-mini",
+                                           "tools": [{"type": "image_generation", "model": "gpt-image-1"}]}})
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "outside_key_scope"
+    settle()
+    assert not [r for r in upstream.requests if r.path.endswith("/client_secrets")]
+
+
+def test_a_limited_key_may_mint_sessions_and_secrets_only_through_the_checked_client_secrets(
+        relay_url, upstream, issue_key):
+    key, plaintext = limited_key(issue_key, models=["gpt-realtime-mini"], budget="5.00")
+    h = {"Authorization": f"Bearer {plaintext}"}
+    refused = [
+        requests.post(f"{relay_url}/v1/realtime/sessions", json={"voice": "alloy"}, headers=h, timeout=10),
+        requests.post(f"{relay_url}/v1/realtime/transcription_sessions", headers=h, timeout=10,
+                      json={"input_audio_transcription": {"model": "gpt-4o-transcribe-NOT-ALLOWED"}}),
+        requests.post(f"{relay_url}/v1/realtime/translations/client_secrets", headers=h, timeout=10,
+                      json={"session": {"model": "gpt-realtime-translate-NOT-ALLOWED"}}),
+        requests.post(f"{relay_url}/v1/realtime/calls/rtc_123/accept", headers=h, timeout=10,
+                      json={"type": "realtime", "model": "gpt-realtime"}),
+    ]
+    assert [r.status_code for r in refused] == [403] * 4, [r.text[:200] for r in refused]
+    assert {r.json()["error"]["code"] for r in refused} == {"outside_key_scope"}
+    settle()
+    reached = [r.path for r in upstream.requests if "/realtime/" in r.path]
+    assert not reached, reached

@@ -461,3 +461,223 @@ def test_a_worker_stopping_gracefully_closes_its_sessions_with_1012_and_audits_t
     assert ws.close_code == 1012 and time.monotonic() - stopped < 5
     sessions, _ = session_rows(1)
     assert sessions[0].outcome == "interrupted"
+
+
+# --- review findings: every event checked, limits from every budget, sessions that end ---------
+
+
+def _team_key(django_user_model, name: str, **team_fields):
+    from django.contrib.auth.models import Group
+
+    from proxy_app.models import RelayKey, Team
+
+    team = Team.objects.create(group=Group.objects.create(name=name), **team_fields)
+    owner = django_user_model.objects.create_user(f"{name}-owner")
+    owner.groups.add(team.group)
+    key, plaintext = RelayKey.issue(owner)
+    assert key.team == team
+    return key, plaintext
+
+
+def test_a_limited_key_cannot_reach_a_denied_model_through_fields_or_events_the_relay_did_not_check(
+        relay, fake_ws, issue_key):
+    import json
+
+    key, plaintext = scoped_key(issue_key, ["gpt-4o-mini", "gpt-realtime"])
+    ws = raw_session(relay, plaintext, "/v1/responses")
+    ws.send(json.dumps({"type": "response.create", "model": "gpt-4o-mini", "input": "hi",
+                        "moderation": {"model": "omni-moderation-NOT-ALLOWED"}}))
+    refused = json.loads(ws.recv(timeout=10))
+    assert refused["type"] == "error" and refused["code"] == "outside_key_scope", refused
+    # response.steer starts generation and is no event the relay checks: refused for a limited key.
+    ws.send(json.dumps({"type": "response.steer", "previous_response_id": "resp_x", "input": "go on"}))
+    refused = json.loads(ws.recv(timeout=10))
+    assert refused["type"] == "error" and refused["code"] == "invalid_event" and "response.steer" in refused["message"]
+    ws.send(json.dumps({"type": "response.create", "model": "gpt-4o-mini", "input": "allowed"}))
+    while json.loads(ws.recv(timeout=10))["type"] != "response.completed":
+        pass
+    ws.close()
+    rt = raw_session(relay, plaintext)  # realtime, allowed URL model
+    rt.recv(timeout=10)
+    rt.send(json.dumps({"type": "transcription_session.update",
+                        "session": {"input_audio_transcription": {"model": "gpt-4o-transcribe-NOT-ALLOWED"}}}))
+    refused = json.loads(rt.recv(timeout=10))
+    assert refused["type"] == "error" and refused["error"]["code"] == "outside_key_scope", refused
+    rt.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "tools": [
+        {"type": "image_generation", "model": {"name": "gpt-image-NOT-ALLOWED"}}]}}))
+    refused = json.loads(rt.recv(timeout=10))
+    assert refused["type"] == "error" and refused["error"]["code"] == "outside_key_scope", refused
+    rt.close()
+    session_rows(2, 1)
+    forwarded = [e for c in fake_ws.connections for e in c.events]
+    assert [e.get("input") for e in forwarded] == ["allowed"], forwarded
+
+
+def test_response_steer_from_an_unlimited_key_passes_the_rate_limit_like_response_create(relay, fake_ws, issue_key):
+    import json
+
+    key, plaintext = issue_key()
+    key.requests_per_minute = 2  # the connection, then one event that starts generation
+    key.save()
+    ws = raw_session(relay, plaintext, "/v1/responses")
+    ws.send(json.dumps({"type": "response.steer", "previous_response_id": "resp_x", "input": "go on"}))
+    ws.send(json.dumps({"type": "response.steer", "previous_response_id": "resp_x", "input": "again"}))
+    refused = json.loads(ws.recv(timeout=10))
+    assert refused["type"] == "error" and refused["code"] == "rate_limit_exceeded", refused
+    ws.close()
+    session_rows(1)
+    assert [e.get("input") for e in fake_ws.connections[0].events] == ["go on"]
+
+
+def test_a_non_object_transcription_is_answered_with_an_invalid_event_error_and_the_session_goes_on(
+        relay, fake_ws, issue_key):
+    import json
+
+    key, plaintext = issue_key()
+    ws = raw_session(relay, plaintext)
+    ws.recv(timeout=10)
+    for bad in ({"type": "realtime", "audio": {"input": {"transcription": "x"}}},
+                {"type": "realtime", "audio": {"input": ["x"]}},
+                {"input_audio_transcription": ["x"]}, "session"):
+        ws.send(json.dumps({"type": "session.update", "session": bad}))
+        refused = json.loads(ws.recv(timeout=5))
+        assert refused["type"] == "error" and refused["error"]["code"] == "invalid_event", (bad, refused)
+    ws.send('{"type": "response.create"}')
+    assert json.loads(ws.recv(timeout=10))["type"] == "response.created"
+    ws.close()
+    session_rows(1, 1)
+    assert [e["type"] for e in fake_ws.connections[0].events] == ["response.create"]
+
+
+def test_a_session_goes_to_its_teams_openai_project(relay, fake_ws, django_user_model):
+    key, plaintext = _team_key(django_user_model, "research", openai_project_id="proj_research01")
+    ws = raw_session(relay, plaintext)
+    ws.recv(timeout=10)
+    ws.close()
+    assert fake_ws.connections[0].headers.get("openai-project") == "proj_research01"
+
+
+def test_a_team_budget_limits_a_session_like_a_key_budget(relay, fake_ws, django_user_model):
+    import json
+
+    key, plaintext = _team_key(django_user_model, "ops", monthly_budget_usd=Decimal("100.00"))
+    assert key.monthly_budget_usd is None
+    ws = raw_session(relay, plaintext, "/v1/responses")
+    ws.send(json.dumps({"type": "response.create", "model": "gpt-unpriced-experiment", "input": "hi"}))
+    refused = json.loads(ws.recv(timeout=10))
+    assert refused["type"] == "error" and refused["code"] == "relay_unpriced_under_budget", refused
+    ws.send(json.dumps({"type": "response.steer", "input": "x"}))  # limited: known events only
+    assert json.loads(ws.recv(timeout=10))["code"] == "invalid_event"
+    ws.close()
+    session_rows(1)
+    assert fake_ws.connections[0].events == []
+
+
+def test_the_idle_watchdog_ends_a_session_whose_client_stopped_reading(start_gunicorn, fake_ws, issue_key):
+    from websockets.sync.client import connect
+
+    from audit_app.models import ApiCall
+
+    relay = start_gunicorn(OPENAI_WEBSOCKET_BASE_URL=fake_ws.base_url, RELAY_WS_IDLE_TIMEOUT_SECONDS="2")
+    key, plaintext = issue_key()
+    ws = connect(f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime", max_size=None, max_queue=1,
+                 additional_headers={"Authorization": f"Bearer {plaintext}"})
+    ws.recv(timeout=10)
+    # The relay's write to the client blocks, holding the client side's lock.
+    ws.send('{"type": "response.create", "response": {"instructions": "flood:800"}}')
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            session = ApiCall.objects.get(method="GET")
+            if session.outcome != "pending" and fake_ws.connections[0].closed_at is not None:
+                break
+            time.sleep(0.2)
+        child = ApiCall.objects.exclude(method="GET").first()
+        assert session.outcome != "pending" and fake_ws.connections[0].closed_at is not None, (
+            session.outcome, child and child.outcome)
+        assert child is not None and (child.outcome, child.billing) == ("interrupted", "unknown")
+    finally:
+        ws.socket.close()
+
+
+def test_reconcile_calls_marks_an_unfinished_ws_response_unknown_not_free(relay, fake_ws, issue_key):
+    import json
+
+    from django.core.management import call_command
+
+    from audit_app.models import ApiCall, UsageDaily
+
+    key, plaintext = issue_key()
+    ws = raw_session(relay, plaintext)
+    ws.recv(timeout=10)
+    ws.send('{"type": "response.create", "response": {"instructions": "hang"}}')
+    assert json.loads(ws.recv(timeout=10))["type"] == "response.created"
+    time.sleep(0.5)
+    call_command("reconcile_calls", older_than=0)  # what cron does after a SIGKILL/SIGQUIT/OOM
+    child = ApiCall.objects.exclude(method="GET").get()
+    assert (child.outcome, child.billing) == ("interrupted", "unknown")
+    ws.close()
+    session_rows(1)
+    settle()
+    # The session's end closes the response row too (interrupted, unknown): the rollups take
+    # reconcile's count back first, so the response is one call, once unknown.
+    from django.db.models import Sum
+    totals = UsageDaily.objects.filter(key=key).aggregate(calls=Sum("calls"), unknown=Sum("unknown_calls"))
+    assert totals == {"calls": 2, "unknown": 1}, totals
+
+
+def test_an_input_transcription_is_recorded_as_a_row_of_its_own_never_free(relay, fake_ws, issue_key):
+    import json
+
+    key, plaintext = issue_key()
+    ws = raw_session(relay, plaintext)
+    ws.recv(timeout=10)
+    ws.send(json.dumps({"type": "session.update", "session": {
+        "type": "realtime", "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}}}}))
+    assert json.loads(ws.recv(timeout=10))["type"] == "session.updated"
+    ws.send('{"type": "input_audio_buffer.commit"}')
+    event = json.loads(ws.recv(timeout=10))
+    assert event["type"] == "conversation.item.input_audio_transcription.completed"
+    ws.close()
+    _, rows = session_rows(1, 1)
+    row = rows[0]
+    assert (row.model, row.input_tokens, row.output_tokens) == ("gpt-4o-transcribe", 500, 20)
+    # 500 audio tokens and no audio-token rate: unpriced (cost unknown), never $0.
+    assert row.billing in ("priced", "unpriced") and row.billing != "free"
+    assert row.billing == "priced" or row.cost is None
+
+
+def test_when_a_response_exhausts_the_budget_the_client_gets_its_done_event_before_the_close(
+        relay, fake_ws, issue_key):
+    import json
+
+    from websockets.exceptions import ConnectionClosed
+
+    key, plaintext = issue_key()
+    key.monthly_budget_usd = Decimal("0.01")  # one turn costs $0.006896, two $0.013808
+    key.save()
+    ws = raw_session(relay, plaintext)
+    ws.recv(timeout=10)
+    ws.send('{"type": "response.create"}')
+    while json.loads(ws.recv(timeout=10))["type"] != "response.done":
+        pass
+    ws.send('{"type": "response.create"}')
+    seen = []
+    with pytest.raises(ConnectionClosed):
+        while True:
+            seen.append(json.loads(ws.recv(timeout=10))["type"])
+    assert seen[-2:] == ["response.done", "error"], seen
+    assert ws.close_code == 1008
+
+
+def test_a_worker_class_other_than_gevent_answers_501_rather_than_holding_the_worker(
+        start_gunicorn, fake_ws, issue_key):
+    import requests
+
+    relay = start_gunicorn(OPENAI_WEBSOCKET_BASE_URL=fake_ws.base_url, GUNICORN_WORKER_CLASS="sync")
+    key, plaintext = issue_key()
+    resp = requests.get(f"{relay.url}/v1/realtime?model=gpt-realtime", timeout=10, headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Authorization": f"Bearer {plaintext}",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"})
+    assert resp.status_code == 501 and resp.json()["error"]["code"] == "websockets_unavailable"
+    assert fake_ws.connections == []
