@@ -261,20 +261,27 @@ def transfer_part(report: Report, db: str, upstream, relay, key: str, sizes: Siz
 # --- the run --------------------------------------------------------------------------
 
 
-def print_table(report: Report, workers: int, litellm_state: str) -> None:
+def table_text(report: Report, workers: int, litellm_state: str) -> str:
     headers = ["Figure", "DB", "Direct", "Relay", "LiteLLM*", "Relay vs direct", "Target", "Result"]
     rows = [[r.figure, r.db, r.direct, r.relay, r.litellm, r.delta, r.target,
              "" if r.ok is None else ("PASS" if r.ok else "MISS")] for r in report.rows]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    print(line(headers))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(line(row))
-    print(f"\n* LiteLLM proxy {litellm_state}; it runs without a database (no audit trail), "
-          f"same fake upstream, same worker count ({workers}).")
-    for note in report.notes:
-        print(f"note: {note}")
+    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(row) for row in rows)]
+    out.append(f"\n* LiteLLM proxy {litellm_state}; it runs without a database (no audit trail), "
+               f"same fake upstream, same worker count ({workers}).")
+    out += [f"note: {note}" for note in report.notes]
+    return "\n".join(out)
+
+
+def write_figures(path: Path, text: str, argv: list[str], load_start, load_end) -> None:
+    """The run's figures, written by the benchmark itself (docs/ is never edited by hand)."""
+    path.write_text(
+        "# Benchmark figures\n\n"
+        f"Written by `./scripts/bench {' '.join(argv)}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n"
+        f"Machine: {machine()}; load average at the start {load_start}, at the end {load_end}.\n"
+        "How to read them, and what each part measures: [performance.md](performance.md).\n\n"
+        + text + "\n")
 
 
 def machine() -> str:
@@ -302,6 +309,8 @@ def main() -> None:
                         help="gunicorn (and LiteLLM) workers; default: gunicorn.conf.py's, 2 x CPUs")
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM even if installed")
     parser.add_argument("--max-minutes", type=float, default=30, help="abort the run after this long")
+    parser.add_argument("--write-docs", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"),
+                        metavar="PATH", help="where a full (not --quick) run writes its figures; '' to skip")
     args = parser.parse_args()
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(parts) - set(PARTS)
@@ -321,7 +330,8 @@ def main() -> None:
     signal.signal(signal.SIGALRM, too_long)
     signal.alarm(int(args.max_minutes * 60))
 
-    print(f"machine: {machine()}; load average at start: {procs.load_average()}")
+    load_start = procs.load_average()
+    print(f"machine: {machine()}; load average at start: {load_start}")
     print(f"relay: gunicorn, {workers} gevent workers, relay_project.settings (DEBUG off); "
           f"parts: {', '.join(parts)}; {'quick sizes' if args.quick else 'full sizes'}", flush=True)
     report = Report()
@@ -380,8 +390,13 @@ def main() -> None:
         signal.alarm(0)
         for proc in reversed(started):
             proc.stop()
-    print(f"\nload average at the end (1, 5, 15 min): {procs.load_average()}")
-    print_table(report, workers, litellm_state)
+    load_end = procs.load_average()
+    print(f"\nload average at the end (1, 5, 15 min): {load_end}")
+    text = table_text(report, workers, litellm_state)
+    print(text)
+    if args.write_docs and not args.quick:
+        write_figures(Path(args.write_docs), text, sys.argv[1:], load_start, load_end)
+        print(f"figures written to {args.write_docs}")
     misses = [f"{r.figure} [{r.db}]" for r in report.rows if r.ok is False]
     print(f"\n{sum(1 for r in report.rows if r.ok)} targets met, {len(misses)} missed"
           + (": " + "; ".join(misses) if misses else ""))
