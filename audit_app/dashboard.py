@@ -292,6 +292,10 @@ class Day:
     unpriced_calls: int
     segments: list[Segment]
     url: str | None
+    # How the day compares with OpenAI's own figures, when reconcile_usage found it differing
+    # ("differs", "outside", "relay_only"); "" when matched or not reconciled.
+    reconciliation: str = ""
+    reconciliation_url: str | None = None
 
 
 @dataclass
@@ -403,12 +407,21 @@ def build_dashboard(period: Period, scope: Scope = Scope()) -> Dashboard:
     )
 
 
+def _reconciliation_url(day: date) -> str:
+    from .models import ReconciledDay
+
+    return changelist_url(ReconciledDay, {"date": day.isoformat()})
+
+
 def _days(period: Period, by_day_model: list[dict], colors: dict[str, str], scope: Scope = Scope()) -> list[Day]:
     """One entry per day of the period, days without usage included (drawn empty)."""
     cells: dict[date, list[dict]] = {}
     for r in by_day_model:
         cells.setdefault(r["date"], []).append(r)
     stack_order = {model: i for i, model in enumerate(colors)}
+    from .reconciliation import days_differing
+
+    differing = days_differing(period.start, period.end)
     days = []
     for day in period.days():
         segments: list[Segment] = []
@@ -430,5 +443,6 @@ def _days(period: Period, by_day_model: list[dict], colors: dict[str, str], scop
         if other.cost > 0:
             segments.append(other)
         days.append(Day(day, sum((s.cost for s in segments), Decimal(0)), calls, unpriced, segments,
-                        usage_url(day, day, scope=scope)))
+                        usage_url(day, day, scope=scope), differing.get(day, ""),
+                        _reconciliation_url(day) if day in differing else None))
     return days

@@ -78,6 +78,8 @@ def render_spend_chart(days: list[Day], *, timezone_name: str) -> SafeString:
             summary += f", {format_int(day.unpriced_calls)} unpriced"
         if not day.calls:
             summary = f"{day.day:%a %d %b %Y}: no calls"
+        if day.reconciliation:
+            summary += f"; differs from OpenAI's figures ({day.reconciliation.replace('_', ' ')})"
         # The whole column is a hover target: empty days have a tooltip too.
         out.append(_a(day.url, f'<rect class="day" x="{x0:.1f}" y="{TOP}" width="{slot:.1f}" '
                                f'height="{plot_h}"><title>{escape(summary)}</title></rect>'))
@@ -92,6 +94,12 @@ def render_spend_chart(days: list[Day], *, timezone_name: str) -> SafeString:
                 f'height="{max(y_bottom - y_top, 0.5):.1f}" fill="{seg.color}">'
                 f'<title>{escape(title)}</title></rect>'
             )))
+        if day.reconciliation:
+            # A red mark above the bar: reconcile_usage found this day differing from OpenAI's.
+            note = f"{day.day:%d %b %Y}: differs from OpenAI ({day.reconciliation.replace('_', ' ')})"
+            out.append(_a(day.reconciliation_url, (
+                f'<circle class="recon-differs" cx="{x0 + slot / 2:.1f}" cy="{TOP - 6}" r="4" fill="#b71c1c">'
+                f'<title>{escape(note)}</title></circle>')))
         if i % every == 0:
             label = f"{day.day:%b} {day.day.day}"
             out.append(f'<text class="tick" x="{x0 + slot / 2:.1f}" y="{TOP + plot_h + 16}" '

@@ -278,6 +278,10 @@ def reconcile(start: date, end: date, progress: Callable[[str], None] = lambda m
     """
     if not settings.OPENAI_ADMIN_KEY:
         raise ReconcileError("OPENAI_ADMIN_KEY is not set: the Usage and Costs APIs need an admin key")
+    if settings.TIME_ZONE != "UTC":
+        # Rollup days follow TIME_ZONE; OpenAI's are UTC: every day near midnight would differ.
+        raise ReconcileError(f"TIME_ZONE is {settings.TIME_ZONE!r}: the relay's days would not be "
+                             "OpenAI's UTC days (check relay.W003)")
     run = ReconcileRun.objects.create(started_at=timezone.now(), period_start=start, period_end=end,
                                       message="running")
     outcome = Outcome()

@@ -169,7 +169,9 @@ class RelayKeyAdmin(LinkPermissionsMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         # A key belongs to its owner for good: its calls are recorded against them.
-        return (*self.readonly_fields, "owner") if obj is not None else self.readonly_fields
+        # Its team too: reports, team budgets and reconciliation follow the key's team, so
+        # moving a used key would move its past spend with it.
+        return (*self.readonly_fields, "owner", "team") if obj is not None else self.readonly_fields
 
     @admin.display(description="owner")
     def owner_link(self, obj: RelayKey) -> str:

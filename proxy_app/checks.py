@@ -49,3 +49,17 @@ def warn_at_startup() -> None:
     """Log the warnings above once per process serving requests."""
     for warning in check_public_url():
         log.warning("%s: %s %s", warning.id, warning.msg, warning.hint)
+
+
+@checks.register()
+def check_time_zone(app_configs=None, **kwargs) -> list[checks.Warning]:
+    """Rollup days follow TIME_ZONE; OpenAI's usage and costs, and the accounting rules
+    (docs/accounting.md), are by UTC day. Another zone splits days differently from the
+    invoice, so reconcile_usage refuses to compare them."""
+    if settings.TIME_ZONE == "UTC":
+        return []
+    return [checks.Warning(
+        f"TIME_ZONE is {settings.TIME_ZONE!r}: daily rollups, budgets' months and job billing days "
+        "follow it, while OpenAI's figures are by UTC day; reconcile_usage will refuse to run.",
+        hint="Leave TIME_ZONE at UTC (the default); the admin still shows times as stored.",
+        id="relay.W003")]

@@ -44,7 +44,8 @@ class Team(models.Model):
         "OpenAI project id", max_length=64, blank=True, validators=[_PROJECT_ID],
         help_text="sent upstream as OpenAI-Project on every call of the team's keys, so that OpenAI's "
                   "usage and costs split by team too (not with a project-scoped OPENAI_API_KEY: see "
-                  "docs/reconciliation.md)",
+                  "docs/reconciliation.md). Changing it re-attributes the team's past usage in "
+                  "reconciliation: re-run reconcile_usage for the days it covers.",
     )
     monthly_budget_usd = models.DecimalField(
         max_digits=12, decimal_places=2, null=True, blank=True,

@@ -280,7 +280,7 @@ def test_the_team_admin_shows_the_teams_spend(team_sdk, team, admin_client):
     assert PROJECT in page and f"{cost:.2f}" in page
     key = RelayKey.objects.get()
     form = admin_client.get(f"/admin/proxy_app/relaykey/{key.pk}/change/").content.decode()
-    assert 'name="team"' in form
+    assert "research" in form  # shown, read-only once issued
 
 
 def test_sync_files_reads_every_teams_project(team_sdk, upstream):
@@ -296,3 +296,34 @@ def test_sync_files_reads_every_teams_project(team_sdk, upstream):
 
     # Listed in the team's project, not the default one: still there, not taken for deleted.
     assert FileRecord.objects.get(file_id=uploaded.id).deleted_at is None
+
+
+def test_reconciliation_refuses_a_time_zone_whose_days_are_not_utc(team_sdk, org_api, settings):
+    from django.core import checks
+
+    settings.TIME_ZONE = "Pacific/Kiritimati"
+    today = timezone.now().date()
+    with pytest.raises(CommandError, match="TIME_ZONE is 'Pacific/Kiritimati'"):
+        call_command("reconcile_usage", "--since", today.isoformat(), "--until", today.isoformat())
+    assert "relay.W003" in [w.id for w in checks.run_checks()]
+
+
+def test_a_keys_team_cannot_be_changed_once_issued(team_sdk, admin_client):
+    key = RelayKey.objects.get()
+    form = admin_client.get(f"/admin/proxy_app/relaykey/{key.pk}/change/").content.decode()
+    assert 'name="team"' not in form and "research" in form
+
+
+def test_the_dashboard_marks_a_day_that_differs_from_openai(team_sdk, org_api, admin_client):
+    cost = two_calls(team_sdk)
+    today = timezone.now().date()
+    page = admin_client.get("/admin/dashboard/").content.decode()
+    assert "recon-differs" not in page  # not reconciled yet: nothing to mark
+    openai_reports(org_api, today, cost, output_tokens=99)
+    reconcile(today, today)
+
+    page = admin_client.get("/admin/dashboard/").content.decode()
+    assert 'class="recon-differs"' in page and "differs from OpenAI (differs)" in page
+    assert f"/admin/audit_app/reconciledday/?date={today.isoformat()}" in page
+    listed = admin_client.get(f"/admin/audit_app/reconciledday/?date={today.isoformat()}")
+    assert listed.status_code == 200 and "Differs" in listed.content.decode()
