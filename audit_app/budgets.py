@@ -326,11 +326,16 @@ def settle(reservation: Reservation | None) -> None:
     concurrent check counts the call twice for a moment, never not at all."""
     if reservation is None:
         return
-    for owner in reservation.budget_owners:
+    mark_spend_stale(reservation.budget_owners)
+    release(reservation)
+
+
+def mark_spend_stale(owners: list[str]) -> None:
+    """A cost just landed in the rollups for these budgets: the next check reads them again."""
+    for owner in owners:
         gen_key = f"relay:spend-gen:{owner}"
         cache.add(gen_key, 0, timeout=None)
         try:
             cache.incr(gen_key)
         except ValueError:
             cache.add(gen_key, 1, timeout=None)
-    release(reservation)

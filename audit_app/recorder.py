@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from relay_project.redact import scrub_keys, storable
 
-from . import budgets, call_rows, latency, ledger, pricing, rollups, spool
+from . import budget_alerts, budgets, call_rows, latency, ledger, pricing, rollups, spool
 from .models import ApiCall, Billing, Outcome
 from .usage import Usage
 
@@ -80,7 +80,7 @@ def _finish_fields(ctx: CallContext) -> dict[str, Any]:
 def _stats(ctx: CallContext, fields: dict[str, Any]) -> list[Any]:
     """The finished call's values for its errors-and-latency row (audit_app.latency)."""
     return latency.stat_values(
-        started_at=ctx.started_at, model=fields.get("model", ""), family=ctx.family,
+        started_at=ctx.started_at, model=storable(fields.get("model", "") or ""), family=storable(ctx.family),
         user_id=ctx.user.pk if ctx.user is not None else None,
         key_id=ctx.key.pk if ctx.key is not None else None,
         outcome=fields.get("outcome", ""), status=fields.get("status"),
@@ -203,7 +203,9 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
     for attempt in (1, 2):
         try:
             _complete(call_id, ctx, dict(fields), usage, response_model)
-            budgets.settle(ctx.reservation)
+            if ctx.reservation is not None:  # a budgeted call: settle it, then the 80%/100% alerts
+                budgets.settle(ctx.reservation)
+                budget_alerts.check_after_call(ctx.key, ctx.user)
             return
         except DatabaseError:
             if attempt == 1:
@@ -275,7 +277,7 @@ def _move_out_of_interrupted(ctx: CallContext, bucket: list[Any] | None, stats: 
                     unknown=-1 if billed_on_call(ctx.method, ctx.path) else 0)
         rollups.upsert(bucket)
     latency.upsert(latency.stat_values(
-        started_at=ctx.started_at, model="", family=ctx.family, user_id=stats[3], key_id=stats[4],
+        started_at=ctx.started_at, model="", family=storable(ctx.family), user_id=stats[3], key_id=stats[4],
         outcome=Outcome.INTERRUPTED, status=None, duration_ms=None, ttfb_ms=None, calls=-1))
     latency.upsert(stats)
 

@@ -185,18 +185,9 @@ def month_spend(*, key_id: int | None = None, user_id: int | None = None, team_i
 
 
 def forget_spend(ctx: CallContext) -> None:
-    """Drop the cached spend of the caller's key, owner and team: a cost just landed
-    (a WebSocket response), and the next check must see it, not a 10-second-old figure."""
-    key = ctx.key
-    if key is None:
-        return
-    first = _month_start()
-    names = [f"relay:spend:k{key.pk}:{first:%Y%m}"]
-    if ctx.user is not None and getattr(ctx.user, "pk", None) is not None:
-        names.append(f"relay:spend:u{ctx.user.pk}:{first:%Y%m}")
-    if key.team_id:
-        names.append(f"relay:spend:t{key.team_id}:{first:%Y%m}")
-    cache.delete_many(names)
+    """A cost just landed (a WebSocket response): the next budget check of the caller's
+    key, owner and team reads the rollups again, not a cached figure."""
+    budgets.mark_spend_stale([owner for owner, _, _ in budgets.budget_of(ctx.key, ctx.user)])
 
 
 def has_budget(ctx: CallContext) -> bool:

@@ -90,6 +90,10 @@ def test_a_call_that_ends_unpriced_keeps_its_reservation_as_spend(relay_url, iss
     assert row.billing == Billing.UNPRICED and row.cost is None
     assert row.budget_held == expected_hold
     assert UsageDaily.objects.get().budget_held == expected_hold and UsageDaily.objects.get().cost == 0
+    # The server marks the cached spend stale just after the row commits: wait for it.
+    deadline = time.monotonic() + 5
+    while budgets.month_spend(f"k{key.pk}") != expected_hold and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert budgets.month_spend(f"k{key.pk}") == expected_hold, "counted, never as $0"
 
 

@@ -32,7 +32,8 @@ import requests
 
 from audit_app.models import ApiCall, FileRecord, Outcome
 from scripts.deploy.render import RenderError, render, render_file
-from tests.conftest import ROOT, finished_calls, free_port, settle
+from tests.conftest import ROOT, UPSTREAM_KEY, finished_calls, free_port, settle
+from tests.test_websockets import fake_ws, fake_ws_server  # noqa: F401  (fixtures)
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
 SITE_TEMPLATE = ROOT / "scripts" / "deploy" / "nginx" / "team-relay.conf"
@@ -426,10 +427,6 @@ def test_the_client_address_nginx_saw_is_the_one_recorded(behind_nginx, relay_ke
 
 
 @needs_nginx
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 14 changes client_ip to take X-Forwarded-For from the right, skipping the trusted "
-    "proxies; until then the relay takes the leftmost entry, which the client wrote. When "
-    "issue 14 is merged this test passes: remove this marker."))
 def test_an_x_forwarded_for_sent_by_the_client_is_not_taken_as_its_address(behind_nginx, relay_key, upstream):
     # nginx appends what it saw: "203.0.113.9, 127.0.0.2". Only the last entry is nginx's word.
     assert call_from(behind_nginx, "127.0.0.2", relay_key, forwarded_for="203.0.113.9") == 200
@@ -557,11 +554,37 @@ def test_ordinary_requests_reuse_one_keep_alive_connection_and_carry_no_upgrade(
         backend.close()
 
 
-# --- a WebSocket session through nginx (issue 15) ---------------------------------------------
-#
-# PLACE FOR THE WEBSOCKET SESSION TEST. When the relay speaks WebSocket (issue 15), add here:
-# `behind_nginx` with the relay's WebSocket-capable server, a session on /v1/realtime (and
-# /v1/responses) through `behind_nginx.url` with the fake WebSocket upstream, asserting that
-# events flow both ways unbuffered and the session's audit row is recorded with the client
-# address nginx saw. The nginx side (Upgrade on those two paths only, Connection: upgrade,
-# 660 s read timeout) is already tested above against a raw backend.
+# --- a WebSocket session through nginx -------------------------------------------------------
+
+
+@pytest.fixture
+def ws_behind_nginx(start_gunicorn, start_nginx, static_root, fake_ws) -> Nginx:
+    """nginx -> the relay under gunicorn -> the fake WebSocket upstream."""
+    relay = start_gunicorn(HTTPS="true", RELAY_TRUST_X_FORWARDED_FOR="true", STATIC_ROOT=str(static_root),
+                           OPENAI_WEBSOCKET_BASE_URL=fake_ws.base_url)
+    server = start_nginx(f"127.0.0.1:{relay.port}")
+    server.relay = relay
+    return server
+
+
+@needs_nginx
+def test_a_realtime_session_through_nginx_is_relayed_and_audited(ws_behind_nginx, issue_key, fake_ws):
+    from tests.test_websockets import session_rows, until
+
+    key, plaintext = issue_key()
+    client = openai.OpenAI(base_url=f"{ws_behind_nginx.url}/v1", api_key=plaintext, max_retries=0, timeout=30)
+    with client.realtime.connect(model="gpt-realtime",
+                                 websocket_connection_options={"ssl": ws_behind_nginx.tls()}) as conn:
+        assert until("session.created", conn)[-1].type == "session.created"
+        conn.response.create()
+        events = until("response.done", conn)
+        assert events[-1].type == "response.done"
+        assert any(getattr(e, "delta", None) == "Hello 1" for e in events)
+    sessions, responses = session_rows(1, 1)
+    assert (sessions[0].path, sessions[0].outcome, sessions[0].key_id) == ("/v1/realtime", "ok", key.id)
+    # The address nginx saw (X-Forwarded-For, one trusted proxy), not nginx's own.
+    assert sessions[0].client_ip == "127.0.0.1"
+    assert responses[0].billing == "priced" and responses[0].cost > 0
+    # The relay key stayed at the relay; upstream saw the team's key.
+    sent = {k.lower(): v for k, v in fake_ws.connections[0].headers.items()}
+    assert sent["authorization"] == f"Bearer {UPSTREAM_KEY}" and plaintext not in str(sent)
