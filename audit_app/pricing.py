@@ -19,6 +19,8 @@ never 0: a missing price must show up as a gap, not as free usage.
 """
 from __future__ import annotations
 
+import logging
+
 import re
 import secrets
 from dataclasses import dataclass
@@ -43,6 +45,8 @@ STANDARD_TIERS = frozenset({"", "default", "auto", "standard"})
 # The row holding the code interpreter's per-session fee (the map's "openai/container").
 CONTAINER_PRICE = "openai/container"
 WEB_SEARCH_DEFAULT_CONTEXT = "medium"  # OpenAI's default search_context_size
+
+log = logging.getLogger(__name__)
 
 
 # Chat Completions' search models (gpt-4o-search-preview, gpt-5-search-api): every
@@ -89,12 +93,19 @@ _cache_version: list[object] = [None]
 
 
 def current_version() -> object:
-    version = cache.get(VERSION_KEY)
-    if version is None:
-        # First use, or the cache was flushed: start at a version no process has seen
-        # (restarting at 1 would match a worker that last saw 1 and keeps old prices).
-        cache.add(VERSION_KEY, secrets.randbits(52), timeout=None)
+    """The shared price version; None when the cache cannot be read (Redis down, the
+    database cache's table missing), which makes every call read its prices afresh:
+    slower, never stale, and never a call that fails to be priced."""
+    try:
         version = cache.get(VERSION_KEY)
+        if version is None:
+            # First use, or the cache was flushed: start at a version no process has seen
+            # (restarting at 1 would match a worker that last saw 1 and keeps old prices).
+            cache.add(VERSION_KEY, secrets.randbits(52), timeout=None)
+            version = cache.get(VERSION_KEY)
+    except Exception:
+        log.warning("prices: the shared cache cannot be read; reading prices from the database", exc_info=True)
+        return None
     return version
 
 

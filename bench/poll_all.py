@@ -92,6 +92,7 @@ def run_one(args: argparse.Namespace) -> str:
     from proxy_app.models import RelayKey
 
     call_command("migrate", verbosity=0)
+    call_command("createcachetable", verbosity=0)  # as scripts/serve does: prices, budgets and limits use it
     ours, theirs = multiprocessing.Pipe()
     upstream = multiprocessing.get_context("spawn").Process(target=serve_fake, args=(theirs, args.latency))
     upstream.start()
