@@ -49,7 +49,7 @@ GENERATING_PATHS = frozenset({
     "/v1/audio/speech", "/v1/audio/transcriptions", "/v1/audio/translations",
 })
 # Body fields the estimate reads (sniffed from bodies too large to parse whole).
-ESTIMATE_FIELDS = frozenset({"model", "max_output_tokens", "max_completion_tokens", "max_tokens", "n",
+ESTIMATE_FIELDS = frozenset({"background", "model", "max_output_tokens", "max_completion_tokens", "max_tokens", "n",
                              "service_tier", "size", "quality", "max_tool_calls"})
 _OUTPUT_LIMITS = ("max_output_tokens", "max_completion_tokens", "max_tokens")
 # Tools whose calls OpenAI bills per call: the rate each needs in the model's price.

@@ -20,7 +20,7 @@ from django.core.cache import cache
 from audit_app import budgets
 from audit_app.recorder import CallContext
 
-from . import upstream
+from . import operations, upstream
 from .errors import PolicyDenied, RelayError
 from .paths import ApiPath, family_hint
 from .policy import REQUEST_RULES
@@ -231,10 +231,29 @@ def _budget_message(ctx: CallContext, owner: str, name: str, budget, spent, held
             f"${held:.2f} held by calls in progress; budget: {name}).")
 
 
+def refuse_unbounded_work(ctx: CallContext, api_path: ApiPath, method: str, fields: dict) -> None:
+    """Under a budget, no work whose cost lands after the call ends: a background Response,
+    a batch, a video, or what OpenAI bills unmeasurably (containers). A reservation lives
+    only as long as the call, so twenty such jobs started one after another would each see
+    the budget untouched and together overshoot it without bound. Refused (403, naming
+    the reason) until the relay can hold a reservation for a job's whole life."""
+    kind = operations.kind_of(method, api_path.path)
+    background = api_path.path == "/v1/responses" and fields.get("background") not in (None, False)
+    if kind in (operations.Kind.JOB, operations.Kind.UNMETERED) or background:
+        what = "a background response" if background else f"{api_path.path}"
+        raise PolicyDenied(
+            f"This key has a monthly budget, and {what} is billed when it ends, after this call: the "
+            "relay cannot hold its cost against the budget until then, so it refuses it. Use a key "
+            "without a budget for asynchronous work (docs/prices.md, Budgets).",
+            code="relay_async_under_budget")
+
+
 def reserve_budget(ctx: CallContext, api_path: ApiPath, method: str, fields: dict, body_bytes: int | None) -> None:
     """Once the body's fields are known: reserve the call's estimated cost against every
     budget over it, or refuse (403 when its cost could not be counted, 429 when it does
     not fit)."""
+    if method == "POST" and budgets.applies(ctx.key, ctx.user):
+        refuse_unbounded_work(ctx, api_path, method, fields)
     if method != "POST" or api_path.path not in budgets.GENERATING_PATHS \
             or not budgets.applies(ctx.key, ctx.user):
         return

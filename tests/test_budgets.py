@@ -163,3 +163,33 @@ def test_twenty_concurrent_calls_on_a_key_one_cent_from_its_budget(start_gunicor
     while BudgetHold.objects.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not BudgetHold.objects.exists(), "every reservation settled"
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/responses", {"model": "gpt-4o-mini", "input": "hi", "background": True}),
+    ("/v1/batches", {"input_file_id": "file-abc", "endpoint": "/v1/responses", "completion_window": "24h"}),
+    ("/v1/videos", {"model": "sora-2", "prompt": "a cat"}),
+    ("/v1/containers", {"name": "scratch"}),
+])
+def test_a_budgeted_key_may_not_start_work_billed_after_the_call_ends(relay_url, issue_key, upstream, path, body):
+    # Its reservation would end with the call: jobs started one after another would each see
+    # the budget untouched.
+    key, plaintext = budgeted_key(issue_key)
+    refused = post(relay_url, plaintext, body, path)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["code"] == "relay_async_under_budget"
+    assert not any(r.path == path for r in upstream.requests)  # nothing forwarded
+
+
+def test_a_large_background_body_is_refused_too(relay_url, issue_key, upstream, settings):
+    settings.RELAY_INSPECT_MAX_BYTES = 64  # read as a stream, not parsed whole
+    key, plaintext = budgeted_key(issue_key)
+    body = {"model": "gpt-4o-mini", "input": "x" * 500, "background": True}
+    assert post(relay_url, plaintext, body).status_code == 403
+    assert not upstream.requests
+
+
+def test_a_key_without_a_budget_starts_background_work_as_before(relay_url, issue_key, upstream):
+    key, plaintext = issue_key()
+    body = {"model": "gpt-4o-mini", "input": "hi", "background": True}
+    assert post(relay_url, plaintext, body).status_code == 200
