@@ -114,6 +114,12 @@ def test_admin_login_dashboard_and_csv_export(live_server, browser, django_user_
     driver.find_element(By.NAME, "username").send_keys("boss")
     driver.find_element(By.NAME, "password").send_keys(PASSWORD)
     driver.find_element(By.CSS_SELECTOR, "#login-form input[type=submit]").click()
+    # Wait for the logged-in page: a get() issued while the login POST is still in flight
+    # raced it and landed on the admin index.
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 10).until(EC.presence_of_element_located((By.ID, "user-tools")))
 
     # From the admin index to the dashboard, then the "Last 7 days" period.
     wait.until(EC.element_to_be_clickable((By.ID, "usage-dashboard-link"))).click()
