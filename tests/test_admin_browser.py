@@ -308,7 +308,11 @@ def test_daily_tools_at_1440px(live_server, browser, demo_data, django_user_mode
     clerk.user_permissions.add(Permission.objects.get(codename="view_apicall"))
     driver.delete_all_cookies()
     _login(driver, live_server, "clerk", PASSWORD)
-    driver.get(f"{live_server.url}/admin/audit_app/apicall/")
+    calls_list = f"{live_server.url}/admin/audit_app/apicall/"
+    driver.get(calls_list)
+    # The login's redirect can land after this get() on a loaded machine: wait for the list itself.
+    wait.until(lambda d: d.current_url.startswith(calls_list) or d.get(calls_list))
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#result_list tbody tr")))
     hrefs = [a.get_attribute("href") or "" for a in driver.find_elements(By.CSS_SELECTOR, "#result_list a")]
     assert hrefs and not [h for h in hrefs if "/relaykey/" in h or "/auth/user/" in h], (driver.current_url, driver.title)
     assert ApiCall.objects.exists()
