@@ -39,7 +39,14 @@ def test_metrics_add_up_across_workers(start_gunicorn, relay_key, upstream):
     for _ in range(4):
         requests.get(f"{relay.url}/v1/models", timeout=10)  # rejected: no key
     finished_calls(34)
-    values = scrape(relay.url)
+    # The counters move just after each row is completed, so the last call may still be counting.
+    deadline = time.monotonic() + 10
+    while True:
+        values = scrape(relay.url)
+        answered = total(values, "relay_requests_total")
+        if answered >= 34 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert total(values, "relay_requests_total", family="responses", status="200", outcome="ok") == 30
     assert total(values, "relay_requests_total", outcome="rejected", status="401") == 4
     assert total(values, "relay_upstream_latency_seconds_count") == 30
