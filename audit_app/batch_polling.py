@@ -23,7 +23,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from proxy_app import upstream
+from relay_project.lib import upstream
 
 from .batch_records import count_results, needs_results, record_batch, store_results
 from .models import BatchRecord

@@ -19,8 +19,8 @@ from django.db import DatabaseError
 from django.db.models import F, Q
 from django.utils import timezone
 
-from proxy_app import upstream
-from proxy_app.sniff import JsonFieldSniffer
+from relay_project.lib import upstream
+from relay_project.lib.sniff import JsonFieldSniffer
 
 from . import jobs
 from .batch_polling import PollError, PollSummary, claim, project_of

@@ -37,8 +37,8 @@ from django.db import transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
-from proxy_app import upstream
-from proxy_app.headers import team_projects_allowed
+from relay_project.lib import upstream
+from relay_project.lib.upstream import team_projects_allowed
 
 from .models import Match, ReconciledCost, ReconciledDay, ReconciledUsage, ReconcileRun, UsageDaily
 from .pricing import family_of

@@ -175,7 +175,7 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
     """Complete the row, price it and add it to the rollups, in one transaction.
 
     `billed`: OpenAI bills this call (a generating operation that upstream accepted,
-    see proxy_app.operations; by default decided from the method, path and status).
+    see audit_app.operations; by default decided from the method, path and status).
     Without it the call is free whatever its body said; with it but without usage
     the call is `unknown`, never $0.
 
@@ -217,7 +217,7 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
 
 
 def _billed_by_default(ctx: CallContext, fields: dict[str, Any]) -> bool:
-    from proxy_app.operations import billed_on_call
+    from audit_app.operations import billed_on_call
 
     status = fields.get("status") or 0
     return billed_on_call(ctx.method, ctx.path) and 200 <= status < 400 and fields.get("outcome") != Outcome.REJECTED
@@ -269,7 +269,7 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
 def _move_out_of_interrupted(ctx: CallContext, bucket: list[Any] | None, stats: list[Any]) -> None:
     """Take back what reconcile_calls added for the call (one call, usage unknown if it
     generates, an interrupted outcome in the latency rollup) and add its real outcome."""
-    from proxy_app.operations import billed_on_call
+    from audit_app.operations import billed_on_call
 
     if bucket is not None:
         rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk, model="",

@@ -20,7 +20,8 @@ from django.core.cache import cache
 from audit_app import budgets
 from audit_app.recorder import CallContext
 
-from . import operations, upstream
+from audit_app import operations
+from relay_project.lib import upstream
 from .errors import PolicyDenied, RelayError
 from .paths import ApiPath, family_hint
 from .policy import REQUEST_RULES

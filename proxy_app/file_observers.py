@@ -19,7 +19,7 @@ from audit_app import batch_records, file_records
 from audit_app.models import FileOrigin, FileRecord
 from audit_app.recorder import CallContext
 
-from . import upstream
+from relay_project.lib import upstream
 from .errors import PolicyDenied, UpstreamUnreachable
 from .observers import FAMILY_OBSERVERS, Observer
 from .paths import ApiPath

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 
 from django.conf import settings
 
+from relay_project.lib.upstream import upstream_credentials
+
 # Client -> upstream. Authorization, X-Relay-Key and Cookie are deliberately absent.
 REQUEST_ALLOWED = frozenset(
     {
@@ -102,32 +104,6 @@ def request_headers_from_meta(meta: Mapping[str, str], project: str = "") -> dic
                 continue
             out[name] = value
     out.update(upstream_credentials(project))
-    return out
-
-
-def team_projects_allowed() -> bool:
-    """A project-scoped key (sk-proj-…) is refused by OpenAI with any other project's id,
-    so per-team project ids are only sent with a user or service-account key."""
-    return not settings.OPENAI_API_KEY.startswith("sk-proj-")
-
-
-def upstream_credentials(project: str = "") -> dict[str, str]:
-    """What every request to upstream carries, relayed or the relay's own (polling, lookups).
-
-    `project`: the caller's team's OpenAI project, which takes the place of OPENAI_PROJECT.
-    """
-    out = {
-        # Upstream compression would hide usage from the observers, and the
-        # client<->relay hop is where compression belongs anyway.
-        "accept-encoding": "identity",
-        "authorization": f"Bearer {settings.OPENAI_API_KEY}",
-    }
-    if settings.OPENAI_ORGANIZATION:
-        out["openai-organization"] = settings.OPENAI_ORGANIZATION
-    if project and team_projects_allowed():
-        out["openai-project"] = project
-    elif settings.OPENAI_PROJECT:
-        out["openai-project"] = settings.OPENAI_PROJECT
     return out
 
 

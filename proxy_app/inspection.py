@@ -32,7 +32,7 @@ from .errors import BodyTooLarge, RelayError
 from .model_endpoints import model_field
 from .paths import ApiPath
 from .policy import media_type
-from .sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
+from relay_project.lib.sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
 
 SPOOL_IN_MEMORY = 1024 * 1024
 _FIELDS = frozenset({"model", "input_file_id", "endpoint"})

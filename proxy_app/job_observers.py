@@ -21,7 +21,7 @@ from .file_observers import JsonObjectObserver
 from .observers import FAMILY_OBSERVERS, Observer
 from .paths import ApiPath
 from .policy import media_type
-from .sniff import JsonFieldSniffer
+from relay_project.lib.sniff import JsonFieldSniffer
 
 log = logging.getLogger(__name__)
 _ID = r"([A-Za-z0-9_.:-]+)"

@@ -29,10 +29,10 @@ from django.conf import settings
 from audit_app.recorder import CallContext
 from audit_app.usage import OutputItemCounter, Usage, image_variant
 
-from .operations import generates
+from audit_app.operations import generates
 from .paths import ApiPath
 from .policy import media_type
-from .sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
+from relay_project.lib.sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
 from .sse import ChatUsageStripper, SseUsageScanner
 
 _REQUEST_FIELDS = frozenset({"model", "stream", "n"})

@@ -26,7 +26,10 @@ from audit_app.models import Outcome
 from audit_app.recorder import AUDIT_WRITE_FAILED, CallContext, close_call, open_call, release_connection
 
 from . import headers as header_rules
-from . import access, bodyread, operations, policy, telemetry, upstream
+from audit_app import operations
+from relay_project.lib import upstream
+
+from . import access, bodyread, policy, telemetry
 from .bodyread import BodyTimeout
 from .errors import AuditUnavailable, BodyTooLarge, RelayError, UpstreamTimeout, UpstreamUnreachable
 from .inspection import inspect_body

@@ -200,7 +200,7 @@ def test_a_refused_generation_is_free(sdk, upstream):
 
 
 def test_the_operation_table_decides_by_method_and_path():
-    from proxy_app.operations import Kind, kind_of
+    from audit_app.operations import Kind, kind_of
 
     assert kind_of("POST", "/v1/responses") is Kind.GENERATES
     assert kind_of("GET", "/v1/responses/resp_1") is Kind.FREE

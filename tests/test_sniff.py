@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from proxy_app.sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
+from relay_project.lib.sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
 from proxy_app.sse import ChatUsageStripper, SseUsageScanner
 
 WANTED = frozenset({"model", "stream", "input"})

@@ -12,7 +12,7 @@ from audit_app.ledger import call_mac
 from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import ApiCall, Billing, Outcome
 from audit_app.recorder import replay_journal
-from proxy_app.operations import billed_on_call
+from audit_app.operations import billed_on_call
 
 BATCH = 500
 

@@ -9,14 +9,14 @@ from django.utils import timezone
 from audit_app.file_records import mark_deleted, record_file
 from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import FileOrigin, FileRecord
-from proxy_app import upstream
+from relay_project.lib import upstream
 
 PAGE = 10000
 
 
 def projects() -> list[str]:
     """The relay's own project ("": its default) and each team's, when they are sent."""
-    from proxy_app.headers import team_projects_allowed
+    from relay_project.lib.upstream import team_projects_allowed
     from proxy_app.models import Team
 
     teams = Team.objects.exclude(openai_project_id="").values_list("openai_project_id", flat=True)

@@ -46,6 +46,32 @@ def session() -> requests.Session:
     return _session
 
 
+def team_projects_allowed() -> bool:
+    """A project-scoped key (sk-proj-…) is refused by OpenAI with any other project's id,
+    so per-team project ids are only sent with a user or service-account key."""
+    return not settings.OPENAI_API_KEY.startswith("sk-proj-")
+
+
+def upstream_credentials(project: str = "") -> dict[str, str]:
+    """What every request to upstream carries, relayed or the relay's own (polling, lookups).
+
+    `project`: the caller's team's OpenAI project, which takes the place of OPENAI_PROJECT.
+    """
+    out = {
+        # Upstream compression would hide usage from the observers, and the
+        # client<->relay hop is where compression belongs anyway.
+        "accept-encoding": "identity",
+        "authorization": f"Bearer {settings.OPENAI_API_KEY}",
+    }
+    if settings.OPENAI_ORGANIZATION:
+        out["openai-organization"] = settings.OPENAI_ORGANIZATION
+    if project and team_projects_allowed():
+        out["openai-project"] = project
+    elif settings.OPENAI_PROJECT:
+        out["openai-project"] = settings.OPENAI_PROJECT
+    return out
+
+
 def url_for(suffix: str, query_string: str) -> str:
     url = settings.OPENAI_BASE_URL + suffix
     return f"{url}?{query_string}" if query_string else url
@@ -62,7 +88,5 @@ def get(suffix: str, query_string: str = "", *, stream: bool = False, project: s
     `project`: the OpenAI project the object lives in (its creator's team's), since
     OpenAI scopes files and batches by project.
     """
-    from .headers import upstream_credentials
-
     return session().get(url_for(suffix, query_string), headers=upstream_credentials(project),
                          timeout=timeouts(), stream=stream)

@@ -1,0 +1,53 @@
+"""Dependencies go one way (docs/module-map.md): shared helpers, then keys and users,
+then the audit trail, then the relay. Every import, including those inside functions."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = {"proxy_app.models", "proxy_app.key_cache"}  # the keys-and-users layer of proxy_app
+
+
+def imports_of(path: Path) -> set[str]:
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            # `from . import x` names modules; `from .m import x` names a module's contents.
+            found.update(f"{module}.{a.name}" for a in node.names) if node.module is None \
+                else found.add(module)
+    return found
+
+
+def modules(*globs: str) -> list[Path]:
+    return sorted(p for g in globs for p in ROOT.glob(g) if "migrations" not in p.parts)
+
+
+def app_imports(path: Path, app: str) -> set[str]:
+    return {m for m in imports_of(path) if m == app or m.startswith(app + ".")}
+
+
+@pytest.mark.parametrize("path", modules("relay_project/lib/**/*.py"), ids=str)
+def test_shared_helpers_import_neither_app(path):
+    assert not app_imports(path, "proxy_app") | app_imports(path, "audit_app")
+
+
+@pytest.mark.parametrize("path", [ROOT / "proxy_app/models.py", ROOT / "proxy_app/key_cache.py"], ids=str)
+def test_keys_and_users_import_nothing_above_them(path):
+    assert not app_imports(path, "audit_app")
+    assert app_imports(path, "proxy_app") <= KEYS
+
+
+@pytest.mark.parametrize("path", modules("audit_app/**/*.py"), ids=str)
+def test_the_audit_trail_uses_only_the_keys_from_the_relay_app(path):
+    assert app_imports(path, "proxy_app") <= KEYS, "audit_app may import proxy_app.models, nothing else"
+
+
+def test_the_checker_sees_imports_inside_functions():
+    path = ROOT / "audit_app/recorder.py"
+    assert "audit_app.operations" in imports_of(path)
