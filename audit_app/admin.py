@@ -1,9 +1,9 @@
 """The audit trail in the admin: read-only, linked, filterable, exportable, fast at millions of rows.
 
-Lists stay fast on big tables because nothing counts or scans the whole table:
-a capped paginator (admin_pagination), a date hierarchy from MIN/MAX
-(admin_dates), filters whose choices come from small tables (admin_filters),
-exact-match search on indexed ids, and sorting only on indexed columns.
+Lists stay fast on big tables because nothing counts or scans the whole table
+(audit_app.admin_toolkit): a capped paginator, a date hierarchy from MIN/MAX,
+filters whose choices come from small tables, exact-match search on indexed ids,
+and sorting only on indexed columns.
 """
 from __future__ import annotations
 
@@ -19,16 +19,13 @@ from django.utils.safestring import mark_safe
 
 from proxy_app.models import RelayKey
 
-from .admin_base import ReadOnlyAdmin, change_url, changelist_url, link, object_link
-from .admin_csv import CsvExportMixin
-from .admin_filters import (HasFailuresFilter, OutcomeClassFilter, ResultErrorFilter, StatusClassFilter,
-                            date_range, key_filter, min_ms_filter, rollup_values_filter,
-                            selected_only_filter, user_filter)
-from .admin_base import LinkPermissionsMixin
-from .admin_totals import call_totals, usage_totals
-from .models import (AdminAction, ApiCall, BatchRecord, BatchResult, Billing, BudgetAlert, ChainState, FileRecord,
-                     LedgerEntry, LedgerKind, Match, ModelPrice, PruneRun, ReconciledCost, ReconciledDay,
-                     ReconciledUsage, ReconcileRun, UploadRecord, UsageDaily)
+from .admin_toolkit import (CsvExportMixin, HasFailuresFilter, LinkPermissionsMixin, OutcomeClassFilter,
+                            ReadOnlyAdmin, ResultErrorFilter, StatusClassFilter, call_totals, change_url,
+                            changelist_url, date_range, key_filter, link, min_ms_filter, object_link,
+                            rollup_values_filter, selected_only_filter, usage_totals, user_filter)
+from .models import (AdminAction, ApiCall, AsyncJob, BatchRecord, BatchResult, Billing, BudgetAlert, ChainState,
+                     FileRecord, LedgerEntry, LedgerKind, Match, ModelPrice, PruneRun, ReconciledCost,
+                     ReconciledDay, ReconciledUsage, ReconcileRun, UploadRecord, UsageDaily)
 
 
 # Django's navigation sidebar takes 300 px of a 1440 px screen from every list; the
@@ -738,4 +735,16 @@ class ReconcileRunAdmin(ReadOnlyAdmin):
     list_filter = ("ok",)
 
 
-from . import admin_jobs  # noqa: E402,F401  (background responses and video jobs)
+@admin.register(AsyncJob)
+class AsyncJobAdmin(ReadOnlyAdmin):
+    list_display = ("job_id", "kind", "status", "model", "created_by", "billing", "total_tokens",
+                    "video_seconds", "cost", "first_seen_at", "counted_at")
+    list_filter = ("kind", "status", "billing")
+    search_fields = ("=job_id",)
+    list_select_related = ("created_by",)
+    date_hierarchy = "first_seen_at"
+    readonly_fields = ("owner_link",)
+
+    @admin.display(description="created by")
+    def owner_link(self, obj: AsyncJob) -> str:
+        return object_link(obj.created_by)

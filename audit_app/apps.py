@@ -11,10 +11,10 @@ class AuditAppConfig(AppConfig):
         from .models import ModelPrice
         from .pricing import clear_cache
 
-        from proxy_app.models import RelayKey, UserLimit
+        from proxy_app.models import RelayKey, Team, UserLimit
 
-        from .admin_log import watch
+        from .change_history import watch
 
-        watch(RelayKey, UserLimit, ModelPrice)
+        watch(RelayKey, UserLimit, Team, ModelPrice)
         post_save.connect(clear_cache, sender=ModelPrice, dispatch_uid="price-cache-save")
         post_delete.connect(clear_cache, sender=ModelPrice, dispatch_uid="price-cache-delete")

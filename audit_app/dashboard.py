@@ -1,23 +1,37 @@
-"""The usage dashboard's figures: periods, totals, spend per day, top users and models.
+"""The usage dashboard: its figures, its spend chart and its page.
 
 Everything here reads the daily rollups (`UsageDaily`), never raw calls: a
 period's figures are a few GROUP BY queries over at most days × users × models
 rows, whatever the number of calls, so the page stays fast at millions of calls
-and keeps its totals after old calls are pruned.
+and keeps its totals after old calls are pruned. Money stays Decimal up to the
+text (format_usd); the chart's geometry is computed here and drawn by a template.
+The errors and latency page (audit_app.errors) shares the periods, filters and
+page frame (render_page).
 """
 from __future__ import annotations
 
 import contextvars
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
+from django.contrib import admin
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.db.models import Model, Sum
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.urls import NoReverseMatch, get_resolver, get_script_prefix, get_urlconf, reverse
 
+from proxy_app.models import RelayKey
+
+from . import budget_alerts
 from .models import ApiCall, UsageDaily
 
 PRESETS: dict[str, str] = {
@@ -211,7 +225,7 @@ def _scoped(scope: Scope | None, **narrower: object) -> dict[str, object]:
 def usage_url(start: date, end: date, *, user_id: int | None = None, model: str | None = None,
               key_id: int | None = None, scope: Scope | None = None) -> str | None:
     # `__gte` and `__lt` (the day after): the parameters of the changelists' own date filter
-    # (admin_filters.DateRangeFilter), which then shows the period as selected.
+    # (admin_toolkit.DateRangeFilter), which then shows the period as selected.
     return changelist_url(UsageDaily, {
         "date__gte": start.isoformat(), "date__lt": (end + timedelta(days=1)).isoformat(),
         **_scoped(scope, user_id=user_id, key_id=key_id, model=model),
@@ -446,3 +460,191 @@ def _days(period: Period, by_day_model: list[dict], colors: dict[str, str], scop
                         usage_url(day, day, scope=scope), differing.get(day, ""),
                         _reconciliation_url(day) if day in differing else None))
     return days
+
+
+# ============================================================================
+# How the dashboard writes money and counts: Decimal in, text out, no float on the way.
+# ============================================================================
+
+CENT = Decimal("0.01")
+SMALL = Decimal("0.0001")
+
+
+def format_usd(value: Decimal | None) -> str:
+    """Dollars and cents; amounts under a cent keep four decimals (an embedding call costs $0.0000004)."""
+    if value is None:
+        return "—"
+    value = Decimal(value)
+    if value == 0:
+        return "$0.00"
+    if abs(value) < SMALL:
+        return "< $0.0001"
+    quantum = CENT if abs(value) >= CENT else SMALL
+    return f"${value.quantize(quantum, rounding=ROUND_HALF_UP):,}"
+
+
+def format_int(value: int | None) -> str:
+    return "—" if value is None else f"{int(value):,}"
+
+
+# ============================================================================
+# The spend chart: spend per day, stacked by model, as server-rendered SVG
+# (templates/admin/relay_spend_chart.html). No JavaScript and nothing from a CDN:
+# the chart works with scripts off, and its tooltips are SVG <title>s. Colours of
+# text and lines come from the admin's CSS variables (audit_app/static/audit_app/
+# dashboard.css), so it follows the light and dark themes; only model colours are fixed.
+# Here only the geometry is computed; the template writes (and escapes) the SVG.
+# ============================================================================
+
+CHART_WIDTH, CHART_HEIGHT = 960, 300
+CHART_LEFT, CHART_RIGHT, CHART_TOP, CHART_BOTTOM = 64, 12, 14, 46  # margins
+MAX_X_LABELS = 12
+
+
+def nice_ticks(maximum: Decimal, count: int = 5) -> list[Decimal]:
+    """Round axis values from 0 to at least `maximum`: steps of 1, 2, 2.5 or 5 × 10^k."""
+    if maximum <= 0:
+        return [Decimal(0), Decimal(1)]
+    unit = Decimal(10) ** math.floor(math.log10(maximum / count))
+    step = next(unit * f for f in (Decimal(1), Decimal(2), Decimal("2.5"), Decimal(5), Decimal(10))
+                if unit * f * count >= maximum)
+    n = int(math.ceil(maximum / step))
+    return [step * i for i in range(n + 1)]
+
+
+def tick_labels(ticks: list[Decimal]) -> list[str]:
+    """Same decimals on every tick: none for whole-dollar steps, else cents, or more under a cent."""
+    step = ticks[1] - ticks[0]
+    places = 0 if step == step.to_integral_value() else max(2, -step.normalize().as_tuple().exponent)
+    return ["$0" if not t else f"${t:,.{places}f}" for t in ticks]
+
+
+def _px(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def spend_chart(days: list[Day], *, timezone_name: str) -> dict[str, Any]:
+    """Positions (as SVG attribute strings) and tooltips of every grid line, bar and label."""
+    plot_w, plot_h = CHART_WIDTH - CHART_LEFT - CHART_RIGHT, CHART_HEIGHT - CHART_TOP - CHART_BOTTOM
+    peak = max((d.cost for d in days), default=Decimal(0))
+    ticks = nice_ticks(peak)
+    top_value = ticks[-1]
+    slot = plot_w / max(len(days), 1)
+    # With only a few days each bar would span a tenth of the plot or more: cap them.
+    bar_w = min(max(slot * 0.72, 1.0), 56.0)
+
+    def y(value: Decimal) -> float:
+        return CHART_TOP + plot_h - float(value / top_value) * plot_h
+
+    grid = [{"y": _px(y(t)), "label_y": _px(y(t) + 4), "label": label} for t, label in zip(ticks, tick_labels(ticks))]
+    every = max(1, math.ceil(len(days) / MAX_X_LABELS))
+    columns = []
+    for i, day in enumerate(days):
+        x0 = CHART_LEFT + i * slot
+        bx = x0 + (slot - bar_w) / 2
+        summary = f"{day.day:%a %d %b %Y}: {format_usd(day.cost)}, {format_int(day.calls)} calls"
+        if day.unpriced_calls:
+            summary += f", {format_int(day.unpriced_calls)} unpriced"
+        if not day.calls:
+            summary = f"{day.day:%a %d %b %Y}: no calls"
+        if day.reconciliation:
+            summary += f"; differs from OpenAI's figures ({day.reconciliation.replace('_', ' ')})"
+        segments, base = [], Decimal(0)
+        for seg in day.segments:
+            y_top, y_bottom = y(base + seg.cost), y(base)
+            base += seg.cost
+            segments.append({
+                "x": _px(bx), "y": _px(y_top), "height": _px(max(y_bottom - y_top, 0.5)), "color": seg.color,
+                "url": seg.url,
+                "title": f"{day.day:%d %b %Y} · {seg.label}: {format_usd(seg.cost)} ({format_int(seg.calls)} calls)",
+            })
+        columns.append({
+            # The whole column is a hover target: empty days have a tooltip too.
+            "x": _px(x0), "width": _px(slot), "url": day.url, "summary": summary, "segments": segments,
+            "bar_width": _px(bar_w), "center": _px(x0 + slot / 2),
+            "label": f"{day.day:%b} {day.day.day}" if i % every == 0 else "",
+            # A red mark above the bar: reconcile_usage found this day differing from OpenAI's.
+            "differs": (f"{day.day:%d %b %Y}: differs from OpenAI ({day.reconciliation.replace('_', ' ')})"
+                        if day.reconciliation else ""),
+            "differs_url": day.reconciliation_url,
+        })
+    return {
+        "width": CHART_WIDTH, "height": CHART_HEIGHT, "left": CHART_LEFT, "right": CHART_WIDTH - CHART_RIGHT,
+        "top": CHART_TOP, "bottom": CHART_TOP + plot_h, "plot_height": plot_h, "mark_y": CHART_TOP - 6,
+        "tick_x": CHART_LEFT - 6, "x_label_y": CHART_TOP + plot_h + 16, "axis_title_y": CHART_HEIGHT - 6,
+        "middle_x": _px(CHART_LEFT + plot_w / 2), "middle_y": _px(CHART_TOP + plot_h / 2),
+        "grid": grid, "columns": columns, "timezone_name": timezone_name, "empty": peak <= 0,
+    }
+
+
+# ============================================================================
+# The pages (wrapped in admin.site.admin_view in relay_project/urls.py).
+# ============================================================================
+
+PERMISSION = "audit_app.view_usagedaily"
+
+
+def filter_choices(scope: Scope) -> dict[str, list[tuple[str, str]]]:
+    """The filter bar's choices, from the small tables (key owners, keys, the rollups)."""
+    owners = get_user_model().objects.filter(pk__in=RelayKey.objects.values("owner_id")).order_by("username")
+    keys = RelayKey.objects.select_related("owner").order_by("owner__username", "-created_at")
+    if scope.user_id is not None:
+        keys = keys.filter(owner_id=scope.user_id)
+
+    def distinct(field: str) -> list[str]:
+        return list(UsageDaily.objects.exclude(**{field: ""}).order_by(field)
+                    .values_list(field, flat=True).distinct()[:CHOICES_LIMIT])
+
+    return {
+        "user": [(str(u.pk), u.get_username()) for u in owners[:CHOICES_LIMIT]],
+        "key": [(str(k.pk), f"{k} — {k.owner.get_username()}") for k in keys[:CHOICES_LIMIT]],
+        "model": [(m, m) for m in distinct("model")],
+        "family": [(f, f) for f in distinct("family")],
+    }
+
+
+def render_page(request: HttpRequest, permission: str, title: str, template: str, build) -> TemplateResponse:
+    # Wrapped in admin.site.admin_view (urls.py): anonymous and non-staff users go to the login.
+    if not request.user.has_perm(permission):
+        raise PermissionDenied
+    context = {
+        **admin.site.each_context(request),
+        "title": title,
+        "presets": PRESETS,
+        "query": request.GET,
+        "timezone_name": settings.TIME_ZONE,
+    }
+    token = VISIBLE_MODELS.set(visible_models(request.user))
+    try:
+        try:
+            period = parse_period(request.GET, timezone.localdate())
+            scope = parse_scope(request.GET)
+        except PeriodError as exc:
+            context.update(error=str(exc), choices=filter_choices(Scope()))
+            return TemplateResponse(request, template, context, status=400).render()
+        context.update(period=period, scope=scope, choices=filter_choices(scope),
+                       scope_qs=urlencode(scope.params()), **build(request, period, scope))
+        response = TemplateResponse(request, template, context)
+        response.render()  # inside the links' permission context
+        return response
+    finally:
+        VISIBLE_MODELS.reset(token)
+
+
+def usage_dashboard(request: HttpRequest) -> TemplateResponse:
+    # Team-wide spend is what the usage rollups hold, so it takes the right to view them.
+    def build(request, period, scope):
+        dashboard = build_dashboard(period, scope)
+        extra = {"dashboard": dashboard,
+                 "chart": spend_chart(dashboard.days, timezone_name=settings.TIME_ZONE)}
+        if request.user.has_perm("proxy_app.view_relaykey"):
+            lines = budget_alerts.budget_lines()
+            if scope.user_id is not None:
+                lines = [b for b in lines if b.owner_id == scope.user_id]
+            if scope.key_id is not None:
+                lines = [b for b in lines if b.kind == "user" or b.object_id == scope.key_id]
+            extra["budgets"] = lines
+            extra["budget_month"] = budget_alerts.month_start()
+        return extra
+
+    return render_page(request, PERMISSION, "Usage dashboard", "admin/relay_dashboard.html", build)

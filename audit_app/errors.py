@@ -14,9 +14,12 @@ from datetime import date
 from decimal import Decimal
 from urllib.parse import urlencode
 
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+
 from django.db import connection
 
-from .dashboard import Period, Scope, calls_url, model_label
+from .dashboard import Period, Scope, calls_url, model_label, render_page
 from .latency import Histogram
 from .models import CallStatsDaily, Outcome
 from .models.stats import DURATION_COLUMNS, TTFB_COLUMNS
@@ -28,6 +31,7 @@ STATUS_CLASSES = ((2, "2xx"), (3, "3xx"), (4, "4xx"), (5, "5xx"), (0, "none"))
 # Short column heads, so that the per-day table fits 1440 px.
 OUTCOME_HEADS = {Outcome.OK: "ok", Outcome.UPSTREAM_ERROR: "upstream error", Outcome.REJECTED: "rejected",
                  Outcome.FAILED: "failed", Outcome.INTERRUPTED: "interrupted", Outcome.CLIENT_CLOSED: "client closed"}
+PERMISSION = "audit_app.view_apicall"
 _SUMS = ("calls", "ttfb_calls", *DURATION_COLUMNS, *TTFB_COLUMNS)
 
 
@@ -163,3 +167,13 @@ def format_ms(value: float | None) -> str:
     if value >= 1000:
         return f"{value / 1000:.1f} s" if value < 100_000 else f"{value / 1000:.0f} s"
     return f"{value:.0f} ms"
+
+
+def errors_dashboard(request: HttpRequest) -> TemplateResponse:
+    # Error counts and latencies describe calls: the right to view calls.
+    def build(request, period, scope):
+        return {"report": build_errors(period, scope),
+                "outcome_columns": [OUTCOME_HEADS[o] for o in OUTCOME_COLUMNS],
+                "status_classes": STATUS_CLASSES}
+
+    return render_page(request, PERMISSION, "Errors and latency", "admin/relay_errors.html", build)

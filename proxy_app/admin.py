@@ -21,8 +21,8 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from audit_app.admin_base import LinkPermissionsMixin, change_url, changelist_url, link
-from audit_app.admin_filters import user_filter
+from audit_app.admin_toolkit import LinkPermissionsMixin, change_url, changelist_url, link
+from audit_app.admin_toolkit import user_filter
 from audit_app.models import ApiCall, UsageDaily
 
 from .models import RelayKey, Team, UserLimit
@@ -181,7 +181,7 @@ class RelayKeyAdmin(LinkPermissionsMixin, admin.ModelAdmin):
         return self.sortable_by
 
     def get_changelist(self, request, **kwargs):
-        from audit_app.admin_base import IndexedOrderingChangeList
+        from audit_app.admin_toolkit import IndexedOrderingChangeList
 
         return IndexedOrderingChangeList
 

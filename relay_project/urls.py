@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import path, re_path
 
-from audit_app import dashboard_view
+from audit_app import dashboard, errors
 from proxy_app import metrics_view, views
 
 urlpatterns = [
@@ -13,8 +13,8 @@ urlpatterns = [
     path(".well-known/ai-plugin.json", views.PluginManifestView.as_view()),
     path("metrics", metrics_view.metrics),
     # Before the admin's own URLs, whose catch-all would answer admin/dashboard/ with a 404.
-    path("admin/dashboard/", admin.site.admin_view(dashboard_view.usage_dashboard), name="relay-dashboard"),
-    path("admin/errors/", admin.site.admin_view(dashboard_view.errors_dashboard), name="relay-errors"),
+    path("admin/dashboard/", admin.site.admin_view(dashboard.usage_dashboard), name="relay-dashboard"),
+    path("admin/errors/", admin.site.admin_view(errors.errors_dashboard), name="relay-errors"),
     path("admin/", admin.site.urls),
     # [\s\S], not ".": a path with an encoded newline must still reach the relay's path checks.
     re_path(r"^v1(?:/[\s\S]*)?\Z", views.RelayView.as_view()),

@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from audit_app.admin_pagination import CappedPaginator
+from audit_app.admin_toolkit import CappedPaginator
 from audit_app.ledger import seal
 from audit_app.models import (AdminAction, ApiCall, BatchRecord, BatchResult, ChainState, FileRecord,
                               LedgerEntry, ModelPrice, PruneRun, UploadRecord, UsageDaily)

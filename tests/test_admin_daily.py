@@ -238,7 +238,7 @@ def test_calls_list_totals_over_other_filters_sum_the_listed_rows(admin_client, 
 
 
 def test_calls_list_totals_past_the_cap_say_so(admin_client, calls, monkeypatch):
-    from audit_app.admin_pagination import CappedPaginator
+    from audit_app.admin_toolkit import CappedPaginator
 
     monkeypatch.setattr(CappedPaginator, "cap", 3)
     totals = admin_client.get(CALLS, {"status_class": "2xx"}).context["totals"]

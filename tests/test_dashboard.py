@@ -15,7 +15,7 @@ from django.urls import reverse
 from audit_app.dashboard import (
     MAX_DAYS, PALETTE, Period, PeriodError, build_dashboard, parse_period,
 )
-from audit_app.dashboard_format import format_usd
+from audit_app.dashboard import format_usd
 from audit_app.models import ApiCall, Outcome, UsageDaily
 from proxy_app.models import RelayKey
 
@@ -318,10 +318,10 @@ def test_money_is_formatted_from_decimal(value, text):
     ("0", ["$0", "$1"]),
 ])
 def test_chart_axis_has_round_ticks_above_the_peak(peak, labels):
-    from audit_app.dashboard_chart import _tick_labels, nice_ticks
+    from audit_app.dashboard import nice_ticks, tick_labels
 
     ticks = nice_ticks(Decimal(peak))
-    assert _tick_labels(ticks) == labels and ticks[-1] >= Decimal(peak)
+    assert tick_labels(ticks) == labels and ticks[-1] >= Decimal(peak)
 
 
 def test_page_reads_the_rollups_never_the_raw_calls(usage, admin_client):

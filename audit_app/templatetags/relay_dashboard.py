@@ -6,7 +6,7 @@ from decimal import Decimal
 from django import template
 from django.utils.html import format_html
 
-from audit_app.dashboard_format import format_int, format_usd
+from audit_app.dashboard import format_int, format_usd
 
 register = template.Library()
 

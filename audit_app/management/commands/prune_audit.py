@@ -7,7 +7,7 @@ from django.db import transaction
 from django.db.models import Max, Min, Q, QuerySet
 from django.utils import timezone
 
-from audit_app import admin_log
+from audit_app import change_history
 from audit_app.ledger import seal
 from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import ApiCall, FileRecord, Outcome, PruneRun
@@ -61,7 +61,7 @@ class Command(StoppableCommand):
             sealed = seal()
             self.progress(f"sealed {sealed.calls} calls before pruning")
         doomed = _doomed(cutoff)
-        run = PruneRun(run_by=(run_by or admin_log.current_actor())[:150], older_than_days=older_than, cutoff=cutoff,
+        run = PruneRun(run_by=(run_by or change_history.current_actor())[:150], older_than_days=older_than, cutoff=cutoff,
                        dry_run=dry_run)
         if dry_run:
             span = doomed.aggregate(first=Min("pk"), last=Max("pk"))
@@ -91,7 +91,7 @@ class Command(StoppableCommand):
             self.progress(f"  deleted {run.deleted_calls} calls so far")
         run.finished_at = timezone.now()
         run.save()
-        admin_log.record("pruned", run, {
+        change_history.record("pruned", run, {
             "cutoff": [None, cutoff.isoformat()], "deleted_calls": [None, run.deleted_calls],
             "call_ids": [None, f"{run.first_call_id}..{run.last_call_id}"]})
         # The run itself, and file records whose creating call is gone, go into the ledger.

@@ -1,13 +1,13 @@
-"""Admin actions on keys, limits, prices and prune runs land in a read-only log, without secrets."""
+"""Changes to keys, limits, teams, prices and prune runs land in a read-only history, without secrets."""
 from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
-from audit_app.admin_log import acting_as
+from audit_app.change_history import acting_as
 from audit_app.models import AdminAction, ModelPrice
-from proxy_app.models import RelayKey, UserLimit
+from proxy_app.models import RelayKey, Team, UserLimit
 
 pytestmark = pytest.mark.django_db
 
@@ -43,6 +43,20 @@ def test_limits_and_prices_are_logged(django_user_model):
     assert actions == [("proxy_app.UserLimit", "created"), ("proxy_app.UserLimit", "changed"),
                        ("audit_app.ModelPrice", "created"), ("audit_app.ModelPrice", "deleted")]
     assert AdminAction.objects.get(action="changed").changes["monthly_budget_usd"] == ["100.00", "50"]
+
+
+def test_a_team_budget_or_project_change_is_logged():
+    from django.contrib.auth.models import Group
+
+    with acting_as("admin:root"):
+        team = Team.objects.create(group=Group.objects.create(name="research"))
+        team.monthly_budget_usd = Decimal("300.00")
+        team.openai_project_id = "proj_research"
+        team.save()
+    created, changed = AdminAction.objects.filter(object_type="proxy_app.Team").order_by("at", "pk")
+    assert (created.action, changed.action, changed.actor) == ("created", "changed", "admin:root")
+    assert changed.changes["monthly_budget_usd"] == [None, "300.00"]
+    assert changed.changes["openai_project_id"] == ["", "proj_research"]
 
 
 def test_admin_requests_act_as_the_admin(admin_client, django_user_model):

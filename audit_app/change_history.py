@@ -1,4 +1,4 @@
-"""Recording admin actions: who changed which key, limit or price, from what to what.
+"""The change history: who changed which key, limit, team or price, from what to what (AdminAction rows).
 
 Model signals see every change, whatever made it (an admin form, an admin
 action, a management command); the actor comes from a context variable that
