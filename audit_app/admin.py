@@ -632,7 +632,7 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(ReadOnlyAdmin):
-    """The budget alerts sent (audit_app.budget_alerts): which threshold, when, to whom."""
+    """The budget alerts sent (audit_app.budgets): which threshold, when, to whom."""
 
     list_display = ("sent_at", "kind", "budget_of", "month", "threshold", "spend_usd", "budget", "recipients")
     list_filter = (date_range("sent_at", "sent"), "kind", "threshold")

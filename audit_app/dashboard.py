@@ -31,7 +31,7 @@ from django.urls import NoReverseMatch, get_resolver, get_script_prefix, get_url
 
 from proxy_app.models import RelayKey
 
-from . import budget_alerts
+from . import budgets
 from .models import ApiCall, UsageDaily
 
 PRESETS: dict[str, str] = {
@@ -638,13 +638,13 @@ def usage_dashboard(request: HttpRequest) -> TemplateResponse:
         extra = {"dashboard": dashboard,
                  "chart": spend_chart(dashboard.days, timezone_name=settings.TIME_ZONE)}
         if request.user.has_perm("proxy_app.view_relaykey"):
-            lines = budget_alerts.budget_lines()
+            lines = budgets.budget_lines()
             if scope.user_id is not None:
                 lines = [b for b in lines if b.owner_id == scope.user_id]
             if scope.key_id is not None:
                 lines = [b for b in lines if b.kind == "user" or b.object_id == scope.key_id]
             extra["budgets"] = lines
-            extra["budget_month"] = budget_alerts.month_start()
+            extra["budget_month"] = budgets.month_start()
         return extra
 
     return render_page(request, PERMISSION, "Usage dashboard", "admin/relay_dashboard.html", build)

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from relay_project.redact import scrub_keys, storable
 
-from . import budget_alerts, budgets, call_rows, latency, ledger, pricing, rollups, spool
+from . import budgets, call_rows, latency, ledger, pricing, rollups, spool
 from .models import ApiCall, Billing, Outcome
 from .usage import Usage
 
@@ -205,7 +205,7 @@ def close_call(call_id: int, ctx: CallContext, *, usage: Usage | None = None,
             _complete(call_id, ctx, dict(fields), usage, response_model)
             if ctx.reservation is not None:  # a budgeted call: settle it, then the 80%/100% alerts
                 budgets.settle(ctx.reservation)
-                budget_alerts.check_after_call(ctx.key, ctx.user)
+                budgets.check_after_call(ctx.key, ctx.user)
             return
         except DatabaseError:
             if attempt == 1:

@@ -84,8 +84,7 @@ def run_one(args: argparse.Namespace) -> str:
     from django.db import connection
     from django.db.models import Sum
 
-    from audit_app import job_polling
-    from audit_app.batch_polling import due, poll
+    from audit_app.polling import due_batches, due_jobs, poll, poll_job
     from audit_app.batch_records import record_batch
     from audit_app.jobs import record_job
     from audit_app.models import AsyncJob, UsageDaily
@@ -125,9 +124,9 @@ def run_one(args: argparse.Namespace) -> str:
 
     def timed_pass(name: str) -> None:
         began = time.monotonic()
-        batch_pks, job_pks = due(), job_polling.due()
+        batch_pks, job_pks = due_batches(), due_jobs()
         summaries = [poll(batch_pks, args.concurrency),
-                     poll(job_pks, args.concurrency, one=job_polling.poll_job, what="jobs")]
+                     poll(job_pks, args.concurrency, one=poll_job, what="jobs")]
         elapsed = time.monotonic() - began
         total = len(batch_pks) + len(job_pks)
         verdict = "PASS" if elapsed < TARGET_S else "MISS"

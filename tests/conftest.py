@@ -41,7 +41,7 @@ def shipped_prices(transactional_db) -> None:
     from datetime import datetime, timezone
 
     from audit_app.models import ModelPrice
-    from audit_app.price_import import SHIPPED_PRICES, load_map, priced_models
+    from audit_app.pricing import SHIPPED_PRICES, load_map, priced_models
     from audit_app.pricing import clear_cache
 
     if not ModelPrice.objects.exists():

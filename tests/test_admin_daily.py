@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from audit_app import latency, rollups
-from audit_app.budget_alerts import check_budget_alerts
+from audit_app.budgets import check_budget_alerts
 from audit_app.latency import Histogram, bucket_of
 from audit_app.models import (ApiCall, BatchRecord, BatchResult, Billing, BudgetAlert, CallStatsDaily, Outcome,
                               UsageDaily)
@@ -418,7 +418,7 @@ def test_check_after_call_alerts_a_budgeted_key_at_most_once_a_minute_and_skips_
         db, django_user_model, settings):
     from django.core.cache import cache
 
-    from audit_app.budget_alerts import check_after_call
+    from audit_app.budgets import check_after_call
 
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     gus = django_user_model.objects.create_user("gus", email="gus@example.com")

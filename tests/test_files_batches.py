@@ -18,7 +18,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from audit_app.batch_polling import CLAIM_LEASE, due
+from audit_app.polling import CLAIM_LEASE, due_batches
 from audit_app.batch_records import record_batch
 from audit_app.models import BatchRecord, BatchResult, FileOrigin, FileRecord, UploadRecord, UsageDaily
 from tests.conftest import ROOT, UPSTREAM_KEY, database_url_for_subprocess, finished_calls, settle
@@ -222,7 +222,7 @@ def test_a_batch_from_upload_to_results_at_batch_price(sdk, upstream, alice, dja
     assert record.batch_id in file_page
 
     # A second run changes nothing.
-    assert due() == []
+    assert due_batches() == []
     assert "checked 0, changed 0, completed 0, failed 0, errors 0, results read 0" in poll()
     assert poll("--batch", batch_id).startswith("polling 1 batch(es)")
     assert BatchResult.objects.count() == 3
@@ -251,7 +251,7 @@ def test_batches_that_end_badly_keep_their_timestamps_and_partial_results(sdk, u
     assert record.status == final and getattr(record, f"{final}_at") is not None
     if final == "failed":
         assert record.errors["data"][0]["code"] == "invalid_json_line"
-        assert record.results_counted_at is None and due() == []
+        assert record.results_counted_at is None and due_batches() == []
     else:
         assert record.results.count() == 1 and record.cost == RESULT_COST
     if final == "cancelled":
@@ -433,7 +433,7 @@ def test_a_status_refresh_writes_only_what_upstream_changed(sdk, upstream):
     assert not any(column in updates[0] for column in ("results_counted_at", '"cost"', "input_tokens"))
     record = BatchRecord.objects.get(batch_id=batch_id)
     assert record.results_counted_at is not None and record.cost == RESULT_COST
-    assert due() == [] and "results read 0" in poll()
+    assert due_batches() == [] and "results read 0" in poll()
     assert UsageDaily.objects.get(family="batches", model=BATCH_MODEL).calls == 1
 
 

@@ -7,7 +7,7 @@ EFFECTIVE_FROM = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
 def load(apps, schema_editor):
-    from audit_app.price_import import SHIPPED_PRICES, import_map, load_map
+    from audit_app.pricing import SHIPPED_PRICES, import_map, load_map
 
     ModelPrice = apps.get_model("audit_app", "ModelPrice")
     import_map(ModelPrice, load_map(SHIPPED_PRICES), EFFECTIVE_FROM, "shipped: litellm 1.109.1")

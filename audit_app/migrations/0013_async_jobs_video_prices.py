@@ -13,7 +13,7 @@ EFFECTIVE_FROM = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 def load_video_prices(apps, schema_editor):
     """The shipped map's per-second video prices (sora-2 and friends), which 0002 had no column for."""
-    from audit_app.price_import import SHIPPED_PRICES, import_map, load_map
+    from audit_app.pricing import SHIPPED_PRICES, import_map, load_map
 
     videos = {name: entry for name, entry in load_map(SHIPPED_PRICES).items()
               if "output_cost_per_video_per_second" in entry}

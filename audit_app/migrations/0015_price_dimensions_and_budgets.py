@@ -13,7 +13,7 @@ def fill_rates(apps, schema_editor):
     (fine-tuned templates, the code interpreter's fee) are added; rows entered by hand
     or imported from another file get the rates their columns imply."""
     from audit_app.models.usage import sync_columns
-    from audit_app.price_import import SHIPPED_PRICES, import_map, load_map
+    from audit_app.pricing import SHIPPED_PRICES, import_map, load_map
 
     ModelPrice = apps.get_model("audit_app", "ModelPrice")
     for price in ModelPrice.objects.exclude(source__startswith="shipped:"):

@@ -65,7 +65,7 @@ def sync_columns(price, rates: dict) -> dict:
     says (an admin edited a column); a cleared column removes its rates."""
     from decimal import Decimal
 
-    from ..price_import import _FIELDS, MILLION
+    from ..pricing import _FIELDS, MILLION
 
     for column, (keys, per_token) in _FIELDS.items():
         value = getattr(price, column)

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from audit_app.models import ModelPrice
-from audit_app.price_import import import_map, load_map
+from audit_app.pricing import import_map, load_map
 
 
 class Command(BaseCommand):

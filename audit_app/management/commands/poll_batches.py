@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from django.core.management.base import CommandError
 
-from audit_app import job_polling
-from audit_app.batch_polling import PollError, due, ensure_known, poll
+from audit_app.polling import PollError, due_batches, due_jobs, ensure_known, poll, poll_job
 from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import AsyncJob
 
@@ -50,8 +49,8 @@ class Command(StoppableCommand):
 
         def one_pass() -> None:
             for enabled, what, pks, one in (
-                    (do_batches, "batch(es)", lambda: due(batch, limit), None),
-                    (do_jobs, "job(s)", lambda: job_polling.due(job, limit), job_polling.poll_job)):
+                    (do_batches, "batch(es)", lambda: due_batches(batch, limit), None),
+                    (do_jobs, "job(s)", lambda: due_jobs(job, limit), poll_job)):
                 if not enabled:
                     continue
                 todo = pks()

@@ -1,7 +1,7 @@
 """Mail the 80% and 100% budget alerts that are due, once per threshold per key or user and month."""
 from __future__ import annotations
 
-from audit_app.budget_alerts import THRESHOLDS, budget_lines, check_budget_alerts
+from audit_app.budgets import THRESHOLDS, budget_lines, check_budget_alerts
 from audit_app.management.stoppable import StoppableCommand
 
 

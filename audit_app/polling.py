@@ -1,14 +1,10 @@
-"""One pass of `poll_batches`: refresh open batches from upstream, count finished ones' results.
+"""The poller's pass (`poll_batches`): batches, background Responses and video jobs,
+each refreshed from upstream and counted once when it ends.
 
-Safe on several hosts at once. A poller takes a batch by writing a lease on it
-(`claimed_until`) in a short transaction, on PostgreSQL after
-SELECT ... FOR UPDATE SKIP LOCKED, so two pollers never work on the same
-batch; the network I/O then runs with no row lock or transaction held, so
-that the relay's own updates of the batch (a client polling its status)
-never wait on a download. A poller that dies leaves a lease that expires.
-Results are counted once whatever happens: each is unique per (batch,
-custom_id), and the totals are added in the transaction that marks the
-batch counted, which only one writer can do.
+Safe on several hosts at once: a poller takes an object by writing a lease on it
+(`claimed_until`); the network I/O runs with no row lock or transaction held; results
+and usage are added in the transaction that marks the object counted, which only one
+writer can do. Measured at 1,000 jobs: docs/poller-bench.md (bench/poll_all.py).
 """
 from __future__ import annotations
 
@@ -19,15 +15,33 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import requests
-from django.db import DatabaseError, connection, transaction
+from django.db import connection, DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from relay_project.lib import upstream
+from relay_project.lib.sniff import JsonFieldSniffer
 
+from . import jobs
 from .batch_records import count_results, needs_results, record_batch, store_results
-from .models import BatchRecord
+from .models import AsyncJob, BatchRecord, JobKind
 from .models.batches import FINAL_STATUSES
+
+
+# ============================================================================
+# One pass of `poll_batches`: refresh open batches from upstream, count finished ones' results.
+#
+# Safe on several hosts at once. A poller takes a batch by writing a lease on it
+# (`claimed_until`) in a short transaction, on PostgreSQL after
+# SELECT ... FOR UPDATE SKIP LOCKED, so two pollers never work on the same
+# batch; the network I/O then runs with no row lock or transaction held, so
+# that the relay's own updates of the batch (a client polling its status)
+# never wait on a download. A poller that dies leaves a lease that expires.
+# Results are counted once whatever happens: each is unique per (batch,
+# custom_id), and the totals are added in the transaction that marks the
+# batch counted, which only one writer can do.
+# ============================================================================
+
 
 log = logging.getLogger(__name__)
 _ERROR_MAX = BatchRecord._meta.get_field("last_poll_error").max_length
@@ -65,7 +79,7 @@ class PollSummary:
                 f"skipped (claimed elsewhere) {self.skipped}")
 
 
-def due(batch_id: str | None = None, limit: int | None = None) -> list[int]:
+def due_batches(batch_id: str | None = None, limit: int | None = None) -> list[int]:
     """Batches not final yet, and final ones whose results are not counted, least recently polled first."""
     if batch_id:
         rows = BatchRecord.objects.filter(batch_id=batch_id)
@@ -231,3 +245,84 @@ def poll(pks: list[int], concurrency: int, progress: Callable[[str], None] | Non
         for thread in threads:
             thread.join()
     return summary
+
+
+# ============================================================================
+# The poller's pass over background Responses and video jobs not billed yet.
+#
+# Same guarantees as for batches (above, whose lease it uses):
+# a job is leased in one statement (FOR UPDATE SKIP LOCKED on PostgreSQL) before
+# its upstream state is fetched with no lock held, so several pollers on several
+# hosts never work on the same job; billing itself is the single conditional
+# write in audit_app.jobs.bill, so a poller killed at any point, or racing a
+# client's retrieve, bills a job at most once, and the next pass bills it if it
+# was not. Upstream's object is read with a streaming sniffer: a finished
+# Response echoes its whole output (megabytes of base64 for images), and only
+# its id, status, model and usage matter here.
+# ============================================================================
+
+
+log = logging.getLogger(__name__)
+_ERROR_MAX = AsyncJob._meta.get_field("last_poll_error").max_length
+_FIELDS = frozenset({"id", "object", "status", "model", "seconds", "size"})
+_PATH = {JobKind.RESPONSE: "/responses/{}", JobKind.VIDEO: "/videos/{}"}
+
+
+def due_jobs(job_id: str | None = None, limit: int | None = None) -> list[int]:
+    """Jobs not billed yet whose lease is free, least recently polled first."""
+    if job_id:
+        rows = AsyncJob.objects.filter(job_id=job_id)
+    else:
+        rows = AsyncJob.objects.filter(counted_at__isnull=True).filter(
+            Q(claimed_until__isnull=True) | Q(claimed_until__lt=timezone.now()))
+    rows = rows.order_by(F("last_polled_at").asc(nulls_first=True), "pk").values_list("pk", flat=True)
+    return list(rows[:limit] if limit else rows)
+
+
+def fetch(job: AsyncJob) -> dict:
+    try:
+        with upstream.get(_PATH[job.kind].format(job.job_id), stream=True, project=project_of(job)) as resp:
+            if resp.status_code == 404:
+                # Deleted upstream before anyone saw it end: whatever it used is unknowable,
+                # and OpenAI may have billed it, so it is billed `unknown`, never left open forever.
+                return {"id": job.job_id, "status": jobs.GONE}
+            if resp.status_code != 200:
+                raise PollError(f"upstream answered {resp.status_code} for {job.job_id}")
+            sniffer = JsonFieldSniffer(_FIELDS, frozenset({"usage"}))
+            for chunk in resp.iter_content(256 * 1024):
+                sniffer.feed(chunk)
+    except requests.RequestException as exc:
+        raise PollError(f"upstream unreachable: {type(exc).__name__}") from None
+    obj = dict(sniffer.values)
+    if not sniffer.is_object or obj.get("id") != job.job_id:
+        raise PollError(f"upstream's object for {job.job_id} is not the job")
+    return obj
+
+
+def poll_job(pk: int, summary: PollSummary, *, force: bool = False) -> None:
+    try:
+        job = claim(pk, force=force, model=AsyncJob)
+        if job is None or job.counted_at is not None:
+            summary.add("skipped")  # another poller has it, or it was billed meanwhile
+            return
+        summary.add("checked")
+        error, before = "", job.status
+        try:
+            obj = fetch(job)
+            obj.setdefault("object", "response" if job.kind == JobKind.RESPONSE else "video")
+            if jobs.seen(obj, job=job):
+                summary.add("completed" if job.status == "completed" else "failed")
+            if job.status != before:
+                summary.add("changed")
+        except PollError as exc:
+            error = str(exc)
+        except Exception as exc:  # a malformed answer must not stop the pass
+            log.exception("poll_batches: job %s", job.job_id)
+            error = f"{type(exc).__name__}: {exc}"
+        if error:
+            summary.add("errors", f"{job.job_id}: {error}")
+        AsyncJob.objects.filter(pk=job.pk).update(
+            last_polled_at=timezone.now(), last_poll_error=error[:_ERROR_MAX], claimed_until=None)
+    except DatabaseError as exc:
+        summary.add("errors", f"job #{pk}: {type(exc).__name__}: {exc}")
+        log.warning("poll_batches: job #%s: %s", pk, exc)
