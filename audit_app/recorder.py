@@ -32,7 +32,14 @@ _UA_MAX = ApiCall._meta.get_field("user_agent").max_length
 
 @dataclass
 class CallContext:
-    """What is known about a call before it goes upstream."""
+    """What is known about a call before it goes upstream: what its audit row records.
+
+    It lives here, with the recorder, rather than with the relay that fills it in:
+    the recorder reads it for every row (and rebuilds it from the journal,
+    `_ctx_from_state`), and the audit trail imports nothing from the relay but its
+    keys (tests/test_module_map.py). The relay's owner of a call's row, which adds
+    its telemetry, is proxy_app.call_audit.CallAudit.
+    """
 
     method: str
     path: str

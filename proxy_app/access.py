@@ -1,9 +1,11 @@
 """Access control per key and per user: scopes, monthly budgets, rate limits.
 
-Each check refuses before anything is forwarded. Family scope, budgets and
-rate limits are request rules (they need only the caller); the model scope
-needs the body, so `proxy_app.inspection` calls `check_model_scope` once it
-has read the body's fields.
+Each check refuses before anything is forwarded. The relay view
+(proxy_app.views.RelayView) lists them as DRF permissions and a throttle, in the
+order they run: FamilyInScope and WithinBudget need only the caller;
+ModelInScope and CostReserved judge the body the BodyReadable permission
+inspected (proxy_app.inspection.Body); KeyRateLimit runs last, so only admitted
+requests count. WebSocket sessions call the same functions for every event.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from decimal import Decimal
 import requests
 from django.core.cache import cache
 
+from rest_framework.permissions import BasePermission
+from rest_framework.throttling import BaseThrottle
+
 from audit_app import budgets
 from audit_app.recorder import CallContext
 
@@ -24,7 +29,6 @@ from audit_app import operations
 from relay_project.lib import upstream
 from .errors import PolicyDenied, RelayError
 from .paths import ApiPath, family_hint
-from .policy import REQUEST_RULES
 
 class BudgetExceeded(RelayError):
     status_code = 429
@@ -39,6 +43,29 @@ class RateLimited(RelayError):
 
 
 # --- scopes -----------------------------------------------------------------
+
+
+class FamilyInScope(BasePermission):
+    """The key's allowed_families include the path's endpoint family (403)."""
+
+    def has_permission(self, request, view) -> bool:
+        check_family_scope(view.api_path, view.forwarded.method, view.ctx)
+        return True
+
+
+class ModelInScope(BasePermission):
+    """The body's model (and a new batch's input file's models) are ones the key may use (400/403).
+
+    Judges the body BodyReadable read (proxy_app.inspection.Body); a body the relay
+    cannot read the way upstream will is refused for a key with a model scope.
+    """
+
+    def has_permission(self, request, view) -> bool:
+        body = view.body
+        if body.check_scope:
+            check_model_scope(view.ctx, view.api_path, view.forwarded.method, body.fields,
+                              takes_model=body.takes_model, unreadable=body.unreadable)
+        return True
 
 
 def check_family_scope(api_path: ApiPath, method: str, ctx: CallContext) -> None:
@@ -178,6 +205,29 @@ def _jsonl_lines(chunks) -> Iterator[bytes | None]:
 # Reservations, settlement and the bound: audit_app.budgets and docs/prices.md.
 
 
+class WithinBudget(BasePermission):
+    """Spend alone has not filled the key's, its owner's or its team's monthly budget (429).
+
+    Before the body is read; whether this call fits beside the calls in progress is
+    CostReserved's question.
+    """
+
+    def has_permission(self, request, view) -> bool:
+        check_budgets(view.api_path, view.forwarded.method, view.ctx)
+        return True
+
+
+class CostReserved(BasePermission):
+    """The call's estimated cost, from the body's fields, is reserved against every budget
+    over it (403 when it cannot be priced or is unbounded work, 429 when it does not fit)."""
+
+    def has_permission(self, request, view) -> bool:
+        body = view.body
+        if body.reserve:
+            reserve_budget(view.ctx, view.api_path, view.forwarded.method, body.fields, body.size)
+        return True
+
+
 def month_spend(*, key_id: int | None = None, user_id: int | None = None, team_id: int | None = None) -> Decimal:
     """USD counted against a key's, a user's or a team's budget this calendar month (priced
     cost plus the holds of calls whose cost is unknown), from the daily rollups."""
@@ -275,6 +325,19 @@ def reserve_budget(ctx: CallContext, api_path: ApiPath, method: str, fields: dic
 # --- rate limits -----------------------------------------------------------------
 
 
+class KeyRateLimit(BaseThrottle):
+    """The key's requests_per_minute (429 with Retry-After), last of the view's rules.
+
+    Refuses by raising the relay's own RateLimited rather than returning False:
+    DRF's Throttled would answer with its own message, and the client should read
+    which limit it hit and when to retry, in OpenAI's shape.
+    """
+
+    def allow_request(self, request, view) -> bool:
+        check_rate_limit(view.api_path, view.forwarded.method, view.ctx)
+        return True
+
+
 # The minute is counted in buckets of this many seconds; a request is admitted
 # when the bucket it falls in and the 11 before it hold fewer than the limit.
 BUCKET_SECONDS = 5
@@ -290,8 +353,9 @@ def check_rate_limit(api_path: ApiPath, method: str, ctx: CallContext) -> None:
     refused; never less than 55 seconds, so no 55 seconds hold more than the
     limit. A fixed per-minute window would let a key send its whole limit at
     0:59 and again at 1:00. Refused requests are not counted: this check runs
-    after every other one (path, scopes, budget, the body's model), so a request
-    refused for any reason never spends the allowance.
+    after every other one (KeyRateLimit is the view's only throttle, and DRF runs
+    throttles after every permission: path, scopes, budget, the body's model), so a
+    request refused for any reason never spends the allowance.
     """
     key = ctx.key
     if key is None or not key.requests_per_minute:
@@ -339,8 +403,3 @@ def _seconds_until_admitted(limit: int, counts: list[int], into: float) -> int:
         remaining -= counts[steps]
         steps += 1
     return max(1, math.ceil(steps * BUCKET_SECONDS - into))
-
-
-# The rate limit is not among these: it runs last of all, after the body's checks
-# (proxy_app.pipeline.forward), so that only admitted requests spend the allowance.
-REQUEST_RULES.extend([check_family_scope, check_budgets])

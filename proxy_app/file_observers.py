@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 import requests
-
+from rest_framework.permissions import BasePermission
 
 from audit_app import batch_records, file_records
 from audit_app.models import FileOrigin, FileRecord
@@ -21,9 +21,9 @@ from audit_app.recorder import CallContext
 
 from relay_project.lib import upstream
 from .errors import PolicyDenied, UpstreamUnreachable
-from .observers import FAMILY_OBSERVERS, Observer
+from .observers import Observer
 from .paths import ApiPath
-from .policy import REQUEST_RULES, media_type
+from .policy import media_type
 
 log = logging.getLogger(__name__)
 _LIMIT = 1024 * 1024  # file, upload and batch objects are a few hundred bytes; lists a few MB at most
@@ -156,6 +156,15 @@ class PurposeUnknown(UpstreamUnreachable):
                       "whether its content may be downloaded. Try again later.")
 
 
+class NoUserDataFiles(BasePermission):
+    """The content of a file with purpose `user_data` (personal files) is never downloaded
+    through the relay (403); when its purpose cannot be looked up, refused too (502)."""
+
+    def has_permission(self, request, view) -> bool:
+        refuse_user_data_content(view.api_path, view.forwarded.method, view.ctx)
+        return True
+
+
 def refuse_user_data_content(api_path: ApiPath, method: str, ctx: CallContext) -> None:
     match = _CONTENT.match(api_path.path)
     if method == "GET" and match and purpose_of(match.group(1)) == "user_data":
@@ -163,7 +172,3 @@ def refuse_user_data_content(api_path: ApiPath, method: str, ctx: CallContext) -
             "The content of files with purpose 'user_data' cannot be downloaded through the relay.",
             code="user_data_content",
         )
-
-
-REQUEST_RULES.append(refuse_user_data_content)
-FAMILY_OBSERVERS.append(file_observers)

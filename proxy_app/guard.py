@@ -25,8 +25,8 @@ class TooManyFailedAuthentications(RelayError):
     status_code = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
-    # Not written to the audit: the point is that a flood of bad keys costs no rows.
-    audited = True
+    # Not written to the audit (RelayView.handle_exception): the point is that a flood
+    # of bad keys costs no rows.
 
     @classmethod
     def now(cls) -> "TooManyFailedAuthentications":

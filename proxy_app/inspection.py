@@ -1,5 +1,12 @@
 """Looking into a request body before it is forwarded, when something depends on it.
 
+The view's `BodyReadable` permission inspects the body once per call; the result,
+a `Body`, is what the later permissions (ModelInScope, CostReserved) judge, what
+the pipeline forwards, and what the observers read their fields from: a body the
+relay parsed is not parsed again (a small chat request used to be parsed three
+times: here, by observers.RequestFields' sniffer, and by the include_usage rewrite).
+
+- The framing first: Content-Length, size and content type (400/413/415).
 - JSON bodies up to RELAY_INSPECT_MAX_BYTES are read and must parse as an
   object: a malformed request is refused here and never reaches OpenAI.
 - Keys limited to some models need the body's model before anything is sent:
@@ -19,15 +26,17 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-from typing import BinaryIO
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 from django.conf import settings
-
-from audit_app.recorder import CallContext
+from django.http import HttpRequest
+from rest_framework.permissions import BasePermission
 
 from audit_app import budgets
+from audit_app.recorder import CallContext, release_connection
 
-from . import access, bodyread
+from . import access, bodyread, policy
 from .errors import BodyTooLarge, RelayError
 from .model_endpoints import model_field
 from .paths import ApiPath
@@ -43,43 +52,116 @@ class InvalidBody(RelayError):
     default_code = "invalid_body"
 
 
-def inspect_body(ctx: CallContext, api_path: ApiPath, method: str, content_type: str,
-                 source: BinaryIO | None, length: int | None) -> tuple[BinaryIO | None, int | None]:
-    """Refuse a body that is malformed or outside the key's scope; return what to forward."""
+@dataclass(slots=True)
+class Body:
+    """A request body as the policy read it: what to forward, and what it said.
+
+    - `source`, `length`: what the pipeline forwards (the client's stream, or the
+      relay's copy when `held`: read whole, or spooled);
+    - `raw`, `document`: a JSON body read whole, and the object it parsed to
+      (`duplicates`: some object in it repeats a key; json.loads kept the last);
+    - `fields`: what the key's scopes and budget judge (the document, the fields a
+      sniffer picked out of a spooled body, or nothing);
+    - `check_scope`, `reserve`: whether the model scope and the budget reservation
+      look at this body at all, `takes_model` and `unreadable` what they need.
+    """
+
+    source: BinaryIO | None = None
+    length: int | None = None
+    content_type: str = ""
+    held: bool = False
+    raw: bytes | None = None
+    document: dict | None = None
+    duplicates: bool = False
+    fields: dict = field(default_factory=dict)
+    check_scope: bool = False
+    reserve: bool = False
+    takes_model: str | None = None
+    unreadable: str | None = None
+    size: int | None = None
+
+    def discard(self) -> None:
+        """The call was refused after its body was read: let the relay's copy go (never the client's stream)."""
+        if self.held and self.source is not None:
+            self.source.close()
+
+
+# A WebSocket upgrade (and any call the body rules do not look at): nothing to check.
+NO_BODY = Body()
+
+
+class BodyReadable(BasePermission):
+    """The body's framing, size and type, then (when something depends on it) its JSON
+    or form fields: 400 (malformed), 408 (stalled), 413 (too large), 415 (type).
+
+    Reads the body once, here (`RelayView.body`); what it read is a `Body` that
+    ModelInScope, CostReserved, the pipeline and the observers share.
+    """
+
+    def has_permission(self, request, view) -> bool:
+        view.body  # noqa: B018  (inspected once, cached on the view)
+        return True
+
+
+def inspect(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Body:
+    """Refuse a body the relay cannot take; return what it read and what to forward."""
+    source, length, chunked = _body_framing(request)
+    content_type = request.META.get("CONTENT_TYPE", "")
+    policy.check_body(content_type, length, chunked)
+    if source is not None:
+        # No database connection is held while a body streams in: a client may
+        # take its time, and ten slow ones used to hold ten pooled connections.
+        # Giving one back and taking it again costs ~0.15 ms on SQLite (measured
+        # on the shared 2-core machine), nothing when none was open (a key from
+        # the key cache, rate counters in Redis).
+        release_connection()
     kind = media_type(content_type)
     if kind == "multipart/form-data" and not boundary_of(content_type):
         raise InvalidBody("A multipart/form-data body needs one boundary in its Content-Type.")
     scoped = access.has_model_scope(ctx)
+    method = request.method
     takes_model = model_field(api_path.path, method) if scoped else None
     if source is None:
-        access.check_model_scope(ctx, api_path, method, {}, takes_model=takes_model)
-        return source, length
+        return Body(None, length, content_type, check_scope=True, takes_model=takes_model)
     as_json = kind == "application/json" or (takes_model is not None and kind != "multipart/form-data")
     if as_json and length is not None and length <= settings.RELAY_INSPECT_MAX_BYTES:
         raw = bodyread.read_exactly(source, length)
-        fields = _json_object(raw, strict=scoped)
-        access.check_model_scope(ctx, api_path, method, fields, takes_model=takes_model)
-        access.reserve_budget(ctx, api_path, method, fields, len(raw))
-        return io.BytesIO(raw), len(raw)
+        document, duplicates = _json_object(raw, strict=scoped)
+        return Body(io.BytesIO(raw), len(raw), content_type, held=True, raw=raw, document=document,
+                    duplicates=duplicates, fields=document, check_scope=True, reserve=True,
+                    takes_model=takes_model, size=len(raw))
     # A budget needs the model (and output limits) too, to reserve the call's cost.
     if not scoped and not budgets.applies(ctx.key, ctx.user):
-        return source, length
+        return Body(source, length, content_type)
     if as_json:
         sniffer: JsonFieldSniffer | MultipartFieldSniffer = JsonFieldSniffer(_FIELDS | budgets.ESTIMATE_FIELDS)
     elif kind == "multipart/form-data":
         sniffer = MultipartFieldSniffer(boundary_of(content_type) or "", budgets.ESTIMATE_FIELDS)
     else:
-        access.reserve_budget(ctx, api_path, method, {}, length)  # refused: no model to price it by
-        return source, length
+        # Reserved with no fields: refused, there is no model to price it by.
+        return Body(source, length, content_type, reserve=True, size=length)
     spool, total = _spool(source, sniffer)
+    return Body(spool, total, content_type, held=True, fields=sniffer.values, check_scope=True, reserve=True,
+                takes_model=takes_model, unreadable=_unreadable(sniffer), size=total)
+
+
+def _body_framing(request: HttpRequest) -> tuple[BinaryIO | None, int | None, bool]:
+    meta = request.META
+    chunked = "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower()
+    raw_length = meta.get("CONTENT_LENGTH") or ""
     try:
-        access.check_model_scope(ctx, api_path, method, sniffer.values, takes_model=takes_model,
-                                 unreadable=_unreadable(sniffer))
-        access.reserve_budget(ctx, api_path, method, sniffer.values, total)
-    except RelayError:
-        spool.close()
-        raise
-    return spool, total
+        length = int(raw_length) if raw_length else None
+    except ValueError:
+        raise RelayError("Content-Length is not a number.", code="invalid_content_length") from None
+    if length is not None and length < 0:
+        raise RelayError("Content-Length is negative.", code="invalid_content_length")
+    if chunked:
+        # Django only reads up to Content-Length; a chunked body comes straight
+        # from the server's (already de-chunked) input stream.
+        return meta["wsgi.input"], None, True
+    if length:
+        return request, length, False
+    return None, None, False
 
 
 def _unreadable(sniffer: JsonFieldSniffer | MultipartFieldSniffer) -> str | None:
@@ -97,13 +179,23 @@ def _unreadable(sniffer: JsonFieldSniffer | MultipartFieldSniffer) -> str | None
     return None
 
 
-def _json_object(raw: bytes, *, strict: bool = False) -> dict:
-    """The body as a JSON object, or a 400.
+def _json_object(raw: bytes, *, strict: bool = False) -> tuple[dict, bool]:
+    """The body as a JSON object, or a 400; and whether any object in it repeats a key.
 
     `strict` (keys with a model scope): UTF-8 without a byte-order mark, which
     `json.loads` on bytes would otherwise accept along with UTF-16 and UTF-32.
-    Duplicated keys keep their last value, as upstream reads them.
+    Duplicated keys keep their last value, as upstream reads them; that there were
+    any is noted, because the observers' field reader keeps another (see
+    relay_project.lib.sniff.JsonFieldSniffer.take).
     """
+    repeated: list[bool] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            repeated.append(True)
+        return obj
+
     try:
         if strict:
             if raw.startswith(_BOM):
@@ -111,7 +203,7 @@ def _json_object(raw: bytes, *, strict: bool = False) -> dict:
             text: str | bytes = raw.decode("utf-8")
         else:
             text = raw
-        body = json.loads(text)
+        body = json.loads(text, object_pairs_hook=pairs_hook)
     except RecursionError:
         raise InvalidBody("The JSON body is nested too deeply for the relay to read.") from None
     except ValueError as exc:
@@ -121,7 +213,7 @@ def _json_object(raw: bytes, *, strict: bool = False) -> dict:
         ) from None
     if not isinstance(body, dict):
         raise InvalidBody(f"The JSON body must be an object, not {type(body).__name__}.")
-    return body
+    return body, bool(repeated)
 
 
 def _spool(source: BinaryIO, sniffer: JsonFieldSniffer | MultipartFieldSniffer):

@@ -18,7 +18,7 @@ from audit_app import jobs
 from audit_app.recorder import CallContext
 
 from .file_observers import JsonObjectObserver
-from .observers import FAMILY_OBSERVERS, Observer
+from .observers import Observer
 from .paths import ApiPath
 from .policy import media_type
 from relay_project.lib.sniff import JsonFieldSniffer
@@ -183,6 +183,3 @@ _ROUTES: list[tuple[str, re.Pattern[str], Any]] = [
 
 def job_observers(api_path: ApiPath, method: str, ctx: CallContext) -> list[Observer]:
     return [make(ctx) for m, pattern, make in _ROUTES if m == method and pattern.match(api_path.path)]
-
-
-FAMILY_OBSERVERS.append(job_observers)

@@ -21,12 +21,10 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from django.conf import settings
 
-from audit_app.recorder import CallContext
 from audit_app.usage import OutputItemCounter, Usage, image_variant
 
 from audit_app.operations import generates
@@ -34,6 +32,9 @@ from .paths import ApiPath
 from .policy import media_type
 from relay_project.lib.sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
 from .sse import ChatUsageStripper, SseUsageScanner
+
+if TYPE_CHECKING:
+    from .inspection import Body
 
 _REQUEST_FIELDS = frozenset({"model", "stream", "n"})
 # What per-image prices (dall-e) depend on.
@@ -77,9 +78,15 @@ class Observer:
 
 
 class RequestFields(Observer):
-    """`model`, `stream` and billing hints from a JSON body or multipart form fields."""
+    """`model`, `stream` and billing hints from a JSON body or multipart form fields.
 
-    def __init__(self, api_path: ApiPath, content_type: str, generating: bool = True) -> None:
+    A JSON body the policy already parsed (inspection.Body.document) is read from
+    that object, not sniffed again as it streams up; only a body nobody read (a
+    large one, a form) is sniffed on its way.
+    """
+
+    def __init__(self, api_path: ApiPath, body: "Body", generating: bool = True) -> None:
+        content_type = body.content_type
         kind = media_type(content_type)
         self.speech = generating and api_path.path == "/v1/audio/speech"
         self.images = generating and api_path.family == "images"
@@ -88,14 +95,18 @@ class RequestFields(Observer):
         if kind == "application/json":
             wanted = wanted | {"input"} if self.speech else wanted
             self.sniffer = JsonFieldSniffer(wanted, limits={"input": _SPEECH_INPUT_LIMIT})
+            if body.document is not None:
+                self.sniffer.take(body.document, body.raw, duplicates=body.duplicates)
         elif kind == "multipart/form-data" and api_path.family not in _FORMS_WITHOUT_FIELDS \
                 and (boundary := boundary_of(content_type)):
             self.sniffer = MultipartFieldSniffer(boundary, wanted)
+        # Sniffed on the way up only when the policy did not parse the body already.
+        self.sniffing = self.sniffer is not None and not (kind == "application/json" and body.document is not None)
         self.is_event_stream = False
         self.status = 0
 
     def on_request_chunk(self, chunk: bytes) -> None:
-        if self.sniffer is not None:
+        if self.sniffing:
             self.sniffer.feed(chunk)
 
     def on_response_start(self, status: int, headers: Any) -> None:
@@ -177,21 +188,35 @@ class ChatStreamUsage(Observer):
     would have got directly. Bodies up to RELAY_REWRITE_MAX_BYTES with a known
     length are read and rewritten at once; longer or chunked ones go through
     `IncludeUsageSplice`, which streams them and appends the option at the end,
-    holding back only the closing brace.
+    holding back only the closing brace. Either works from the object the policy
+    parsed (inspection.Body.document) when it parsed the body, rather than
+    parsing or scanning it again.
     """
 
     transforms = True
 
-    def __init__(self) -> None:
+    def __init__(self, body: "Body | None" = None) -> None:
+        self.body = body
         self.stripper: ChatUsageStripper | None = None
         self.splice: IncludeUsageSplice | None = None
 
     def rewrite_request(self, source: BinaryIO, length: int | None) -> tuple[BinaryIO, int | None]:
+        body = self.body
+        # The parsed object describes these bytes only if nothing has replaced them since.
+        parsed = body is not None and body.document is not None and source is body.source
         if length is None or length > settings.RELAY_REWRITE_MAX_BYTES:
-            self.splice = IncludeUsageSplice(source, length)
+            decided = None
+            if parsed and not body.duplicates:
+                document = body.document
+                decided = document.get("stream") is True and "stream_options" not in document
+            self.splice = IncludeUsageSplice(source, length, needed=decided)
             return self.splice, None  # its length is known only at its end: sent chunked
-        raw = source.read(length)
-        rewritten = _with_include_usage(raw)
+        if parsed:
+            raw = body.raw
+            rewritten = _with_include_usage(raw, body.document)
+        else:
+            raw = source.read(length)
+            rewritten = _with_include_usage(raw)
         if rewritten is not None:
             raw = rewritten
             self.stripper = ChatUsageStripper()
@@ -254,12 +279,17 @@ class IncludeUsageSplice:
     the call ends up `unknown`, never $0.
 
     Held at any time: the closing brace and the blanks after it.
+
+    `needed`: whether the option is to be added, when the caller already knows from
+    the parsed body (an object without duplicated keys); the body is then not scanned.
     """
 
-    def __init__(self, source: BinaryIO, length: int | None) -> None:
+    def __init__(self, source: BinaryIO, length: int | None, needed: bool | None = None) -> None:
         self.source = source
         self.remaining = length
-        self.sniffer = _KeysSniffer(frozenset({"stream", "stream_options"}), frozenset({"stream_options"}))
+        self.needed = needed
+        self.sniffer = _KeysSniffer(frozenset({"stream", "stream_options"}), frozenset({"stream_options"})) \
+            if needed is None else None
         self.held = b""
         self.spliced = False
         self.ended = False
@@ -274,7 +304,8 @@ class IncludeUsageSplice:
                 return self._end()
             if self.remaining is not None:
                 self.remaining -= len(chunk)
-            self.sniffer.feed(chunk)
+            if self.sniffer is not None:
+                self.sniffer.feed(chunk)
             data = self.held + chunk
             # The closing brace and the blanks after it, if the data ends so (looked for in
             # the last 64 KiB only: what is held stays bounded).
@@ -287,21 +318,30 @@ class IncludeUsageSplice:
 
     def _end(self) -> bytes:
         held, self.held = self.held, b""
-        values = self.sniffer.values
-        complete = self.sniffer.is_object and self.sniffer._depth == 0 and not self.sniffer._in_string
-        if (held.startswith(b"}") and complete and values.get("stream") is True
-                and "stream_options" not in values and "stream_options" not in self.sniffer.keys):
+        if held.startswith(b"}") and self._needed():
             self.spliced = True
             return _SPLICE + held
         return held
 
+    def _needed(self) -> bool:
+        if self.needed is not None:
+            return self.needed
+        values = self.sniffer.values
+        complete = self.sniffer.is_object and self.sniffer._depth == 0 and not self.sniffer._in_string
+        return bool(complete and values.get("stream") is True
+                    and "stream_options" not in values and "stream_options" not in self.sniffer.keys)
 
-def _with_include_usage(raw: bytes) -> bytes | None:
-    """The body with include_usage turned on, or None if it needs no change."""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None  # upstream will say what is wrong with it
+
+def _with_include_usage(raw: bytes, body: Any = None) -> bytes | None:
+    """The body with include_usage turned on, or None if it needs no change.
+
+    `body`: `raw` already parsed (json.loads' reading), when the policy parsed it.
+    """
+    if body is None:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return None  # upstream will say what is wrong with it
     if not isinstance(body, dict) or body.get("stream") is not True:
         return None
     options = body.get("stream_options")
@@ -313,7 +353,7 @@ def _with_include_usage(raw: bytes) -> bytes | None:
         return raw[:start] + b'"stream_options":{"include_usage":true},' + raw[start:]
     if not isinstance(options, dict):
         return None
-    body["stream_options"] = {**options, "include_usage": True}
+    body = {**body, "stream_options": {**options, "include_usage": True}}  # the parsed object stays as read
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -343,22 +383,17 @@ class UpstreamError(Observer):
         return {"error": f"upstream {self.status}: {message}"}
 
 
-# Families register more observers here (see proxy_app.file_observers).
-FAMILY_OBSERVERS: list[Callable[[ApiPath, str, CallContext], list[Observer]]] = []
-
-
-def observers_for(api_path: ApiPath, method: str, content_type: str, ctx: CallContext) -> list[Observer]:
+def observers_for(api_path: ApiPath, method: str, body: "Body") -> list[Observer]:
+    """The observers every call gets; the families' own follow (pipeline.FAMILY_OBSERVERS)."""
     generating = generates(method, api_path.path)
-    observers: list[Observer] = [RequestFields(api_path, content_type, generating)]
+    observers: list[Observer] = [RequestFields(api_path, body, generating)]
     # Off only to measure what scanning costs (bench/scan_overhead.py). Only a call
     # that generates has usage of its own: a read's `usage` is an echo (operations.py).
     if settings.RELAY_SCAN_RESPONSES and generating:
         if method == "POST" and api_path.path in ("/v1/chat/completions", "/v1/completions") \
-                and media_type(content_type) == "application/json":
-            observers.append(ChatStreamUsage())
+                and media_type(body.content_type) == "application/json":
+            observers.append(ChatStreamUsage(body))
         observers.append(ResponseUsage(output=_OUTPUT_MODALITY.get(api_path.family, "text")
                                        if api_path.path != "/v1/audio/speech" else "audio"))
     observers.append(UpstreamError())
-    for extra in FAMILY_OBSERVERS:
-        observers += extra(api_path, method, ctx)
     return observers

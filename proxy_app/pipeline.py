@@ -3,15 +3,16 @@
 authenticate -> policy -> open the audit row -> forward -> pass the response
 through while observers watch it -> close the audit row.
 
-Authentication and path policy run in the DRF view; this module does the rest.
-Bodies move in chunks both ways: nothing here holds a whole body.
+Authentication and the whole request policy (the body's checks and the rate
+limit too) run in the DRF view, proxy_app.views.RelayView; this module does the
+rest, with the call's audit owner (proxy_app.call_audit.CallAudit) opening and
+closing its row. Bodies move in chunks both ways: nothing here holds a whole
+body (beyond the small one the policy may have read: inspection.Body).
 """
 from __future__ import annotations
 
 import errno
-import io
 import logging
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -19,20 +20,20 @@ from typing import Any, BinaryIO
 import requests
 import urllib3
 from django.conf import settings
-from django.db import DatabaseError
 from django.http import HttpRequest, StreamingHttpResponse
 
 from audit_app.models import Outcome
-from audit_app.recorder import AUDIT_WRITE_FAILED, CallContext, close_call, open_call, release_connection
+from audit_app.recorder import CallContext, release_connection
 
 from . import headers as header_rules
 from audit_app import operations
 from relay_project.lib import upstream
 
-from . import access, bodyread, policy, telemetry
+from . import bodyread, file_observers, job_observers, realtime_http, telemetry
 from .bodyread import BodyTimeout
-from .errors import AuditUnavailable, BodyTooLarge, RelayError, UpstreamTimeout, UpstreamUnreachable
-from .inspection import inspect_body
+from .call_audit import CallAudit
+from .errors import BodyTooLarge, RelayError, UpstreamTimeout, UpstreamUnreachable
+from .inspection import Body
 from .observers import Observer, observers_for
 from .paths import ApiPath
 from .realtime_http import location as realtime_location
@@ -105,13 +106,14 @@ class RelayedBody:
     """Upstream's response body on its way to the client.
 
     Django calls `close()` when the response is done, normally or not; that is
-    where the audit row is completed and the upstream connection let go.
+    where the call's audit owner finishes the row and the upstream connection is let go.
     """
 
-    def __init__(self, call_id: int, ctx: CallContext, resp: requests.Response,
+    def __init__(self, audit: CallAudit, resp: requests.Response,
                  body: RequestBody | None, observers: list[Observer]) -> None:
-        self.call_id = call_id
-        self.ctx = ctx
+        self.audit = audit
+        self.call_id = audit.call_id
+        self.ctx = audit.ctx
         self.resp = resp
         self.body = body
         self.observers = observers
@@ -190,64 +192,28 @@ class RelayedBody:
                     log.exception("observer %s failed on call %s", type(observer).__name__, self.call_id)
         upstream_request_id = self.resp.headers.get("x-request-id", "")[:128]
         bytes_in = self.body.bytes_read if self.body else 0
-        close_call(
-            self.call_id, self.ctx, outcome=outcome, status=status, upstream_status=status,
+        self.audit.finish(
+            outcome=outcome, status=status, upstream_status=status,
             upstream_request_id=upstream_request_id, bytes_in=bytes_in, bytes_out=self.bytes_out,
             billed=billed, **fields, **({"error": error} if error else {}),
+            telemetry_fields={"model": fields.get("model"), "upstream_request_id": upstream_request_id,
+                              "error": error or fields.get("error")},
         )
-        telemetry.call_finished(self.ctx, status=status, outcome=outcome, bytes_in=bytes_in,
-                                bytes_out=self.bytes_out, model=fields.get("model"),
-                                upstream_request_id=upstream_request_id, error=error or fields.get("error"))
 
 
-def _body_framing(request: HttpRequest) -> tuple[BinaryIO | None, int | None, bool]:
-    meta = request.META
-    chunked = "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower()
-    raw_length = meta.get("CONTENT_LENGTH") or ""
-    try:
-        length = int(raw_length) if raw_length else None
-    except ValueError:
-        raise RelayError("Content-Length is not a number.", code="invalid_content_length") from None
-    if length is not None and length < 0:
-        raise RelayError("Content-Length is negative.", code="invalid_content_length")
-    if chunked:
-        # Django only reads up to Content-Length; a chunked body comes straight
-        # from the server's (already de-chunked) input stream.
-        return meta["wsgi.input"], None, True
-    if length:
-        return request, length, False
-    return None, None, False
+def forward(request: HttpRequest, api_path: ApiPath, audit: CallAudit, inspected: Body) -> StreamingHttpResponse:
+    """Open the row, send the call upstream and start relaying its answer.
 
-
-def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> StreamingHttpResponse:
-    source, length, chunked = _body_framing(request)
-    content_type = request.META.get("CONTENT_TYPE", "")
-    policy.check_body(content_type, length, chunked)
-    if source is not None:
-        # No database connection is held while a body streams in: a client may
-        # take its time, and ten slow ones used to hold ten pooled connections.
-        # Giving one back and taking it again costs ~0.15 ms on SQLite (measured
-        # on the shared 2-core machine), nothing when none was open (a key from
-        # the key cache, rate counters in Redis).
-        release_connection()
-    source, length = inspect_body(ctx, api_path, request.method, content_type, source, length)
-    try:
-        access.check_rate_limit(api_path, request.method, ctx)  # last: only admitted requests count
-    except RelayError:
-        if isinstance(source, (io.BytesIO, tempfile.SpooledTemporaryFile)):
-            source.close()  # the inspected body's copy, never the client's stream
-        raise
-    observers = observers_for(api_path, request.method, content_type, ctx)
-
-    try:
-        call_id = open_call(ctx)
-    except DatabaseError:
-        AUDIT_WRITE_FAILED.send(sender=None)
-        log.exception("audit: cannot open a row; refusing to forward")
-        raise AuditUnavailable() from None
-
+    Every rule has passed by now (RelayView's permissions and throttle); `inspected`
+    is the body as the policy read it, forwarded from there (its copy when it was
+    read, else the client's stream) and read by the observers.
+    """
+    ctx = audit.ctx
+    observers = _observers(api_path, request.method, inspected, ctx)
+    source, length = inspected.source, inspected.length
+    audit.open()  # 503 when the row cannot be written: nothing goes upstream unaudited
     body = None
-    if source is not None and not isinstance(source, (io.BytesIO, tempfile.SpooledTemporaryFile)):
+    if source is not None and not inspected.held:
         release_connection()  # again, while the client's body streams upstream; close_call takes one back
     try:
         if source is not None:
@@ -259,24 +225,19 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     except Exception as exc:
         relay_exc = body.error if body is not None and body.error else _map_send_error(exc)
         error = relay_exc.message if isinstance(relay_exc, RelayError) else type(exc).__name__
-        status = getattr(relay_exc, "status_code", 500)
-        outcome = Outcome.REJECTED if status < 500 else Outcome.FAILED
         # Sent but never answered: upstream may have generated (and billed) all the same.
         billed = operations.billed_on_call(ctx.method, ctx.path) and isinstance(exc, requests.exceptions.ReadTimeout)
-        close_call(
-            call_id, ctx, outcome=outcome, status=status, error=error,
+        audit.fail(
+            status=getattr(relay_exc, "status_code", 500), error=error,
             bytes_in=body.bytes_read if body else 0, billed=billed,
             **{k: v for k, v in collect_fields(observers).items() if k not in ("error", "billed")},
         )
-        telemetry.call_finished(ctx, status=status, outcome=outcome, bytes_in=body.bytes_read if body else 0,
-                                error=error)
-        relay_exc.audited = True  # type: ignore[attr-defined]
-        raise relay_exc from None
+        raise relay_exc from None  # the view's reject() finds the row closed: nothing written twice
     telemetry.upstream_answered(ctx)
 
     for observer in observers:
         observer.on_response_start(resp.status_code, resp.headers)
-    relayed = RelayedBody(call_id, ctx, resp, body, observers)
+    relayed = RelayedBody(audit, resp, body, observers)
     response = StreamingHttpResponse(relayed, status=resp.status_code)
     # Django sets a default content type; upstream's (or none) is what counts.
     del response["Content-Type"]
@@ -293,6 +254,19 @@ def forward(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Stream
     if relayed.is_sse or not content_length.isdigit() or int(content_length) > _SHORT_RESPONSE:
         release_connection()
     return response
+
+
+# What each endpoint family adds to every call's observers, after the common ones
+# (observers.observers_for), in this order. Each picks its own paths.
+FAMILY_OBSERVERS = (file_observers.file_observers, job_observers.job_observers,
+                    realtime_http.realtime_observers)
+
+
+def _observers(api_path: ApiPath, method: str, inspected: Body, ctx: CallContext) -> list[Observer]:
+    observers = observers_for(api_path, method, inspected)
+    for family in FAMILY_OBSERVERS:
+        observers += family(api_path, method, ctx)
+    return observers
 
 
 def _send(request: HttpRequest, api_path: ApiPath, body: RequestBody | None, project: str) -> requests.Response:

@@ -1,16 +1,13 @@
-"""What the relay refuses before anything goes upstream."""
+"""What the relay refuses before anything goes upstream, whoever asks: blocked paths
+and body types. (The rules that depend on the caller live with what they guard:
+access.py for scopes, budgets and rate limits; the relay view lists them all.)"""
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 from django.conf import settings
+from rest_framework.permissions import BasePermission
 
 from .errors import BodyTooLarge, PolicyDenied, UnsupportedMediaType
 from .paths import ApiPath
-
-if TYPE_CHECKING:
-    from audit_app.recorder import CallContext
 
 # Body types the OpenAI API takes; anything else is a client mistake or a probe.
 ALLOWED_BODY_TYPES = frozenset(
@@ -25,6 +22,19 @@ ALLOWED_BODY_TYPES = frozenset(
 )
 
 
+class PathAllowed(BasePermission):
+    """The call's path, inside the /v1/proxy envelope if it came in one, is valid (400)
+    and outside RELAY_BLOCKED_PATH_PREFIXES (403).
+
+    Reading `view.api_path` is what opens the envelope and parses the path
+    (RelayView.forwarded, RelayView.api_path), once, after authentication.
+    """
+
+    def has_permission(self, request, view) -> bool:
+        check_path(view.api_path)
+        return True
+
+
 def check_path(api_path: ApiPath) -> None:
     for prefix in settings.RELAY_BLOCKED_PATH_PREFIXES:
         if api_path.starts_with(prefix):
@@ -32,17 +42,6 @@ def check_path(api_path: ApiPath) -> None:
                 f"The relay's policy blocks {prefix} (rule: RELAY_BLOCKED_PATH_PREFIXES).",
                 code="blocked_path",
             )
-
-
-# Rules that need the caller or the database (scopes, file access): each takes
-# the path, the method and the call's context and raises a RelayError to refuse.
-RequestRule = Callable[[ApiPath, str, "CallContext"], None]
-REQUEST_RULES: list[RequestRule] = []
-
-
-def check_request(api_path: ApiPath, method: str, ctx: "CallContext") -> None:
-    for rule in REQUEST_RULES:
-        rule(api_path, method, ctx)
 
 
 def check_body(content_type: str, content_length: int | None, chunked: bool) -> None:

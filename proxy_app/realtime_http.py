@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.utils import timezone
+from rest_framework.permissions import BasePermission
 
 from audit_app import pricing
 from audit_app.models import Billing
@@ -39,9 +40,8 @@ from audit_app.recorder import CallContext
 
 from . import access
 from .errors import PolicyDenied, RelayError
-from .observers import FAMILY_OBSERVERS, Observer
+from .observers import Observer
 from .paths import ApiPath
-from .policy import REQUEST_RULES
 
 CLIENT_SECRETS = "/v1/realtime/client_secrets"
 CALLS = "/v1/realtime/calls"
@@ -51,6 +51,17 @@ _CALL_CONTROL = re.compile(r"^/v1/realtime/calls/[^/]+/(hangup|reject)$")
 
 def _limited(ctx: CallContext) -> bool:
     return access.is_limited(ctx)
+
+
+class RealtimeCallAllowed(BasePermission):
+    """A key limited to some models or by a budget starts no Realtime session whose model
+    the relay cannot check (403): no SDP offer, no POST under /v1/realtime but minting a
+    client secret (with a body naming its session) or ending a call."""
+
+    def has_permission(self, request, view) -> bool:
+        check_realtime_call(view.api_path, view.forwarded.method, view.ctx)
+        check_has_body(view.forwarded, view.api_path, view.ctx)
+        return True
 
 
 def check_realtime_call(api_path: ApiPath, method: str, ctx: CallContext) -> None:
@@ -173,7 +184,3 @@ def location(value: str) -> str | None:
         if base.path and path.startswith(base.path.rstrip("/") + "/"):
             path = "/v1" + path[len(base.path.rstrip("/")):]
     return path if path.startswith(CALLS + "/") else None
-
-
-REQUEST_RULES.append(check_realtime_call)
-FAMILY_OBSERVERS.append(realtime_observers)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from functools import cached_property
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -12,10 +13,16 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from audit_app.recorder import CallContext, record_rejected, release_connection
+from audit_app.recorder import CallContext, release_connection
 
-from . import access, actions_schema, envelope, guard, paths, pipeline, policy, realtime_http, telemetry, websocket
+from . import actions_schema, envelope, guard, inspection, paths, pipeline, websocket
+from .access import CostReserved, FamilyInScope, KeyRateLimit, ModelInScope, WithinBudget
 from .auth import HasRelayKey
+from .call_audit import CallAudit
+from .file_observers import NoUserDataFiles
+from .inspection import BodyReadable
+from .policy import PathAllowed
+from .realtime_http import RealtimeCallAllowed
 from .errors import AuditUnavailable, error_response, render_exception
 from .guard import refuse_key_in_query
 
@@ -104,24 +111,34 @@ class PluginManifestView(LocalView):
 class RelayView(APIView):
     """Every relayed /v1 path, every method, through the one pipeline.
 
-    The request policy, in the order it runs; the first refusal answers, and
-    nothing refused is forwarded:
+    The request policy is this view's `permission_classes` and `throttle_classes`,
+    which DRF runs in `initial()`, in the order listed, after authentication; the
+    first refusal answers, and nothing refused is forwarded. In full, in order:
 
     1. no relay key in the query string (400), before anything is logged or looked up;
     2. authentication: the relay key (401), `authentication_classes`;
-    3. `permission_classes`: a valid key is present (401);
+    3. HasRelayKey: a valid key is present (401);
     4. past RELAY_UNAUTHENTICATED_PER_MINUTE failures from the client's address this
-       minute, a 401 becomes a 429 with no audit row (proxy_app.guard);
-    5. the envelope, for /v1/proxy (400);
-    6. the path: validated and outside RELAY_BLOCKED_PATH_PREFIXES (400/403);
-    7. request rules (policy.REQUEST_RULES): family scope (403), budgets (429);
-    8. the body (pipeline.forward): framing, size and type (400/413/415), then
-       its JSON and the key's model scope (400/403);
-    9. the key's rate limit (429), last, so only admitted requests count;
+       minute, a 401 becomes a 429 with no audit row (proxy_app.guard, in handle_exception);
+    5. PathAllowed: the envelope, for /v1/proxy (400); the path validated (400) and
+       outside RELAY_BLOCKED_PATH_PREFIXES (403);
+    6. FamilyInScope (403), WithinBudget: spend alone fills no budget (429);
+    7. NoUserDataFiles (403), RealtimeCallAllowed (403);
+    8. BodyReadable: framing, size and type (400/413/415), its JSON or fields (400),
+       read once (`body`); ModelInScope (400/403); CostReserved (403/429);
+    9. KeyRateLimit, the only throttle and so last (429): only admitted requests count;
     10. the audit row is opened (503 if it cannot be), then the call is forwarded.
+
+    A WebSocket upgrade goes through the same lists: it has no body, so the body's
+    permissions pass. The call's audit row has one owner, `self.audit`
+    (proxy_app.call_audit.CallAudit): the pipeline opens and closes it, and a refusal
+    here asks it to reject, which writes nothing if the row is closed already.
     """
 
     http_method_names = ["get", "post", "put", "patch", "delete", "head", "options"]
+    permission_classes = [HasRelayKey, PathAllowed, FamilyInScope, WithinBudget, NoUserDataFiles,
+                          RealtimeCallAllowed, BodyReadable, ModelInScope, CostReserved]
+    throttle_classes = [KeyRateLimit]
 
     @property
     def default_response_headers(self) -> dict[str, str]:
@@ -136,17 +153,23 @@ class RelayView(APIView):
             client_ip=client_ip(django_request),
             user_agent=django_request.META.get("HTTP_USER_AGENT", ""),
         )
+        self.audit = CallAudit(self.ctx)
         refuse_key_in_query(django_request)
-        super().initial(request, *args, **kwargs)  # authentication, permissions
-        self.ctx.key, self.ctx.user = request.auth, request.user
-        self.forwarded = django_request
-        if django_request.path == envelope.ENVELOPE_PATH:
-            self.forwarded = self._unwrap(django_request)
-        self.api_path = paths.parse(self.forwarded.path, paths.raw_path(self.forwarded))
-        policy.check_path(self.api_path)
-        policy.check_request(self.api_path, self.forwarded.method, self.ctx)
+        super().initial(request, *args, **kwargs)  # authentication, permission_classes, throttle_classes
 
-    def _unwrap(self, outer: HttpRequest) -> HttpRequest:
+    def perform_authentication(self, request: Request) -> None:
+        super().perform_authentication(request)
+        if request.auth is not None:
+            self.ctx.key, self.ctx.user = request.auth, request.user
+
+    # What the rules judge, each worked out once, when a rule first asks for it.
+
+    @cached_property
+    def forwarded(self) -> HttpRequest:
+        """The request to forward: the client's, or the one inside its /v1/proxy envelope."""
+        outer = self.request._request
+        if outer.path != envelope.ENVELOPE_PATH:
+            return outer
         if outer.method != "POST":
             raise MethodNotAllowed(outer.method)
         release_connection()  # not held while the envelope's body comes in
@@ -157,6 +180,17 @@ class RelayView(APIView):
         refuse_key_in_query(inner)  # the envelope's `query` would put it in the URL upstream
         return inner
 
+    @cached_property
+    def api_path(self) -> paths.ApiPath:
+        return paths.parse(self.forwarded.path, paths.raw_path(self.forwarded))
+
+    @cached_property
+    def body(self) -> inspection.Body:
+        """The body as the policy read it (BodyReadable), shared with the pipeline and its observers."""
+        if websocket.is_upgrade(self.forwarded):
+            return inspection.NO_BODY
+        return inspection.inspect(self.forwarded, self.api_path, self.ctx)
+
     def permission_denied(self, request: Request, message: str | None = None, code: str | None = None):
         # DRF drops the permission's message when nobody authenticated.
         if request.auth is None:
@@ -165,32 +199,33 @@ class RelayView(APIView):
 
     def relay(self, request: Request, *args, **kwargs):
         if websocket.is_upgrade(self.forwarded):
-            # No body to check: the rate limit, last as everywhere, counts the connect.
-            access.check_rate_limit(self.api_path, self.forwarded.method, self.ctx)
-            return websocket.open_session(self.forwarded, self.api_path, self.ctx)
-        realtime_http.check_has_body(self.forwarded, self.api_path, self.ctx)
-        return pipeline.forward(self.forwarded, self.api_path, self.ctx)
+            return websocket.open_session(self.forwarded, self.api_path, self.audit)
+        return pipeline.forward(self.forwarded, self.api_path, self.audit, self.body)
 
     get = post = put = patch = delete = head = options = relay
 
     def handle_exception(self, exc: Exception):
-        if hasattr(self, "ctx") and isinstance(exc, (NotAuthenticated, AuthenticationFailed)) \
-                and guard.failed_auth(self.ctx.client_ip):
-            exc = guard.TooManyFailedAuthentications.now()  # counted, not audited
-        response = render_exception(exc)
-        if hasattr(self, "ctx"):
-            if (known := getattr(exc, "relay_key", None)) is not None:
-                # A revoked or expired key: the row says whose it was, so that the
-                # use of a leaked key shows in the admin.
-                self.ctx.key, self.ctx.user = known, known.owner
+        audit: CallAudit | None = getattr(self, "audit", None)
+        if audit is None:  # refused before the call had a context (cannot happen past initial's start)
+            return render_exception(exc)
+        if isinstance(exc, (NotAuthenticated, AuthenticationFailed)) and guard.failed_auth(self.ctx.client_ip):
+            # Counted, not audited: a flood of bad keys must not write a row each.
+            response = render_exception(guard.TooManyFailedAuthentications.now())
             response["x-relay-request-id"] = self.ctx.request_id
-            if not getattr(exc, "audited", False):
-                # With the database down, straight to the journal: a second wait for a
-                # connection would double the time the client waits for its 503.
-                record_rejected(self.ctx, response.status_code, response.relay_error,
-                                database=not isinstance(exc, (DatabaseError, AuditUnavailable)))
-                telemetry.call_finished(self.ctx, status=response.status_code, outcome="rejected",
-                                        error=response.relay_error)
+            return response
+        response = render_exception(exc)
+        if (known := getattr(exc, "relay_key", None)) is not None:
+            # A revoked or expired key: the row says whose it was, so that the
+            # use of a leaked key shows in the admin.
+            self.ctx.key, self.ctx.user = known, known.owner
+        response["x-relay-request-id"] = self.ctx.request_id
+        # A no-op when the call's row is already closed (the pipeline failed it).
+        # With the database down, straight to the journal: a second wait for a
+        # connection would double the time the client waits for its 503.
+        audit.reject(response.status_code, response.relay_error,
+                     database=not isinstance(exc, (DatabaseError, AuditUnavailable)))
+        if (body := self.__dict__.get("body")) is not None:
+            body.discard()  # refused after its body was read: the relay's copy goes
         return response
 
 

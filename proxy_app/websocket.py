@@ -55,7 +55,8 @@ from audit_app.usage import Usage
 
 from . import access, telemetry, ws_upstream
 from . import headers as header_rules
-from .errors import AuditUnavailable, PolicyDenied, RelayError, UpstreamUnreachable
+from .call_audit import CallAudit
+from .errors import PolicyDenied, RelayError, UpstreamUnreachable
 from .paths import ApiPath
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,13 @@ class WebSocketsUnavailable(RelayError):
                       "run the relay under its gunicorn configuration (gevent workers).")
 
 
-def open_session(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> HttpResponse:
-    """Everything that can still be answered with an HTTP status, then the hand-over."""
+def open_session(request: HttpRequest, api_path: ApiPath, audit: CallAudit) -> HttpResponse:
+    """Everything that can still be answered with an HTTP status, then the hand-over.
+
+    The session's row belongs to `audit` (proxy_app.call_audit), as an HTTP call's does:
+    opened here, failed here if upstream cannot be reached, finished by the session.
+    """
+    ctx = audit.ctx
     kind = KINDS.get(api_path.path)
     if kind is None:
         raise UpgradeError(f"{api_path.path} does not accept WebSocket connections.", status=404,
@@ -116,11 +122,7 @@ def open_session(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> H
     policy = SessionPolicy(api_path, ctx, kind, model)
     policy.check_connect()
 
-    try:
-        call_id = open_call(ctx)
-    except Exception:
-        log.exception("audit: cannot open a WebSocket session row; refusing to connect")
-        raise AuditUnavailable() from None
+    audit.open()  # 503 when the row cannot be written: no session without its row
     telemetry.forwarding(ctx)
     try:
         upstream = ws_upstream.connect(api_path.upstream_suffix, meta.get("QUERY_STRING", ""), meta,
@@ -129,22 +131,21 @@ def open_session(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> H
         if not isinstance(exc, RelayError):
             log.exception("websocket: opening the upstream connection failed")
             exc = UpstreamUnreachable()
-        close_call(call_id, ctx, outcome=Outcome.FAILED, status=exc.status_code, error=exc.message,
-                   model=model[:128])
-        exc.audited = True  # type: ignore[attr-defined]
-        raise exc from None
+        audit.fail(status=exc.status_code, error=exc.message, model=model[:128])
+        raise exc from None  # the view's reject() finds the row closed
     telemetry.upstream_answered(ctx)
     if isinstance(upstream, ws_upstream.Rejected):
-        close_call(call_id, ctx, outcome=Outcome.UPSTREAM_ERROR, status=upstream.status,
-                   upstream_status=upstream.status, model=model[:128], bytes_out=len(upstream.body),
-                   error=f"upstream refused the WebSocket upgrade ({upstream.status})")
+        error = f"upstream refused the WebSocket upgrade ({upstream.status})"
+        audit.finish(outcome=Outcome.UPSTREAM_ERROR, status=upstream.status, upstream_status=upstream.status,
+                     model=model[:128], bytes_out=len(upstream.body), error=error,
+                     telemetry_fields={"model": model, "error": error})
         response = HttpResponse(upstream.body, status=upstream.status)
         del response["Content-Type"]
         for name, value in header_rules.response_headers(upstream.headers):
             response[name] = value
         response["x-relay-request-id"] = ctx.request_id
         return response
-    meta[ENVIRON_KEY] = Session(meta["gunicorn.socket"], client_ws, upstream, call_id, ctx, policy)
+    meta[ENVIRON_KEY] = Session(meta["gunicorn.socket"], client_ws, upstream, audit, policy)
     return HttpResponse(status=101)  # never sent: the WSGI entry point runs the session instead
 
 
@@ -414,12 +415,13 @@ def stop_all_sessions() -> int:
 
 class Session:
     def __init__(self, sock: socket.socket, client_ws: WSConnection, upstream: ws_upstream.Upstream,
-                 call_id: int, ctx: CallContext, policy: SessionPolicy) -> None:
+                 audit: CallAudit, policy: SessionPolicy) -> None:
         self.client_sock = sock
         self.client_ws = client_ws
         self.up = upstream
-        self.call_id = call_id
-        self.ctx = ctx
+        self.audit = audit  # the session row's owner; each response's row is its own (_child_ctx)
+        self.call_id = audit.call_id
+        self.ctx = audit.ctx
         self.policy = policy
         self.kind = policy.kind
         self.bytes_in = 0  # wire bytes from the client
@@ -786,14 +788,13 @@ class Session:
         self.open_responses.clear()
         outcome = self.outcome or Outcome.OK
         upstream_request_id = next((v for k, v in self.up.headers if k.lower() == "x-request-id"), "")
-        close_call(self.call_id, self.ctx, outcome=outcome, status=101, upstream_status=101,
-                   upstream_request_id=upstream_request_id[:128],
-                   model=(self.policy.model or "")[:128], bytes_in=self.bytes_in,
-                   bytes_out=self.bytes_out, stream=True, billing=Billing.FREE,
-                   **({"error": self.error} if self.error else {}))
-        telemetry.call_finished(self.ctx, status=101, outcome=outcome, bytes_in=self.bytes_in,
-                                bytes_out=self.bytes_out, model=self.policy.model,
-                                responses=self.responses, error=self.error)
+        self.audit.finish(outcome=outcome, status=101, upstream_status=101,
+                          upstream_request_id=upstream_request_id[:128],
+                          model=(self.policy.model or "")[:128], bytes_in=self.bytes_in,
+                          bytes_out=self.bytes_out, stream=True, billing=Billing.FREE,
+                          **({"error": self.error} if self.error else {}),
+                          telemetry_fields={"model": self.policy.model, "responses": self.responses,
+                                            "error": self.error})
         release_connection()
 
 

@@ -101,3 +101,23 @@ def test_unknown_methods_are_405(relay_url, auth, upstream, method):
     response = requests.request(method, f"{relay_url}/v1/models", headers=auth, timeout=10)
     error_of(response, 405)
     assert upstream.requests == []
+
+
+def test_the_relay_view_lists_its_whole_policy_in_the_order_it_runs():
+    """The request policy is the view's lists (DRF runs permissions, then throttles): the rate
+    limit, the only throttle, runs last, so only admitted requests count. No rule is
+    registered on import."""
+    from proxy_app import policy
+    from proxy_app.access import CostReserved, FamilyInScope, KeyRateLimit, ModelInScope, WithinBudget
+    from proxy_app.auth import HasRelayKey
+    from proxy_app.file_observers import NoUserDataFiles
+    from proxy_app.inspection import BodyReadable
+    from proxy_app.policy import PathAllowed
+    from proxy_app.realtime_http import RealtimeCallAllowed
+    from proxy_app.views import RelayView
+
+    assert RelayView.permission_classes == [HasRelayKey, PathAllowed, FamilyInScope, WithinBudget,
+                                            NoUserDataFiles, RealtimeCallAllowed, BodyReadable,
+                                            ModelInScope, CostReserved]
+    assert RelayView.throttle_classes == [KeyRateLimit]
+    assert not hasattr(policy, "REQUEST_RULES")

@@ -90,6 +90,15 @@ class JsonFieldSniffer:
             self._scan(held)
         self._scan(data)
 
+    def take(self, doc: Any, raw: bytes, *, duplicates: bool) -> None:
+        """The values of a whole body someone already parsed (`doc` is `json.loads(raw)`;
+        `duplicates`: some object in it repeats a key), as feeding it `raw` would find
+        them, without parsing it again. Where only the state machine can tell (a
+        duplicated key, a value near its limit) it scans `raw` instead."""
+        self._small = None
+        if duplicates or not self._pick_doc(doc, len(raw)):
+            self._scan(raw)
+
     def _pick(self, held: bytes) -> bool:
         """The wanted values of a whole small body, exactly as the state machine would
         find them; False (nothing taken) where only the state machine can tell: a body
@@ -98,6 +107,9 @@ class JsonFieldSniffer:
             doc = json.loads(held, object_pairs_hook=_no_duplicates)
         except (ValueError, RecursionError):  # RecursionError: nesting the scanner takes in its stride
             return False
+        return self._pick_doc(doc, len(held))
+
+    def _pick_doc(self, doc: Any, size: int) -> bool:
         if not isinstance(doc, dict):
             self._is_object = False
             return True
@@ -109,7 +121,7 @@ class JsonFieldSniffer:
                 if key in self.containers:
                     # The scanner measures a container's raw bytes, which no longer
                     # exist; the whole body's length bounds them.
-                    if len(held) > self.limits.get(key, _MAX_CONTAINER):
+                    if size > self.limits.get(key, _MAX_CONTAINER):
                         return False
                     picked[key] = value
             elif key in self.wanted:
