@@ -36,8 +36,10 @@ def upstream(fake_upstream_server: FakeUpstream, settings) -> FakeUpstream:
 
 
 @pytest.fixture
-def shipped_prices(transactional_db) -> None:
-    """The prices the data migration ships; transactional tests flush tables between tests."""
+def shipped_prices(db) -> None:
+    """The prices the data migration ships: already there in a test that rolls back; a
+    transactional test (live server, gunicorn) flushed them with the tables, so they are
+    loaded again."""
     from datetime import datetime, timezone
 
     from audit_app.models import ModelPrice
@@ -52,6 +54,29 @@ def shipped_prices(transactional_db) -> None:
             ModelPrice(model=name, effective_from=since, source="shipped", **fields)
             for name, fields in priced_models(load_map(SHIPPED_PRICES)) if fields is not None)
         clear_cache()  # bulk_create sends no post_save
+
+
+@pytest.fixture
+def empty_cache(db) -> None:
+    """Django's cache, emptied: rate-limit counters and cached spend from an earlier test
+    must not count (the database cache's table is not flushed with the others)."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture
+def cache_url(request) -> str:
+    """CACHE_URL for a gunicorn relay, from `parametrize(..., indirect=True)`: "" for the
+    database cache, or a Redis database, emptied first (skipped without Redis)."""
+    url = request.param
+    if url:
+        redis = pytest.importorskip("redis")
+        try:
+            redis.Redis.from_url(url).flushdb()
+        except redis.ConnectionError:
+            pytest.skip("no Redis")
+    return url
 
 
 def settle(timeout: float = 10.0) -> None:
@@ -75,12 +100,12 @@ def relay_url(live_server, upstream, shipped_prices) -> Iterator[str]:
 
 
 @pytest.fixture
-def user(transactional_db, django_user_model):
+def user(db, django_user_model):
     return django_user_model.objects.create_user("alice", password="not-used-here")
 
 
 @pytest.fixture
-def issue_key(transactional_db, django_user_model):
+def issue_key(db, django_user_model):
     from proxy_app.models import RelayKey
 
     def issue(username: str = "alice", **kwargs) -> tuple[RelayKey, str]:

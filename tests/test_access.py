@@ -13,9 +13,7 @@ from proxy_app.models import UserLimit
 from tests.conftest import finished_calls
 
 
-@pytest.fixture(autouse=True)
-def clear_cache(transactional_db):
-    cache.clear()
+pytestmark = pytest.mark.usefixtures("empty_cache")
 
 
 def call(relay_url, key, path="/v1/responses", body=None, **kwargs):
@@ -199,14 +197,8 @@ def test_rate_limit_never_refuses_a_client_within_its_limit(relay_url, issue_key
     assert call(relay_url, plaintext).status_code == 429
 
 
-@pytest.mark.parametrize("cache_url", ["", "redis://127.0.0.1:6379/15"])
+@pytest.mark.parametrize("cache_url", ["", "redis://127.0.0.1:6379/15"], indirect=True)
 def test_rate_limit_is_shared_across_workers(start_gunicorn, issue_key, upstream, cache_url):
-    if cache_url:
-        redis = pytest.importorskip("redis")
-        try:
-            redis.Redis.from_url(cache_url).flushdb()
-        except redis.ConnectionError:
-            pytest.skip("no Redis")
     key, plaintext = issue_key()
     key.requests_per_minute = 10
     key.save()

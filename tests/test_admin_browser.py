@@ -111,15 +111,7 @@ def test_admin_login_dashboard_and_csv_export(live_server, browser, django_user_
     # Log in through the real admin login form.
     driver.get(f"{live_server.url}/admin/")
     assert "/admin/login/" in driver.current_url
-    driver.find_element(By.NAME, "username").send_keys("boss")
-    driver.find_element(By.NAME, "password").send_keys(PASSWORD)
-    driver.find_element(By.CSS_SELECTOR, "#login-form input[type=submit]").click()
-    # Wait for the logged-in page: a get() issued while the login POST is still in flight
-    # raced it and landed on the admin index.
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(driver, 10).until(EC.presence_of_element_located((By.ID, "user-tools")))
+    _submit_login(driver, "boss", PASSWORD)
 
     # From the admin index to the dashboard, then the "Last 7 days" period.
     wait.until(EC.element_to_be_clickable((By.ID, "usage-dashboard-link"))).click()
@@ -166,13 +158,23 @@ def test_admin_login_dashboard_and_csv_export(live_server, browser, django_user_
 DESKTOP = (1440, 1000)
 
 
-def _login(driver, live_server, username: str, password: str) -> None:
+def _submit_login(driver, username: str, password: str) -> None:
+    """Fill in and send the admin login form on the current page, then wait for the
+    logged-in page: a get() issued while the login POST is still in flight raced it and
+    landed on the admin index instead of the page asked for."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
 
-    driver.get(f"{live_server.url}/admin/login/")
     driver.find_element(By.NAME, "username").send_keys(username)
     driver.find_element(By.NAME, "password").send_keys(password)
     driver.find_element(By.CSS_SELECTOR, "#login-form input[type=submit]").click()
+    WebDriverWait(driver, 10).until(EC.presence_of_element_located((By.ID, "user-tools")))
+
+
+def _login(driver, live_server, username: str, password: str) -> None:
+    driver.get(f"{live_server.url}/admin/login/")
+    _submit_login(driver, username, password)
 
 
 def _no_horizontal_scroll(driver) -> None:
@@ -308,10 +310,7 @@ def test_daily_tools_at_1440px(live_server, browser, demo_data, django_user_mode
     clerk.user_permissions.add(Permission.objects.get(codename="view_apicall"))
     driver.delete_all_cookies()
     _login(driver, live_server, "clerk", PASSWORD)
-    calls_list = f"{live_server.url}/admin/audit_app/apicall/"
-    driver.get(calls_list)
-    # The login's redirect can land after this get() on a loaded machine: wait for the list itself.
-    wait.until(lambda d: d.current_url.startswith(calls_list) or d.get(calls_list))
+    driver.get(f"{live_server.url}/admin/audit_app/apicall/")
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#result_list tbody tr")))
     hrefs = [a.get_attribute("href") or "" for a in driver.find_elements(By.CSS_SELECTOR, "#result_list a")]
     assert hrefs and not [h for h in hrefs if "/relaykey/" in h or "/auth/user/" in h], (driver.current_url, driver.title)

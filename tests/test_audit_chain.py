@@ -414,7 +414,7 @@ def test_verify_audit_prints_progress_and_stops_cleanly_on_sigterm(sealed):
     assert ChainState.load().last_verified_at is None  # a stopped walk is not a verification
 
 
-def test_a_partial_save_keeps_the_record_mac_whole_when_another_writer_got_there_first(transactional_db):
+def test_a_partial_save_keeps_the_record_mac_whole_when_another_writer_got_there_first(db):
     from audit_app.macs import record_mac_ok
     from audit_app.models import FileRecord
 

@@ -83,7 +83,7 @@ def test_key_is_stored_hashed_never_in_clear(issue_key):
     assert not any(plaintext in v for v in stored)
 
 
-def test_create_relay_key_prints_key_once_on_last_line(transactional_db, capsys):
+def test_create_relay_key_prints_key_once_on_last_line(db, capsys):
     call_command("create_relay_key", "bob", "--name", "ci", "--expires-days", "30")
     lines = capsys.readouterr().out.strip().splitlines()
     plaintext = lines[-1]

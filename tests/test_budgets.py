@@ -15,7 +15,6 @@ from decimal import Decimal
 
 import pytest
 import requests
-from django.core.cache import cache
 from django.utils import timezone
 
 from audit_app import budgets
@@ -24,9 +23,7 @@ from proxy_app.models import UserLimit
 from tests.conftest import finished_calls
 
 
-@pytest.fixture(autouse=True)
-def clear_cache(transactional_db):
-    cache.clear()
+pytestmark = pytest.mark.usefixtures("empty_cache")
 
 
 def post(url: str, key: str, body: dict, path: str = "/v1/responses") -> requests.Response:
@@ -124,15 +121,9 @@ def test_an_unsettled_reservation_expires_with_the_pending_call_timeout(issue_ke
     assert budgets.reserved(f"k{key.pk}", t + 600 + 2 * 50) == 0
 
 
-@pytest.mark.parametrize("cache_url", ["", "redis://127.0.0.1:6379/14"])
+@pytest.mark.parametrize("cache_url", ["", "redis://127.0.0.1:6379/14"], indirect=True)
 def test_twenty_concurrent_calls_on_a_key_one_cent_from_its_budget(start_gunicorn, issue_key, upstream, cache_url):
     """With Redis the reservations are cache counters; with the database cache, rows."""
-    if cache_url:
-        redis = pytest.importorskip("redis")
-        try:
-            redis.Redis.from_url(cache_url).flushdb()
-        except redis.ConnectionError:
-            pytest.skip("no Redis")
     key, plaintext = budgeted_key(issue_key, "1.00")
     UsageDaily.objects.create(date=timezone.localdate(), user=key.owner, key=key, model="gpt-4o",
                               family="responses", calls=1, cost=Decimal("0.99"))

@@ -10,16 +10,13 @@ from datetime import timedelta
 
 import pytest
 import requests
-from django.core.cache import cache
 from django.utils import timezone
 
 from audit_app.models import ApiCall, Outcome
 from tests.conftest import finished_calls, settle
 
 
-@pytest.fixture(autouse=True)
-def clear_cache(transactional_db):
-    cache.clear()
+pytestmark = pytest.mark.usefixtures("empty_cache")
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ def org_api(settings):
 
 
 @pytest.fixture
-def team(transactional_db) -> Team:
+def team(db) -> Team:
     return Team.objects.create(group=Group.objects.create(name="research"), openai_project_id=PROJECT)
 
 

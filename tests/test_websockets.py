@@ -3,6 +3,7 @@
 WebSocket upstream (tests/fake_ws_upstream.py)."""
 from __future__ import annotations
 
+import json
 import socket
 import time
 from decimal import Decimal
@@ -50,6 +51,41 @@ def until(event_type: str, conn) -> list:
         if event.type in (event_type, "error"):
             return seen
     return seen
+
+
+def raw_session(relay, plaintext: str, path: str = "/v1/realtime?model=gpt-realtime", **options):
+    """A WebSocket to the relay without the SDK (`options` go to websockets' connect)."""
+    from websockets.sync.client import connect
+
+    return connect(f"ws://127.0.0.1:{relay.port}{path}", additional_headers={"Authorization": f"Bearer {plaintext}"},
+                   **options)
+
+
+def next_event(ws, timeout: float = 10) -> dict:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def skip_to(ws, event_type: str) -> None:
+    """Read events until one of `event_type`."""
+    while next_event(ws)["type"] != event_type:
+        pass
+
+
+def read_until_closed(ws) -> list:
+    """Every message received until the relay closes the connection, which it must."""
+    from websockets.exceptions import ConnectionClosed
+
+    received = []
+    with pytest.raises(ConnectionClosed):
+        while True:
+            received.append(ws.recv(timeout=10))
+    return received
+
+
+def wait_for_upstream_close(fake_ws, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while fake_ws.connections[0].closed_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def session_rows(count: int = 1, responses: int = 0, timeout: float = 10.0):
@@ -199,18 +235,13 @@ def test_keys_stay_on_their_side_the_team_key_upstream_and_the_relay_key_nowhere
 
 
 def test_when_the_client_drops_the_connection_upstream_is_closed_within_a_second(relay, fake_ws, issue_key):
-    from websockets.sync.client import connect
-
     key, plaintext = issue_key()
-    ws = connect(f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime",
-                 additional_headers={"Authorization": f"Bearer {plaintext}"})
+    ws = raw_session(relay, plaintext)
     ws.recv(timeout=10)  # session.created: upstream is connected
     dropped = time.monotonic()
     ws.socket.shutdown(socket.SHUT_RDWR)  # no close frame: the client just goes
     ws.socket.close()
-    deadline = time.monotonic() + 5
-    while fake_ws.connections[0].closed_at is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_upstream_close(fake_ws)
     assert fake_ws.connections[0].closed_at is not None
     assert fake_ws.connections[0].closed_at - dropped < 1.0
     sessions, _ = session_rows(1)
@@ -218,17 +249,11 @@ def test_when_the_client_drops_the_connection_upstream_is_closed_within_a_second
 
 
 def test_when_upstream_closes_the_session_the_client_gets_a_close_frame_with_the_reason(relay, fake_ws, issue_key):
-    from websockets.exceptions import ConnectionClosed
-    from websockets.sync.client import connect
-
     key, plaintext = issue_key()
-    ws = connect(f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime",
-                 additional_headers={"Authorization": f"Bearer {plaintext}"})
+    ws = raw_session(relay, plaintext)
     ws.recv(timeout=10)
     ws.send('{"type": "response.create", "response": {"instructions": "close:1011"}}')
-    with pytest.raises(ConnectionClosed):
-        while True:
-            ws.recv(timeout=10)
+    read_until_closed(ws)
     assert ws.close_code == 1011 and "upstream exploded" in ws.close_reason
     sessions, responses = session_rows(1, 1)
     assert sessions[0].outcome == "upstream_error" and "1011" in sessions[0].error
@@ -237,16 +262,10 @@ def test_when_upstream_closes_the_session_the_client_gets_a_close_frame_with_the
 
 
 def test_when_upstream_drops_the_connection_the_client_gets_a_close_frame_saying_so(relay, fake_ws, issue_key):
-    from websockets.exceptions import ConnectionClosed
-    from websockets.sync.client import connect
-
     key, plaintext = issue_key()
-    ws = connect(f"ws://127.0.0.1:{relay.port}/v1/responses",
-                 additional_headers={"Authorization": f"Bearer {plaintext}"})
+    ws = raw_session(relay, plaintext, "/v1/responses")
     ws.send('{"type": "response.create", "model": "gpt-4o-mini", "input": "drop"}')
-    with pytest.raises(ConnectionClosed):
-        while True:
-            ws.recv(timeout=10)
+    read_until_closed(ws)
     assert ws.close_code == 1011 and "unexpectedly" in ws.close_reason
     sessions, _ = session_rows(1, 1)
     assert sessions[0].outcome == "failed"
@@ -265,12 +284,10 @@ def test_upstream_refusing_the_upgrade_is_relayed_with_its_status(start_gunicorn
 
 def test_an_idle_session_is_closed_after_the_configured_timeout(start_gunicorn, fake_ws, issue_key):
     from websockets.exceptions import ConnectionClosed
-    from websockets.sync.client import connect
 
     relay = start_gunicorn(OPENAI_WEBSOCKET_BASE_URL=fake_ws.base_url, RELAY_WS_IDLE_TIMEOUT_SECONDS="1")
     key, plaintext = issue_key()
-    ws = connect(f"ws://127.0.0.1:{relay.port}/v1/responses",
-                 additional_headers={"Authorization": f"Bearer {plaintext}"})
+    ws = raw_session(relay, plaintext, "/v1/responses")
     started = time.monotonic()
     with pytest.raises(ConnectionClosed):
         ws.recv(timeout=10)
@@ -278,24 +295,16 @@ def test_an_idle_session_is_closed_after_the_configured_timeout(start_gunicorn, 
     assert ws.close_code == 1000 and "RELAY_WS_IDLE_TIMEOUT_SECONDS" in ws.close_reason
 
 
-def raw_session(relay, plaintext: str, path: str = "/v1/realtime?model=gpt-realtime"):
-    from websockets.sync.client import connect
-
-    return connect(f"ws://127.0.0.1:{relay.port}{path}", additional_headers={"Authorization": f"Bearer {plaintext}"})
-
-
 def test_events_the_relay_cannot_read_are_refused_with_an_error_event_and_not_forwarded(relay, fake_ws, issue_key):
-    import json
-
     key, plaintext = issue_key()
     ws = raw_session(relay, plaintext)
-    assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+    assert next_event(ws)["type"] == "session.created"
     for unreadable in ("not json", b"\x00binary", '{"type": "session.update", "type": "response.create"}', "[1]"):
         ws.send(unreadable)
-        refused = json.loads(ws.recv(timeout=10))
+        refused = next_event(ws)
         assert refused["type"] == "error" and refused["error"]["code"] == "invalid_event", unreadable
     ws.send('{"type": "response.create", "event_id": "evt_ok"}')
-    assert json.loads(ws.recv(timeout=10))["type"] == "response.created"  # the session goes on
+    assert next_event(ws)["type"] == "response.created"  # the session goes on
     ws.close()
     session_rows(1, 1)
     assert [e["type"] for e in fake_ws.connections[0].events] == ["response.create"]
@@ -368,9 +377,7 @@ def test_closing_the_sdk_connection_closes_upstream_within_a_second(relay, fake_
     with client_for(relay, plaintext).realtime.connect(model="gpt-realtime") as conn:
         until("session.created", conn)
         closed = time.monotonic()
-    deadline = time.monotonic() + 5
-    while fake_ws.connections[0].closed_at is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_upstream_close(fake_ws)
     assert fake_ws.connections[0].closed_at - closed < 1.0
     assert fake_ws.connections[0].close_code == 1000
     sessions, _ = session_rows(1)
@@ -389,8 +396,6 @@ def test_the_sdk_sees_the_close_code_and_reason_when_upstream_ends_the_session(r
 
 
 def test_a_client_that_stops_reading_does_not_make_the_relay_buffer_upstream_flood(relay, fake_ws, issue_key):
-    from websockets.sync.client import connect
-
     def worker_rss_kib() -> int:
         total = 0
         for pid in relay.worker_pids():
@@ -399,8 +404,7 @@ def test_a_client_that_stops_reading_does_not_make_the_relay_buffer_upstream_flo
         return total
 
     key, plaintext = issue_key()
-    ws = connect(f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime", max_size=None, max_queue=1,
-                 additional_headers={"Authorization": f"Bearer {plaintext}"})
+    ws = raw_session(relay, plaintext, max_size=None, max_queue=1)
     ws.recv(timeout=10)
     before = worker_rss_kib()
     # 800 deltas of 64 KiB: 50 MiB that upstream sends as fast as its socket takes them.
@@ -481,31 +485,28 @@ def _team_key(django_user_model, name: str, **team_fields):
 
 def test_a_limited_key_cannot_reach_a_denied_model_through_fields_or_events_the_relay_did_not_check(
         relay, fake_ws, issue_key):
-    import json
-
     key, plaintext = scoped_key(issue_key, ["gpt-4o-mini", "gpt-realtime"])
     ws = raw_session(relay, plaintext, "/v1/responses")
     ws.send(json.dumps({"type": "response.create", "model": "gpt-4o-mini", "input": "hi",
                         "moderation": {"model": "omni-moderation-NOT-ALLOWED"}}))
-    refused = json.loads(ws.recv(timeout=10))
+    refused = next_event(ws)
     assert refused["type"] == "error" and refused["code"] == "outside_key_scope", refused
     # response.steer starts generation and is no event the relay checks: refused for a limited key.
     ws.send(json.dumps({"type": "response.steer", "previous_response_id": "resp_x", "input": "go on"}))
-    refused = json.loads(ws.recv(timeout=10))
+    refused = next_event(ws)
     assert refused["type"] == "error" and refused["code"] == "invalid_event" and "response.steer" in refused["message"]
     ws.send(json.dumps({"type": "response.create", "model": "gpt-4o-mini", "input": "allowed"}))
-    while json.loads(ws.recv(timeout=10))["type"] != "response.completed":
-        pass
+    skip_to(ws, "response.completed")
     ws.close()
     rt = raw_session(relay, plaintext)  # realtime, allowed URL model
     rt.recv(timeout=10)
     rt.send(json.dumps({"type": "transcription_session.update",
                         "session": {"input_audio_transcription": {"model": "gpt-4o-transcribe-NOT-ALLOWED"}}}))
-    refused = json.loads(rt.recv(timeout=10))
+    refused = next_event(rt)
     assert refused["type"] == "error" and refused["error"]["code"] == "outside_key_scope", refused
     rt.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "tools": [
         {"type": "image_generation", "model": {"name": "gpt-image-NOT-ALLOWED"}}]}}))
-    refused = json.loads(rt.recv(timeout=10))
+    refused = next_event(rt)
     assert refused["type"] == "error" and refused["error"]["code"] == "outside_key_scope", refused
     rt.close()
     session_rows(2, 1)
@@ -514,15 +515,13 @@ def test_a_limited_key_cannot_reach_a_denied_model_through_fields_or_events_the_
 
 
 def test_response_steer_from_an_unlimited_key_passes_the_rate_limit_like_response_create(relay, fake_ws, issue_key):
-    import json
-
     key, plaintext = issue_key()
     key.requests_per_minute = 2  # the connection, then one event that starts generation
     key.save()
     ws = raw_session(relay, plaintext, "/v1/responses")
     ws.send(json.dumps({"type": "response.steer", "previous_response_id": "resp_x", "input": "go on"}))
     ws.send(json.dumps({"type": "response.steer", "previous_response_id": "resp_x", "input": "again"}))
-    refused = json.loads(ws.recv(timeout=10))
+    refused = next_event(ws)
     assert refused["type"] == "error" and refused["code"] == "rate_limit_exceeded", refused
     ws.close()
     session_rows(1)
@@ -531,8 +530,6 @@ def test_response_steer_from_an_unlimited_key_passes_the_rate_limit_like_respons
 
 def test_a_non_object_transcription_is_answered_with_an_invalid_event_error_and_the_session_goes_on(
         relay, fake_ws, issue_key):
-    import json
-
     key, plaintext = issue_key()
     ws = raw_session(relay, plaintext)
     ws.recv(timeout=10)
@@ -540,10 +537,10 @@ def test_a_non_object_transcription_is_answered_with_an_invalid_event_error_and_
                 {"type": "realtime", "audio": {"input": ["x"]}},
                 {"input_audio_transcription": ["x"]}, "session"):
         ws.send(json.dumps({"type": "session.update", "session": bad}))
-        refused = json.loads(ws.recv(timeout=5))
+        refused = next_event(ws, timeout=5)
         assert refused["type"] == "error" and refused["error"]["code"] == "invalid_event", (bad, refused)
     ws.send('{"type": "response.create"}')
-    assert json.loads(ws.recv(timeout=10))["type"] == "response.created"
+    assert next_event(ws)["type"] == "response.created"
     ws.close()
     session_rows(1, 1)
     assert [e["type"] for e in fake_ws.connections[0].events] == ["response.create"]
@@ -558,30 +555,25 @@ def test_a_session_goes_to_its_teams_openai_project(relay, fake_ws, django_user_
 
 
 def test_a_team_budget_limits_a_session_like_a_key_budget(relay, fake_ws, django_user_model):
-    import json
-
     key, plaintext = _team_key(django_user_model, "ops", monthly_budget_usd=Decimal("100.00"))
     assert key.monthly_budget_usd is None
     ws = raw_session(relay, plaintext, "/v1/responses")
     ws.send(json.dumps({"type": "response.create", "model": "gpt-unpriced-experiment", "input": "hi"}))
-    refused = json.loads(ws.recv(timeout=10))
+    refused = next_event(ws)
     assert refused["type"] == "error" and refused["code"] == "relay_unpriced_under_budget", refused
     ws.send(json.dumps({"type": "response.steer", "input": "x"}))  # limited: known events only
-    assert json.loads(ws.recv(timeout=10))["code"] == "invalid_event"
+    assert next_event(ws)["code"] == "invalid_event"
     ws.close()
     session_rows(1)
     assert fake_ws.connections[0].events == []
 
 
 def test_the_idle_watchdog_ends_a_session_whose_client_stopped_reading(start_gunicorn, fake_ws, issue_key):
-    from websockets.sync.client import connect
-
     from audit_app.models import ApiCall
 
     relay = start_gunicorn(OPENAI_WEBSOCKET_BASE_URL=fake_ws.base_url, RELAY_WS_IDLE_TIMEOUT_SECONDS="2")
     key, plaintext = issue_key()
-    ws = connect(f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime", max_size=None, max_queue=1,
-                 additional_headers={"Authorization": f"Bearer {plaintext}"})
+    ws = raw_session(relay, plaintext, max_size=None, max_queue=1)
     ws.recv(timeout=10)
     # The relay's write to the client blocks, holding the client side's lock.
     ws.send('{"type": "response.create", "response": {"instructions": "flood:800"}}')
@@ -601,8 +593,6 @@ def test_the_idle_watchdog_ends_a_session_whose_client_stopped_reading(start_gun
 
 
 def test_reconcile_calls_marks_an_unfinished_ws_response_unknown_not_free(relay, fake_ws, issue_key):
-    import json
-
     from django.core.management import call_command
 
     from audit_app.models import ApiCall, UsageDaily
@@ -611,7 +601,7 @@ def test_reconcile_calls_marks_an_unfinished_ws_response_unknown_not_free(relay,
     ws = raw_session(relay, plaintext)
     ws.recv(timeout=10)
     ws.send('{"type": "response.create", "response": {"instructions": "hang"}}')
-    assert json.loads(ws.recv(timeout=10))["type"] == "response.created"
+    assert next_event(ws)["type"] == "response.created"
     time.sleep(0.5)
     call_command("reconcile_calls", older_than=0)  # what cron does after a SIGKILL/SIGQUIT/OOM
     child = ApiCall.objects.exclude(method="GET").get()
@@ -627,16 +617,14 @@ def test_reconcile_calls_marks_an_unfinished_ws_response_unknown_not_free(relay,
 
 
 def test_an_input_transcription_is_recorded_as_a_row_of_its_own_never_free(relay, fake_ws, issue_key):
-    import json
-
     key, plaintext = issue_key()
     ws = raw_session(relay, plaintext)
     ws.recv(timeout=10)
     ws.send(json.dumps({"type": "session.update", "session": {
         "type": "realtime", "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}}}}))
-    assert json.loads(ws.recv(timeout=10))["type"] == "session.updated"
+    assert next_event(ws)["type"] == "session.updated"
     ws.send('{"type": "input_audio_buffer.commit"}')
-    event = json.loads(ws.recv(timeout=10))
+    event = next_event(ws)
     assert event["type"] == "conversation.item.input_audio_transcription.completed"
     ws.close()
     _, rows = session_rows(1, 1)
@@ -649,23 +637,15 @@ def test_an_input_transcription_is_recorded_as_a_row_of_its_own_never_free(relay
 
 def test_when_a_response_exhausts_the_budget_the_client_gets_its_done_event_before_the_close(
         relay, fake_ws, issue_key):
-    import json
-
-    from websockets.exceptions import ConnectionClosed
-
     key, plaintext = issue_key()
     key.monthly_budget_usd = Decimal("0.01")  # one turn costs $0.006896, two $0.013808
     key.save()
     ws = raw_session(relay, plaintext)
     ws.recv(timeout=10)
     ws.send('{"type": "response.create"}')
-    while json.loads(ws.recv(timeout=10))["type"] != "response.done":
-        pass
+    skip_to(ws, "response.done")
     ws.send('{"type": "response.create"}')
-    seen = []
-    with pytest.raises(ConnectionClosed):
-        while True:
-            seen.append(json.loads(ws.recv(timeout=10))["type"])
+    seen = [json.loads(message)["type"] for message in read_until_closed(ws)]
     assert seen[-2:] == ["response.done", "error"], seen
     assert ws.close_code == 1008
 
