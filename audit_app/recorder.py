@@ -130,6 +130,14 @@ def record_rejected(ctx: CallContext, status: int, message: str, *, database: bo
     """
     fields = {**_finish_fields(ctx), "status": status, "outcome": Outcome.REJECTED,
               "error": message[:_ERROR_MAX], "billing": Billing.FREE}
+    # Refused after its cost was reserved (the rate limit runs last): nothing was
+    # forwarded, so nothing may stay held against the budget until the timeout.
+    if ctx.reservation is not None:
+        try:
+            budgets.release(ctx.reservation)
+        except Exception:  # database or cache down: the hold lapses with the pending-call timeout
+            log.warning("audit: could not release the budget hold of a refused call", exc_info=True)
+        ctx.reservation = None
     try:
         if not database:
             raise DatabaseError("the database is unavailable")

@@ -121,6 +121,17 @@ def test_an_unsettled_reservation_expires_with_the_pending_call_timeout(issue_ke
     assert budgets.reserved(f"k{key.pk}", t + 600 + 2 * 50) == 0
 
 
+def test_a_call_refused_by_the_rate_limit_holds_nothing_against_the_budget(relay_url, issue_key, upstream):
+    key, plaintext = budgeted_key(issue_key)
+    key.requests_per_minute = 1
+    key.save()
+    assert post(relay_url, plaintext, {"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 50}).status_code == 200
+    refused = post(relay_url, plaintext, {"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 50})
+    assert refused.status_code == 429 and len(upstream.requests) == 1
+    # The rate limit runs after the reservation: the refused call's hold is let go at once.
+    assert budgets.reserved(f"k{key.pk}", time.time()) == 0
+
+
 @pytest.mark.parametrize("cache_url", ["", "redis://127.0.0.1:6379/14"], indirect=True)
 def test_twenty_concurrent_calls_on_a_key_one_cent_from_its_budget(start_gunicorn, issue_key, upstream, cache_url):
     """With Redis the reservations are cache counters; with the database cache, rows."""

@@ -51,3 +51,28 @@ def test_the_audit_trail_uses_only_the_keys_from_the_relay_app(path):
 def test_the_checker_sees_imports_inside_functions():
     path = ROOT / "audit_app/recorder.py"
     assert "audit_app.operations" in imports_of(path)
+
+
+def documented_modules() -> set[str]:
+    """Every module docs/module-map.md names in its tables, as paths."""
+    import re
+
+    text = (ROOT / "docs/module-map.md").read_text()
+    found, prefix = set(), ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            prefix = {"0": "relay_project/", "1": "", "2": "audit_app/", "3": "proxy_app/"}[line[3]]
+        if line.startswith("| `"):
+            for name in re.findall(r"`([\w/]+\.py|[\w/]+/)`", line.split("|")[1]):
+                found.add(prefix + name)
+    return found
+
+
+def test_the_module_map_names_every_module_and_only_existing_ones():
+    documented = documented_modules()
+    code = {str(p.relative_to(ROOT)) for p in modules("proxy_app/*.py", "audit_app/*.py", "relay_project/lib/*.py")
+            if p.name not in ("__init__.py", "apps.py")}
+    folders = {d for d in documented if d.endswith("/")}
+    assert code - documented == set(), "modules missing from docs/module-map.md"
+    assert {d for d in documented - folders if not (ROOT / d).exists()} == set(), "documented but gone"
+    assert all((ROOT / d).is_dir() for d in folders)
