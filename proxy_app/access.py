@@ -13,7 +13,6 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from datetime import date
 from decimal import Decimal
 
 import requests

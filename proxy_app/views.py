@@ -15,16 +15,15 @@ from rest_framework.views import APIView
 
 from audit_app.recorder import CallContext, release_connection
 
-from . import actions_schema, envelope, guard, inspection, paths, pipeline, websocket
+from . import actions_schema, envelope, inspection, paths, pipeline, websocket
 from .access import CostReserved, FamilyInScope, KeyRateLimit, ModelInScope, WithinBudget
-from .auth import HasRelayKey
+from .auth import HasRelayKey, TooManyFailedAuthentications, failed_auth, refuse_key_in_query
 from .call_audit import CallAudit
 from .file_observers import NoUserDataFiles
 from .inspection import BodyReadable
 from .policy import PathAllowed
 from .realtime_http import RealtimeCallAllowed
 from .errors import AuditUnavailable, error_response, render_exception
-from .guard import refuse_key_in_query
 
 
 def client_ip(request: HttpRequest) -> str | None:
@@ -119,7 +118,7 @@ class RelayView(APIView):
     2. authentication: the relay key (401), `authentication_classes`;
     3. HasRelayKey: a valid key is present (401);
     4. past RELAY_UNAUTHENTICATED_PER_MINUTE failures from the client's address this
-       minute, a 401 becomes a 429 with no audit row (proxy_app.guard, in handle_exception);
+       minute, a 401 becomes a 429 with no audit row (proxy_app.auth, in handle_exception);
     5. PathAllowed: the envelope, for /v1/proxy (400); the path validated (400) and
        outside RELAY_BLOCKED_PATH_PREFIXES (403);
     6. FamilyInScope (403), WithinBudget: spend alone fills no budget (429);
@@ -208,9 +207,9 @@ class RelayView(APIView):
         audit: CallAudit | None = getattr(self, "audit", None)
         if audit is None:  # refused before the call had a context (cannot happen past initial's start)
             return render_exception(exc)
-        if isinstance(exc, (NotAuthenticated, AuthenticationFailed)) and guard.failed_auth(self.ctx.client_ip):
+        if isinstance(exc, (NotAuthenticated, AuthenticationFailed)) and failed_auth(self.ctx.client_ip):
             # Counted, not audited: a flood of bad keys must not write a row each.
-            response = render_exception(guard.TooManyFailedAuthentications.now())
+            response = render_exception(TooManyFailedAuthentications.now())
             response["x-relay-request-id"] = self.ctx.request_id
             return response
         response = render_exception(exc)

@@ -44,7 +44,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Ping, Pong, Request,
+from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Ping, Request,
                             TextMessage)
 from wsproto.utilities import ProtocolError
 

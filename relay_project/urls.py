@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import path, re_path
 
 from audit_app import dashboard, errors
-from proxy_app import metrics_view, views
+from proxy_app import telemetry, views
 
 urlpatterns = [
     path("", views.HealthView.as_view()),
@@ -11,7 +11,7 @@ urlpatterns = [
     path("v1/actions/ping", views.PingView.as_view()),
     path("openapi.json", views.ActionsSchemaView.as_view()),
     path(".well-known/ai-plugin.json", views.PluginManifestView.as_view()),
-    path("metrics", metrics_view.metrics),
+    path("metrics", telemetry.metrics),
     # Before the admin's own URLs, whose catch-all would answer admin/dashboard/ with a 404.
     path("admin/dashboard/", admin.site.admin_view(dashboard.usage_dashboard), name="relay-dashboard"),
     path("admin/errors/", admin.site.admin_view(errors.errors_dashboard), name="relay-errors"),

@@ -406,7 +406,7 @@ def test_the_usage_report_counts_usage_unknown_apart(sdk, upstream, capsys):
 
 
 def test_the_metrics_show_how_long_open_jobs_have_waited_for_the_poller(sdk, upstream):
-    from proxy_app.metrics_view import BatchLagCollector
+    from proxy_app.telemetry import BatchLagCollector
 
     sdk.responses.create(model="gpt-4o-mini", input="hi", background=True)
     settle()
