@@ -107,12 +107,19 @@ def call_totals(request, cl) -> Totals:
     # Everything else: the first COUNT_CAP rows as listed (an index-ordered scan, bounded).
     cap = getattr(cl.paginator, "cap", COUNT_CAP)
     first = cl.queryset[:cap]
+    # The paginator counts at most cap + 1 rows (its count is cached: no second query).
+    whole = hasattr(cl.paginator, "capped") and cl.paginator.count <= cap and not cl.paginator.capped
+    if whole:
+        # The list has at most `cap` rows: sum them all, unordered and unlimited, so that the
+        # filter's own index answers (5xx, slow calls) rather than a walk down the date index
+        # to the oldest call in search of `cap` matches.
+        first = cl.queryset.order_by()
     sums = first.aggregate(
         calls=Count("id"), tokens=Sum("total_tokens"), cost=Sum("cost", filter=Q(billing=Billing.PRICED) | Q(
             billing="", unpriced=False)),
         unknown=Count("id", filter=Q(unpriced=True) | Q(billing=Billing.UNKNOWN)))
     calls = sums["calls"] or 0
-    exact = calls < cap
+    exact = whole or calls < cap
     note = "exact" if exact else f"over the first {cap:,} rows of this list"
     return Totals(calls, sums["tokens"] or 0, sums["cost"] or Decimal(0), sums["unknown"] or 0, exact, note)
 
