@@ -245,6 +245,45 @@ def test_calls_list_totals_past_the_cap_say_so(admin_client, calls, monkeypatch)
     assert totals.calls == 3 and totals.note == "over the first 3 rows of this list"
 
 
+def _slow_calls(admin_client, threshold: str):
+    page = admin_client.get(CALLS, {"duration_ms__gte": threshold})
+    return [c.pk for c in page.context["cl"].result_list], page.context["totals"]
+
+
+def test_slow_calls_are_listed_and_summed_alike_whether_few_or_many_are_that_slow(admin_client, calls, monkeypatch):
+    import audit_app.admin_pagination
+
+    few = _slow_calls(admin_client, "300")  # at most COUNT_CAP match: listed from the duration index
+    monkeypatch.setattr(audit_app.admin_pagination, "COUNT_CAP", 2)
+    many = _slow_calls(admin_client, "300")  # more than that: listed by date, as without the index
+    expected = list(ApiCall.objects.filter(duration_ms__gte=300).order_by("-started_at", "-pk")
+                    .values_list("pk", flat=True))
+    assert len(expected) == 4 and few[0] == many[0] == expected
+    for totals in (few[1], many[1]):
+        # 2500 ms (a 500: free), 400 ms ($0.01), 9000 ms ($2.00), 300 ms (unpriced).
+        assert (totals.calls, totals.total_tokens, totals.cost, totals.cost_unknown) == (4, 4800, Decimal("2.01"), 1)
+        assert totals.exact and totals.note == "exact"
+
+
+@pytest.mark.parametrize("params, index", [
+    ({"status_class": "5xx"}, "apicall_5xx_started"),
+    ({"status_class": "4xx"}, "apicall_4xx_started"),
+    ({"duration_ms__gte": "5000"}, "apicall_duration"),
+])
+def test_error_and_slow_call_lists_are_counted_from_their_own_index(admin_client, calls, params, index):
+    """The errors view's status-class and p95 links at a million calls (docs/admin-scale.md): the
+    capped count reads the partial or duration index, never the whole table. A partial index
+    serves SQLite only when the query has its condition's terms as they are (status >= 500)."""
+    from django.db import connection
+
+    cl = admin_client.get(CALLS, params).context["cl"]
+    counted = cl.queryset.order_by().values("pk")[:10_001]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:  # seven rows: let the plan show what a big table gets
+            cursor.execute("SET LOCAL enable_seqscan = off")
+    assert index in counted.explain()
+
+
 def test_daily_usage_list_totals_are_exact(admin_client, calls):
     totals = admin_client.get("/admin/audit_app/usagedaily/", {"model__exact": "gpt-4o"}).context["totals"]
     assert (totals.calls, totals.cost, totals.cost_unknown, totals.exact) == (3, Decimal("1.00"), 0, True)
