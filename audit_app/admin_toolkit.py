@@ -449,7 +449,6 @@ class MinMillisecondsFilter(admin.SimpleListFilter):
         # the slowest few, seconds when a fifth of the calls match. So ask the index (a bounded,
         # index-only probe) whether more than COUNT_CAP calls match; if so, list them by date
         # as before: the same condition on `column + 0`, which no index answers.
-
         many = queryset.model._default_manager.filter(**lookup).order_by().values("pk")[COUNT_CAP:COUNT_CAP + 1]
         if many.exists():
             return queryset.alias(_min_ms=models.F(self.field_path) + 0.0).filter(_min_ms__gte=ms)

@@ -251,10 +251,10 @@ def _slow_calls(admin_client, threshold: str):
 
 
 def test_slow_calls_are_listed_and_summed_alike_whether_few_or_many_are_that_slow(admin_client, calls, monkeypatch):
-    import audit_app.admin_pagination
+    import audit_app.admin_toolkit
 
     few = _slow_calls(admin_client, "300")  # at most COUNT_CAP match: listed from the duration index
-    monkeypatch.setattr(audit_app.admin_pagination, "COUNT_CAP", 2)
+    monkeypatch.setattr(audit_app.admin_toolkit, "COUNT_CAP", 2)
     many = _slow_calls(admin_client, "300")  # more than that: listed by date, as without the index
     expected = list(ApiCall.objects.filter(duration_ms__gte=300).order_by("-started_at", "-pk")
                     .values_list("pk", flat=True))
