@@ -4,7 +4,7 @@
     .venv/bin/python bench/admin_scale.py --calls 100000 --databases sqlite
     .venv/bin/python bench/admin_scale.py --reuse          # measure again without re-seeding
 
-For each database: a fresh one (SQLite: bench/results/admin_scale.sqlite3;
+For each database: a fresh one (SQLite: bench/results/relay_admin_bench.sqlite3;
 PostgreSQL: the database `relay_admin_bench` on BENCH_POSTGRES_URL's server,
 dropped and created), `migrate`, `seed_demo --calls N`, then each page is
 requested with Django's test Client in a separate process (no network, so the
