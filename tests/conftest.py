@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from tests.fake_openai import FakeUpstream
+from tests.fake_ws_upstream import FakeWsUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_KEY = os.environ["OPENAI_API_KEY"]  # set by tests.settings
@@ -25,6 +26,20 @@ def fake_upstream_server() -> Iterator[FakeUpstream]:
     server = FakeUpstream().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_ws_server() -> Iterator[FakeWsUpstream]:
+    server = FakeWsUpstream(UPSTREAM_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_ws(fake_ws_server: FakeWsUpstream) -> FakeWsUpstream:
+    """The fake WebSocket upstream, reset (the relay is pointed at it by each test's server)."""
+    fake_ws_server.reset()
+    return fake_ws_server
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ import secrets
 import socket
 import struct
 import threading
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field

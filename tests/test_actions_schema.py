@@ -110,7 +110,7 @@ def test_path_parameters_accept_a_fine_tuned_model_id():
 def test_envelope_pattern_is_the_one_in_the_schema_and_accepts_a_fine_tuned_model_id():
     body = document()["paths"]["/v1/proxy"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["path"]["pattern"] == ENVELOPE_PATH_PATTERN
-    for path in (f"/v1/models/{FINE_TUNED}", f"/v1/fine_tuning/jobs/ftjob-1/checkpoints",
+    for path in (f"/v1/models/{FINE_TUNED}", "/v1/fine_tuning/jobs/ftjob-1/checkpoints",
                  "/v1/files/file-abc/content", "/v1/models", "/v1/models/", "/v1/a%20b"):
         assert re.search(ENVELOPE_PATH_PATTERN, path), path
 

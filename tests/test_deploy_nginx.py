@@ -30,10 +30,9 @@ import openai
 import pytest
 import requests
 
-from audit_app.models import ApiCall, FileRecord, Outcome
+from audit_app.models import FileRecord, Outcome
 from scripts.deploy.render import RenderError, render, render_file
 from tests.conftest import ROOT, UPSTREAM_KEY, finished_calls, free_port, settle
-from tests.test_websockets import fake_ws, fake_ws_server  # noqa: F401  (fixtures)
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
 SITE_TEMPLATE = ROOT / "scripts" / "deploy" / "nginx" / "team-relay.conf"

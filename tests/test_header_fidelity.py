@@ -11,7 +11,6 @@ import os
 from email.utils import formatdate
 from pathlib import Path
 
-import openai
 import pytest
 import requests
 

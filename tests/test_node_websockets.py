@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import GunicornRelay, settle
-from tests.test_websockets import fake_ws, fake_ws_server, session_rows  # noqa: F401  (fixtures)
+from tests.test_websockets import session_rows
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 
@@ -34,7 +34,7 @@ def certificate(tmp_path):
 
 
 @pytest.fixture
-def tls_relay(transactional_db, upstream, shipped_prices, fake_ws, certificate, monkeypatch):  # noqa: F811
+def tls_relay(transactional_db, upstream, shipped_prices, fake_ws, certificate, monkeypatch):
     cert, key = certificate
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))  # the fixture's health check
     relay = GunicornRelay(upstream.base_url, OPENAI_WEBSOCKET_BASE_URL=fake_ws.base_url,

@@ -12,20 +12,6 @@ import openai
 import pytest
 
 from tests.conftest import UPSTREAM_KEY, settle
-from tests.fake_ws_upstream import FakeWsUpstream
-
-
-@pytest.fixture(scope="session")
-def fake_ws_server():
-    server = FakeWsUpstream(UPSTREAM_KEY).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fake_ws(fake_ws_server):
-    fake_ws_server.reset()
-    return fake_ws_server
 
 
 @pytest.fixture

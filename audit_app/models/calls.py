@@ -127,7 +127,7 @@ class ApiCall(TokenUsage, BilledDimensions):
             models.Index(fields=["-started_at", "-id", "status"], name="apicall_4xx_started",
                          condition=models.Q(status__gte=400, status__lt=500)),
             # "Slower than N s" (the p95 links, the duration filter): counted from the index, and
-            # listed from it when few calls are that slow (admin_filters.MinMillisecondsFilter).
+            # listed from it when few calls are that slow (admin_toolkit.MinMillisecondsFilter).
             models.Index(fields=["duration_ms"], name="apicall_duration"),
             # Unpriced calls (a few percent), which the dashboard links to.
             models.Index(fields=["started_at"], name="apicall_unpriced_started",
