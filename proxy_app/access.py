@@ -85,7 +85,7 @@ def check_model_scope(ctx: CallContext, api_path: ApiPath, method: str, fields: 
                       takes_model: str | None = None, unreadable: str | None = None) -> None:
     """The body's model, and for a new batch the models inside its input file.
 
-    `takes_model` ('required' or 'optional', from proxy_app.model_endpoints) says
+    `takes_model` ('required' or 'optional', from proxy_app.paths.model_field) says
     the endpoint names a model; `unreadable` why the relay's reading of the body
     may differ from upstream's. Either way a scoped key is refused rather than
     forwarded on a guess.

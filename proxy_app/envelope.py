@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlencode
 from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpRequest
 
-from . import bodyread
+from .inspection import read_exactly
 from .errors import PolicyDenied, RelayError
 
 ENVELOPE_PATH = "/v1/proxy"
@@ -45,7 +45,7 @@ class InnerCall:
 
 
 def unwrap(request: HttpRequest) -> InnerCall:
-    raw = bodyread.read_exactly(request, MAX_ENVELOPE_BYTES + 1)
+    raw = read_exactly(request, MAX_ENVELOPE_BYTES + 1)
     if len(raw) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(f"The envelope is larger than {MAX_ENVELOPE_BYTES} bytes.", status=413)
     try:

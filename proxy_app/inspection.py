@@ -16,7 +16,7 @@ Everything else streams straight through, never held.
 
 The rule for a key with a model scope: when the relay cannot read the body the
 way upstream will, the request is refused and nothing is forwarded. So on an
-endpoint that takes a model (proxy_app.model_endpoints) the body is read as
+endpoint that takes a model (proxy_app.paths.model_field) the body is read as
 JSON whatever its label (upstream served JSON sent as octet-stream or
 form-urlencoded), a multipart form is read by python-multipart, and the
 request is refused unless exactly one readable string `model` comes out.
@@ -36,10 +36,9 @@ from rest_framework.permissions import BasePermission
 from audit_app import budgets
 from audit_app.recorder import CallContext, release_connection
 
-from . import access, bodyread, policy
+from . import access, policy
 from .errors import BodyTooLarge, RelayError
-from .model_endpoints import model_field
-from .paths import ApiPath
+from .paths import ApiPath, model_field
 from .policy import media_type
 from relay_project.lib.sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
 
@@ -50,6 +49,64 @@ _BOM = b"\xef\xbb\xbf"
 
 class InvalidBody(RelayError):
     default_code = "invalid_body"
+
+
+# --- reading the client's body, with a stall timeout ------------------------------
+#
+# Every read of the client's body (here, in the pipeline, in the envelope) goes
+# through `read`. A client that trickles its body in holds a greenlet, a socket and
+# (before the timeout) a database connection; ten of them made every other call fail with 503
+# after 60 s. Each read of the body now has RELAY_BODY_READ_TIMEOUT seconds to
+# return something: a body that stalls longer is answered 408 and nothing of it
+# is forwarded (or, mid-forward, the upstream request is abandoned).
+#
+# Under gunicorn's gevent workers the timeout is a gevent.Timeout around each
+# read (the socket calls are cooperative); in the threaded development server it
+# is not enforced.
+
+
+class BodyTimeout(RelayError):
+    status_code = 408
+    default_code = "request_body_timeout"
+
+
+def _gevent_timeout():
+    try:
+        from gevent import Timeout, monkey
+    except ImportError:  # pragma: no cover - gevent is a runtime dependency
+        return None
+    return Timeout if monkey.is_module_patched("socket") else None
+
+
+_TIMEOUT = None
+_CHECKED = False
+
+
+def read(source: BinaryIO, size: int) -> bytes:
+    """`source.read(size)`, refused with a 408 when the client sends nothing for too long."""
+    global _TIMEOUT, _CHECKED
+    if not _CHECKED:
+        _TIMEOUT, _CHECKED = _gevent_timeout(), True
+    seconds = settings.RELAY_BODY_READ_TIMEOUT
+    if _TIMEOUT is None or not seconds:
+        return source.read(size)
+    error = BodyTimeout(f"The request body stalled: nothing arrived for {seconds:g} s "
+                        "(RELAY_BODY_READ_TIMEOUT). Nothing was forwarded.")
+    with _TIMEOUT(seconds, error):
+        return source.read(size)
+
+
+def read_exactly(source: BinaryIO, length: int, step: int = 64 * 1024) -> bytes:
+    """Up to `length` bytes, in steps that each get the stall timeout."""
+    parts = []
+    remaining = length
+    while remaining > 0:
+        chunk = read(source, min(step, remaining))
+        if not chunk:
+            break
+        parts.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(parts)
 
 
 @dataclass(slots=True)
@@ -125,7 +182,7 @@ def inspect(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Body:
         return Body(None, length, content_type, check_scope=True, takes_model=takes_model)
     as_json = kind == "application/json" or (takes_model is not None and kind != "multipart/form-data")
     if as_json and length is not None and length <= settings.RELAY_INSPECT_MAX_BYTES:
-        raw = bodyread.read_exactly(source, length)
+        raw = read_exactly(source, length)
         document, duplicates = _json_object(raw, strict=scoped)
         return Body(io.BytesIO(raw), len(raw), content_type, held=True, raw=raw, document=document,
                     duplicates=duplicates, fields=document, check_scope=True, reserve=True,
@@ -221,7 +278,7 @@ def _spool(source: BinaryIO, sniffer: JsonFieldSniffer | MultipartFieldSniffer):
     total = 0
     while True:
         try:
-            chunk = bodyread.read(source, 64 * 1024)
+            chunk = read(source, 64 * 1024)
         except BaseException:
             spool.close()
             raise

@@ -15,16 +15,24 @@ endpoint family lives here, not in a view of its own. Hooks, in call order:
   carries a `Usage`, `response_model` the model upstream says it used;
 - `on_complete(call_id)`: the response was relayed in full; record what the
   family keeps beyond the call row (files, batches). Must not raise.
+
+The common observers come first; then what each family adds (files, uploads and
+batches; background responses and videos), which the pipeline's FAMILY_OBSERVERS
+lists.
 """
 from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from django.conf import settings
 
+from audit_app import batch_records, file_records, jobs
+from audit_app.models import FileOrigin
+from audit_app.recorder import CallContext
 from audit_app.usage import OutputItemCounter, Usage, image_variant
 
 from audit_app.operations import generates
@@ -36,6 +44,8 @@ from .sse import ChatUsageStripper, SseUsageScanner
 if TYPE_CHECKING:
     from .inspection import Body
 
+log = logging.getLogger(__name__)
+_ID = r"([A-Za-z0-9_.:-]+)"
 _REQUEST_FIELDS = frozenset({"model", "stream", "n"})
 # What per-image prices (dall-e) depend on.
 _IMAGE_FIELDS = frozenset({"size", "quality"})
@@ -397,3 +407,271 @@ def observers_for(api_path: ApiPath, method: str, body: "Body") -> list[Observer
                                        if api_path.path != "/v1/audio/speech" else "audio"))
     observers.append(UpstreamError())
     return observers
+
+
+# --- files, uploads and batches -----------------------------------------------------
+#
+# Each observer keeps the (small) JSON object upstream answered with and, once
+# the response has been relayed in full, records what it says: the file a
+# user uploaded, the batch they started, a file deleted. A recording failure
+# is logged, never turned into an error for a response already sent.
+
+_OBJECT_LIMIT = 1024 * 1024  # file, upload and batch objects are a few hundred bytes; lists a few MB at most
+
+
+class JsonObjectObserver(Observer):
+    """Keeps a successful JSON response body (bounded) for `record`."""
+
+    def __init__(self, ctx: CallContext) -> None:
+        self.ctx = ctx
+        self.ok = False
+        self.body = bytearray()
+
+    def on_response_start(self, status: int, headers: Any) -> None:
+        # 200/201 only: a 206 is part of an object and a 304 has none (ranged and
+        # conditional reads pass through since the fidelity work).
+        self.ok = status in (200, 201) and media_type(headers.get("content-type", "")) == "application/json"
+
+    def on_response_chunk(self, chunk: bytes) -> None:
+        if self.ok:
+            if len(self.body) + len(chunk) > _OBJECT_LIMIT:
+                self.ok, self.body = False, bytearray()
+            else:
+                self.body += chunk
+
+    def on_complete(self, call_id: int) -> None:
+        if not self.ok:
+            return
+        try:
+            obj = json.loads(self.body)
+            if isinstance(obj, dict):
+                self.record(obj, call_id)
+        except Exception:  # a malformed object, a refused write: the call row must still close
+            log.exception("could not record %s %s", self.ctx.method, self.ctx.path)
+
+    def record(self, obj: dict[str, Any], call_id: int) -> None:
+        raise NotImplementedError
+
+
+class FileCreated(JsonObjectObserver):
+    def record(self, obj, call_id):
+        file_records.record_file(obj, origin=FileOrigin.FILES_API, user=self.ctx.user, key=self.ctx.key,
+                                 call_id=call_id)
+
+
+class FileDeleted(JsonObjectObserver):
+    def record(self, obj, call_id):
+        if obj.get("deleted") is True and isinstance(obj.get("id"), str):
+            file_records.mark_deleted(obj["id"])
+
+
+class UploadChanged(JsonObjectObserver):
+    def record(self, obj, call_id):
+        file_records.record_upload(obj, user=self.ctx.user, key=self.ctx.key)
+
+
+class UploadPartAdded(JsonObjectObserver):
+    def record(self, obj, call_id):
+        if isinstance(obj.get("upload_id"), str):
+            file_records.count_part(obj["upload_id"])
+
+
+class BatchSeen(JsonObjectObserver):
+    """A batch created (owned by the caller) or retrieved, listed, cancelled (refreshed)."""
+
+    def __init__(self, ctx: CallContext, created: bool) -> None:
+        super().__init__(ctx)
+        self.created = created
+
+    def record(self, obj, call_id):
+        owner = {"user": self.ctx.user, "key": self.ctx.key} if self.created else {}
+        items = obj.get("data") if obj.get("object") == "list" else [obj]
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict):
+                batch_records.record_batch(item, **owner)
+
+
+_ROUTES: list[tuple[str, re.Pattern[str], Any]] = [
+    ("POST", re.compile(r"^/v1/files$"), FileCreated),
+    ("DELETE", re.compile(rf"^/v1/files/{_ID}$"), FileDeleted),
+    ("POST", re.compile(r"^/v1/uploads$"), UploadChanged),
+    ("POST", re.compile(rf"^/v1/uploads/{_ID}/(complete|cancel)$"), UploadChanged),
+    ("POST", re.compile(rf"^/v1/uploads/{_ID}/parts$"), UploadPartAdded),
+    ("POST", re.compile(r"^/v1/batches$"), lambda ctx: BatchSeen(ctx, created=True)),
+    ("GET", re.compile(r"^/v1/batches$"), lambda ctx: BatchSeen(ctx, created=False)),
+    ("GET", re.compile(rf"^/v1/batches/{_ID}$"), lambda ctx: BatchSeen(ctx, created=False)),
+    ("POST", re.compile(rf"^/v1/batches/{_ID}/cancel$"), lambda ctx: BatchSeen(ctx, created=False)),
+]
+
+
+def file_observers(api_path: ApiPath, method: str, ctx: CallContext) -> list[Observer]:
+    return [make(ctx) for m, pattern, make in _ROUTES if m == method and pattern.match(api_path.path)]
+
+
+# --- background responses and videos (see audit_app.jobs) -----------------------------
+#
+# - `POST /v1/responses` whose answer says `"background": true` starts a job
+#   owned by the caller and their key; the create call itself is then free, and
+#   its usage (a background stream carries it too) is the job's, counted once.
+# - Reads of a response or a video (GET, a resumed stream, a cancel) bill the
+#   job if they are the first to see it finished.
+# - `POST /v1/videos` (and remixes) start video jobs.
+
+_LINE_LIMIT = 8 * 1024 * 1024  # a finished Response echoes its output in one event
+# The lifecycle events that carry the whole Response object.
+_LIFECYCLE = re.compile(rb'"type"\s*:\s*"response\.(created|queued|in_progress|completed|incomplete|failed|cancelled)"')
+_JOB_FIELDS = frozenset({"id", "object", "status", "model", "background"})
+# Unescaped quotes cannot occur inside a JSON string, so a body without these bytes
+# has no `"background": true` anywhere: no need to parse it (56 us of a Responses call).
+_MAYBE_BACKGROUND = re.compile(rb'"background"\s*:\s*true')
+
+
+class ResponseEvents:
+    """The Response objects of a stream's lifecycle events, without keeping the stream.
+
+    `gate`: stop looking once the first object says it is not a background one (a
+    plain streamed Response, the common case, then costs one parse).
+    """
+
+    def __init__(self, gate: bool) -> None:
+        self.gate = gate
+        self.first: dict[str, Any] | None = None
+        self.last: dict[str, Any] | None = None
+        self.done = False
+        self._line = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        if self.done:
+            return
+        start = 0
+        while not self.done:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                if len(self._line) < _LINE_LIMIT:
+                    self._line += chunk[start:]
+                return
+            if self._line:
+                self._line += chunk[start:end]
+                line, self._line = bytes(self._line), bytearray()
+            else:
+                line = chunk[start:end]
+            start = end + 1
+            if line.startswith(b"data:") and _LIFECYCLE.search(line, 0, 200):
+                self._consider(line[5:])
+
+    def _consider(self, data: bytes) -> None:
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return
+        response = obj.get("response") if isinstance(obj, dict) else None
+        if not isinstance(response, dict):
+            return
+        if self.first is None:
+            self.first = response
+            if self.gate and response.get("background") is not True:
+                self.done = True
+        self.last = response
+
+
+class ResponseJob(Observer):
+    """A Response created, retrieved, streamed again or cancelled."""
+
+    def __init__(self, ctx: CallContext, creating: bool) -> None:
+        self.ctx = ctx
+        self.creating = creating
+        self.json: JsonFieldSniffer | None = None
+        self.events: ResponseEvents | None = None
+        self.ok = False
+        self.maybe_background = False
+        self._tail = b""
+
+    def on_response_start(self, status: int, headers: Any) -> None:
+        self.ok = status < 400
+        kind = media_type(headers.get("content-type", ""))
+        if not self.ok:
+            return
+        if kind == "text/event-stream":
+            self.events = ResponseEvents(gate=self.creating)
+        elif kind == "application/json":
+            self.json = JsonFieldSniffer(_JOB_FIELDS, frozenset({"usage"}))
+
+    def on_response_chunk(self, chunk: bytes) -> None:
+        if self.events is not None:
+            self.events.feed(chunk)
+        elif self.json is not None:
+            if self.creating and not self.maybe_background:
+                self.maybe_background = _MAYBE_BACKGROUND.search(self._tail + chunk) is not None
+                self._tail = chunk[-32:]
+            self.json.feed(chunk)
+            # A creation that is not a background one has nothing more for us.
+            if self.creating and self.json._small is None and self.json._values.get("background") is False:
+                self.json = None
+
+    def _objects(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        if self.events is not None:
+            return self.events.first, self.events.last
+        if self.json is not None:
+            obj = dict(self.json.values)
+            return obj, obj
+        return None, None
+
+    def _background(self) -> bool:
+        if not self.creating or (self.json is not None and not self.maybe_background):
+            return False
+        first, _ = self._objects()
+        return self.creating and first is not None and first.get("background") is True
+
+    def audit_fields(self) -> dict[str, Any]:
+        if self._background():
+            # A job: the call is free, its usage is the job's (billed once, in audit_app.jobs).
+            return {"billed": False, "usage": None}
+        return {}
+
+    def on_complete(self, call_id: int) -> None:
+        if not self.ok:
+            return
+        first, last = self._objects()
+        if last is None or last.get("object", "response") != "response":
+            return
+        last = {"object": "response", **last}
+        try:
+            if self._background():
+                job = jobs.record_job({"object": "response", **first}, user=self.ctx.user,
+                                      key=self.ctx.key, call_id=call_id)
+                if job is not None and last is not first:
+                    jobs.seen(last, job=job)
+            elif not self.creating:
+                jobs.seen(last)
+        except Exception:  # a refused write: the call row must still close
+            log.exception("could not record response job from %s %s", self.ctx.method, self.ctx.path)
+
+
+class VideoSeen(JsonObjectObserver):
+    def __init__(self, ctx: CallContext, creating: bool) -> None:
+        super().__init__(ctx)
+        self.creating = creating
+
+    def record(self, obj, call_id):
+        if self.creating:
+            jobs.record_job(obj, user=self.ctx.user, key=self.ctx.key, call_id=call_id)
+            return
+        items = obj.get("data") if obj.get("object") == "list" else [obj]
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and item.get("object") == "video":
+                jobs.seen(item)
+
+
+_ROUTES: list[tuple[str, re.Pattern[str], Any]] = [
+    ("POST", re.compile(r"^/v1/responses$"), lambda ctx: ResponseJob(ctx, creating=True)),
+    ("GET", re.compile(rf"^/v1/responses/{_ID}$"), lambda ctx: ResponseJob(ctx, creating=False)),
+    ("POST", re.compile(rf"^/v1/responses/{_ID}/cancel$"), lambda ctx: ResponseJob(ctx, creating=False)),
+    ("POST", re.compile(r"^/v1/videos$"), lambda ctx: VideoSeen(ctx, creating=True)),
+    ("POST", re.compile(rf"^/v1/videos/{_ID}/remix$"), lambda ctx: VideoSeen(ctx, creating=True)),
+    ("GET", re.compile(r"^/v1/videos$"), lambda ctx: VideoSeen(ctx, creating=False)),
+    ("GET", re.compile(rf"^/v1/videos/{_ID}$"), lambda ctx: VideoSeen(ctx, creating=False)),
+]
+
+
+def job_observers(api_path: ApiPath, method: str, ctx: CallContext) -> list[Observer]:
+    return [make(ctx) for m, pattern, make in _ROUTES if m == method and pattern.match(api_path.path)]

@@ -29,11 +29,10 @@ from . import headers as header_rules
 from audit_app import operations
 from relay_project.lib import upstream
 
-from . import bodyread, file_observers, job_observers, realtime_http, telemetry
-from .bodyread import BodyTimeout
+from . import observers, realtime_http, telemetry
 from .call_audit import CallAudit
 from .errors import BodyTooLarge, RelayError, UpstreamTimeout, UpstreamUnreachable
-from .inspection import Body
+from .inspection import Body, BodyTimeout, read as read_body
 from .observers import Observer, observers_for
 from .paths import ApiPath
 from .realtime_http import location as realtime_location
@@ -83,7 +82,7 @@ class RequestBody:
         limit = settings.RELAY_MAX_BODY_BYTES
         while True:
             try:
-                chunk = bodyread.read(self.source, self.read_size)
+                chunk = read_body(self.source, self.read_size)
             except BodyTimeout as exc:
                 self.error = exc
                 raise exc from None
@@ -258,8 +257,7 @@ def forward(request: HttpRequest, api_path: ApiPath, audit: CallAudit, inspected
 
 # What each endpoint family adds to every call's observers, after the common ones
 # (observers.observers_for), in this order. Each picks its own paths.
-FAMILY_OBSERVERS = (file_observers.file_observers, job_observers.job_observers,
-                    realtime_http.realtime_observers)
+FAMILY_OBSERVERS = (observers.file_observers, observers.job_observers, realtime_http.realtime_observers)
 
 
 def _observers(api_path: ApiPath, method: str, inspected: Body, ctx: CallContext) -> list[Observer]:

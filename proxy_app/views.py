@@ -19,9 +19,8 @@ from . import actions_schema, envelope, inspection, paths, pipeline, websocket
 from .access import CostReserved, FamilyInScope, KeyRateLimit, ModelInScope, WithinBudget
 from .auth import HasRelayKey, TooManyFailedAuthentications, failed_auth, refuse_key_in_query
 from .call_audit import CallAudit
-from .file_observers import NoUserDataFiles
 from .inspection import BodyReadable
-from .policy import PathAllowed
+from .policy import NoUserDataFiles, PathAllowed
 from .realtime_http import RealtimeCallAllowed
 from .errors import AuditUnavailable, error_response, render_exception
 

@@ -110,9 +110,8 @@ def test_the_relay_view_lists_its_whole_policy_in_the_order_it_runs():
     from proxy_app import policy
     from proxy_app.access import CostReserved, FamilyInScope, KeyRateLimit, ModelInScope, WithinBudget
     from proxy_app.auth import HasRelayKey
-    from proxy_app.file_observers import NoUserDataFiles
     from proxy_app.inspection import BodyReadable
-    from proxy_app.policy import PathAllowed
+    from proxy_app.policy import NoUserDataFiles, PathAllowed
     from proxy_app.realtime_http import RealtimeCallAllowed
     from proxy_app.views import RelayView
 
