@@ -491,7 +491,7 @@ class BatchSeen(JsonObjectObserver):
                 batch_records.record_batch(item, **owner)
 
 
-_ROUTES: list[tuple[str, re.Pattern[str], Any]] = [
+_FILE_ROUTES: list[tuple[str, re.Pattern[str], Any]] = [
     ("POST", re.compile(r"^/v1/files$"), FileCreated),
     ("DELETE", re.compile(rf"^/v1/files/{_ID}$"), FileDeleted),
     ("POST", re.compile(r"^/v1/uploads$"), UploadChanged),
@@ -505,7 +505,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], Any]] = [
 
 
 def file_observers(api_path: ApiPath, method: str, ctx: CallContext) -> list[Observer]:
-    return [make(ctx) for m, pattern, make in _ROUTES if m == method and pattern.match(api_path.path)]
+    return [make(ctx) for m, pattern, make in _FILE_ROUTES if m == method and pattern.match(api_path.path)]
 
 
 # --- background responses and videos (see audit_app.jobs) -----------------------------
@@ -662,7 +662,7 @@ class VideoSeen(JsonObjectObserver):
                 jobs.seen(item)
 
 
-_ROUTES: list[tuple[str, re.Pattern[str], Any]] = [
+_JOB_ROUTES: list[tuple[str, re.Pattern[str], Any]] = [
     ("POST", re.compile(r"^/v1/responses$"), lambda ctx: ResponseJob(ctx, creating=True)),
     ("GET", re.compile(rf"^/v1/responses/{_ID}$"), lambda ctx: ResponseJob(ctx, creating=False)),
     ("POST", re.compile(rf"^/v1/responses/{_ID}/cancel$"), lambda ctx: ResponseJob(ctx, creating=False)),
@@ -674,4 +674,4 @@ _ROUTES: list[tuple[str, re.Pattern[str], Any]] = [
 
 
 def job_observers(api_path: ApiPath, method: str, ctx: CallContext) -> list[Observer]:
-    return [make(ctx) for m, pattern, make in _ROUTES if m == method and pattern.match(api_path.path)]
+    return [make(ctx) for m, pattern, make in _JOB_ROUTES if m == method and pattern.match(api_path.path)]
