@@ -504,10 +504,6 @@ _FILE_ROUTES: list[tuple[str, re.Pattern[str], Any]] = [
 ]
 
 
-def file_observers(api_path: ApiPath, method: str, ctx: CallContext) -> list[Observer]:
-    return [make(ctx) for m, pattern, make in _FILE_ROUTES if m == method and pattern.match(api_path.path)]
-
-
 # --- background responses and videos (see audit_app.jobs) -----------------------------
 #
 # - `POST /v1/responses` whose answer says `"background": true` starts a job
@@ -673,5 +669,7 @@ _JOB_ROUTES: list[tuple[str, re.Pattern[str], Any]] = [
 ]
 
 
-def job_observers(api_path: ApiPath, method: str, ctx: CallContext) -> list[Observer]:
-    return [make(ctx) for m, pattern, make in _JOB_ROUTES if m == method and pattern.match(api_path.path)]
+def family_observers(api_path: ApiPath, method: str, ctx: CallContext) -> list[Observer]:
+    """The file, batch and job observers whose routes match the call, in the tables' order."""
+    return [make(ctx) for routes in (_FILE_ROUTES, _JOB_ROUTES)
+            for m, pattern, make in routes if m == method and pattern.match(api_path.path)]

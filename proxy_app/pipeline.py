@@ -257,7 +257,7 @@ def forward(request: HttpRequest, api_path: ApiPath, audit: CallAudit, inspected
 
 # What each endpoint family adds to every call's observers, after the common ones
 # (observers.observers_for), in this order. Each picks its own paths.
-FAMILY_OBSERVERS = (observers.file_observers, observers.job_observers, realtime_http.realtime_observers)
+FAMILY_OBSERVERS = (observers.family_observers, realtime_http.realtime_observers)
 
 
 def _observers(api_path: ApiPath, method: str, inspected: Body, ctx: CallContext) -> list[Observer]:
