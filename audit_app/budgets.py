@@ -17,6 +17,9 @@ docs/prices.md ("Budgets") states the design and the overshoot bound; in short:
   budget counts the most it could have been.
 - An unsettled reservation (a worker killed mid-call) expires with the pending-call
   timeout: reservations are counted in time buckets that expire after it.
+- A background Response's reservation passes to its job when the create call ends
+  (`AsyncJob.budget_hold`, counted by `month_spend`), and holds until the job is
+  billed, by whoever sees it end first (audit_app.jobs).
 - A key or user with a budget may not use a model without a price, or a dimension
   without a rate (a tier, audio output, a billed tool), because the relay could not
   count it: 403 naming the reason, until an admin adds the price or rate.
@@ -44,40 +47,13 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from . import pricing
-from .models import BudgetAlert, BudgetHold, UsageDaily
-
-
-# ============================================================================
-# Budgets that hold: reservations before forwarding, settlement at completion.
-#
-# docs/prices.md ("Budgets") states the design and the overshoot bound; in short:
-#
-# - Before a generating call of a key or user with a monthly budget is forwarded, the
-#   relay reserves an estimated cost for it (`estimate`): input tokens at most the
-#   body's bytes, output tokens the request's `max_output_tokens` (or `max_tokens`,
-#   `max_completion_tokens`) capped by the model's largest output, each at the
-#   highest rate the model has for its kind; tool calls and images at their rates.
-# - The reservation is admitted only if spend + every open reservation + it stays
-#   within the budget. The reservation is an atomic increment of a shared counter in
-#   Redis (or a BudgetHold row with the database cache, whose increments are not
-#   atomic), so 20 concurrent calls cannot all see the same headroom.
-# - At completion it is settled: released, with the real cost now in the rollups.
-#   A call that ends unpriced or usage-unknown keeps its reservation as spend (the
-#   call's `budget_held`, summed in the rollups): its cost is unknown, so the
-#   budget counts the most it could have been.
-# - An unsettled reservation (a worker killed mid-call) expires with the pending-call
-#   timeout: reservations are counted in time buckets that expire after it.
-# - A key or user with a budget may not use a model without a price, or a dimension
-#   without a rate (a tier, audio output, a billed tool), because the relay could not
-#   count it: 403 naming the reason, until an admin adds the price or rate.
-#
-# Amounts in the cache are integers of 1e-10 USD (the cost columns' scale).
-# ============================================================================
+from .models import AsyncJob, BudgetAlert, BudgetHold, UsageDaily
 
 
 UNIT = Decimal("1e-10")
-# Requests that generate (and so are billed). Reads, files, batches and jobs are not
-# reserved here: batches and background jobs are billed when they finish (docs/prices.md).
+# Requests that generate (and so are billed), each reserved while it runs. A background
+# Response's reservation passes to its job, which holds it until billed (jobs.bill);
+# batches and videos are refused under a budget (docs/prices.md).
 GENERATING_PATHS = frozenset({
     "/v1/responses", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
     "/v1/images/generations", "/v1/images/edits", "/v1/images/variations",
@@ -254,7 +230,9 @@ def _month() -> date:
 
 
 def month_spend(owner: str) -> Decimal:
-    """Priced cost plus the holds of unpriced and usage-unknown calls, this calendar month.
+    """Priced cost plus the holds of unpriced and usage-unknown calls, this calendar month,
+    plus the holds of background jobs still running (whenever they started: their cost
+    lands on the day they end).
 
     Cached in the shared cache together with the settlement generation it was read
     at: a settlement bumps the generation, so the next check reads the rollups
@@ -271,7 +249,11 @@ def month_spend(owner: str) -> Decimal:
     owner_id = int(owner[1:])
     rows = rows.filter(**{"k": {"key_id": owner_id}, "u": {"user_id": owner_id}, "t": {"key__team_id": owner_id}}[owner[0]])
     sums = rows.aggregate(cost=Sum("cost"), held=Sum("budget_held"))
-    spend = (sums["cost"] or Decimal(0)) + (sums["held"] or Decimal(0))
+    jobs = AsyncJob.objects.filter(counted_at__isnull=True, budget_hold__isnull=False, **{
+        "k": {"created_by_key_id": owner_id}, "u": {"created_by_id": owner_id},
+        "t": {"created_by_key__team_id": owner_id}}[owner[0]])
+    running = jobs.aggregate(held=Sum("budget_hold"))["held"]
+    spend = (sums["cost"] or Decimal(0)) + (sums["held"] or Decimal(0)) + (running or Decimal(0))
     cache.set(spend_key, (str(spend), gen), _setting('RELAY_SPEND_CACHE_SECONDS'))
     return spend
 

@@ -34,14 +34,19 @@ def kind_of_object(obj: dict[str, Any]) -> str | None:
     return {"response": JobKind.RESPONSE, "video": JobKind.VIDEO}.get(obj.get("object"))
 
 
-def record_job(obj: dict[str, Any], *, user=None, key=None, call_id: int | None = None) -> AsyncJob | None:
-    """A job the caller just created (its upstream object); bills it at once if it is already over."""
+def record_job(obj: dict[str, Any], *, user=None, key=None, call_id: int | None = None,
+               budget_hold: Decimal | None = None) -> AsyncJob | None:
+    """A job the caller just created (its upstream object); bills it at once if it is already over.
+
+    `budget_hold`: the creating call's budget reservation, which the job holds until it
+    is billed (written with the row, before anything can bill it, so that no hold
+    outlives its job)."""
     kind, job_id = kind_of_object(obj), obj.get("id")
     if kind is None or not isinstance(job_id, str) or not job_id:
         return None
     job, _ = AsyncJob.objects.get_or_create(job_id=job_id[:128], defaults=dict(
         kind=kind, model=str(obj.get("model") or "")[:128], status=str(obj.get("status") or "")[:32],
-        created_by=user, created_by_key=key, call_id=call_id))
+        created_by=user, created_by_key=key, call_id=call_id, budget_hold=budget_hold))
     seen(obj, job=job)
     return job
 
@@ -113,7 +118,10 @@ def bill(job: AsyncJob, obj: dict[str, Any]) -> bool:
     """Bill a finished job exactly once. Partial usage of a cancelled or incomplete
     Response counts as OpenAI reports it; no usage on an end that generates nothing
     (failed, cancelled before it started) is free; a completed job without readable
-    usage is `unknown`, never $0."""
+    usage is `unknown`, never $0.
+
+    A job that held a budget reservation stops holding it here; if its cost is unknown
+    the hold stays counted, as the spend of its day (`budget_held` in the rollups)."""
     now = timezone.now()
     model = str(obj.get("model") or job.model or "")[:128]
     usage = usage_of(job, obj)
@@ -128,6 +136,7 @@ def bill(job: AsyncJob, obj: dict[str, Any]) -> bool:
         fields.update({name: getattr(usage, name) for name in _TOKENS}, video_seconds=usage.video_seconds,
                       cost=cost, unpriced=cost is None,
                       billing=Billing.PRICED if cost is not None else Billing.UNPRICED)
+    cost_unknown = fields["billing"] in (Billing.UNPRICED, Billing.UNKNOWN)
     with transaction.atomic():
         if not _write(job.pk, fields):
             return False  # someone else billed it first
@@ -137,7 +146,20 @@ def bill(job: AsyncJob, obj: dict[str, Any]) -> bool:
                         unpriced=1 if fields["billing"] == Billing.UNPRICED else 0,
                         unknown=1 if fields["billing"] == Billing.UNKNOWN else 0,
                         **{name: fields.get(name) or 0 for name in _TOKENS},
-                        cost=fields.get("cost") or Decimal(0))
+                        cost=fields.get("cost") or Decimal(0),
+                        budget_held=job.budget_hold if cost_unknown and job.budget_hold else Decimal(0))
     for name, value in fields.items():
         setattr(job, name, value)
+    if job.budget_hold is not None:
+        _budgets_changed(job)
     return True
+
+
+def _budgets_changed(job: AsyncJob) -> None:
+    """The job's hold became its cost (or stayed as spend): every budget over its creator
+    reads its spend again at the next check."""
+    from .budgets import mark_spend_stale
+
+    team_id = job.created_by_key.team_id if job.created_by_key_id else None
+    mark_spend_stale([f"k{job.created_by_key_id}", f"u{job.created_by_id}"]
+                     + ([f"t{team_id}"] if team_id else []))

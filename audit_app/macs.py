@@ -20,7 +20,8 @@ from django.utils import timezone
 # poll_batches stamps these with a bulk UPDATE on every poll.
 UNSEALED_FIELDS: dict[str, frozenset[str]] = {
     "audit_app.BatchRecord": frozenset({"last_polled_at", "last_poll_error", "claimed_until"}),
-    "audit_app.AsyncJob": frozenset({"last_polled_at", "last_poll_error", "claimed_until"}),
+    # A job's budget hold is budget control, like a poller's lease; its cost is the content.
+    "audit_app.AsyncJob": frozenset({"last_polled_at", "last_poll_error", "claimed_until", "budget_hold"}),
 }
 # Not content: the id is bound by the ledger entry, updated_at moves on every save.
 _NEVER = frozenset({"id", "updated_at", "row_mac"})

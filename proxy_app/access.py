@@ -282,19 +282,16 @@ def _budget_message(ctx: CallContext, owner: str, name: str, budget, spent, held
 
 
 def refuse_unbounded_work(ctx: CallContext, api_path: ApiPath, method: str, fields: dict) -> None:
-    """Under a budget, no work whose cost lands after the call ends: a background Response,
-    a batch, a video, or what OpenAI bills unmeasurably (containers). A reservation lives
-    only as long as the call, so twenty such jobs started one after another would each see
-    the budget untouched and together overshoot it without bound. Refused (403, naming
-    the reason) until the relay can hold a reservation for a job's whole life."""
-    kind = operations.kind_of(method, api_path.path)
-    background = api_path.path == "/v1/responses" and fields.get("background") not in (None, False)
-    if kind in (operations.Kind.JOB, operations.Kind.UNMETERED) or background:
-        what = "a background response" if background else f"{api_path.path}"
+    """Under a budget, no work whose cost the relay cannot hold until it ends: a batch, a
+    video, or what OpenAI bills unmeasurably (containers). Their cost is not bounded by
+    anything in the create call, so jobs started one after another would each see the
+    budget untouched and together overshoot it without bound. (A background Response is
+    estimated like any Response, and its job holds the reservation until billed.)"""
+    if operations.kind_of(method, api_path.path) in (operations.Kind.JOB, operations.Kind.UNMETERED):
         raise PolicyDenied(
-            f"This key has a monthly budget, and {what} is billed when it ends, after this call: the "
-            "relay cannot hold its cost against the budget until then, so it refuses it. Use a key "
-            "without a budget for asynchronous work (docs/prices.md, Budgets).",
+            f"This key has a monthly budget, and {api_path.path} is billed when it ends, after this "
+            "call, at a cost the relay cannot estimate from the request, so it refuses it. Use a key "
+            "without a budget for this work (docs/prices.md, Budgets).",
             code="relay_async_under_budget")
 
 

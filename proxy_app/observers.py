@@ -15,6 +15,9 @@ endpoint family lives here, not in a view of its own. Hooks, in call order:
   carries a `Usage`, `response_model` the model upstream says it used;
 - `on_complete(call_id)`: the response was relayed in full; record what the
   family keeps beyond the call row (files, batches). Must not raise.
+- `on_abandoned(call_id)`: instead, when the response ended early (the client
+  left, upstream broke): for what upstream goes on with regardless (a background
+  Response). Must not raise.
 
 The common observers come first; then what each family adds (files, uploads and
 batches; background responses and videos), which the pipeline's FAMILY_OBSERVERS
@@ -84,6 +87,9 @@ class Observer:
         return {}
 
     def on_complete(self, call_id: int) -> None:
+        pass
+
+    def on_abandoned(self, call_id: int) -> None:
         pass
 
 
@@ -633,14 +639,22 @@ class ResponseJob(Observer):
         last = {"object": "response", **last}
         try:
             if self._background():
+                # The call's budget reservation passes to the job, which holds it until billed.
+                hold = self.ctx.reservation.amount if self.ctx.reservation is not None else None
                 job = jobs.record_job({"object": "response", **first}, user=self.ctx.user,
-                                      key=self.ctx.key, call_id=call_id)
+                                      key=self.ctx.key, call_id=call_id, budget_hold=hold)
                 if job is not None and last is not first:
                     jobs.seen(last, job=job)
             elif not self.creating:
                 jobs.seen(last)
         except Exception:  # a refused write: the call row must still close
             log.exception("could not record response job from %s %s", self.ctx.method, self.ctx.path)
+
+    def on_abandoned(self, call_id: int) -> None:
+        # A background stream the client left (or upstream cut) after `response.created`:
+        # the job runs on upstream and is billed when it ends, so it is recorded all the same.
+        if self.creating:
+            self.on_complete(call_id)
 
 
 class VideoSeen(JsonObjectObserver):

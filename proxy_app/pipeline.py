@@ -183,12 +183,14 @@ class RelayedBody:
             # Billed by OpenAI: a generating operation it accepted, even when the stream
             # was cut or the client left (generation went on upstream).
             billed = operations.billed_on_call(self.ctx.method, self.ctx.path) and status < 400
-        if self.finished:
-            for observer in self.observers:
-                try:
+        for observer in self.observers:
+            try:
+                if self.finished:
                     observer.on_complete(self.call_id)
-                except Exception:  # an observer's bug must never cost the call its audit row
-                    log.exception("observer %s failed on call %s", type(observer).__name__, self.call_id)
+                else:
+                    observer.on_abandoned(self.call_id)
+            except Exception:  # an observer's bug must never cost the call its audit row
+                log.exception("observer %s failed on call %s", type(observer).__name__, self.call_id)
         upstream_request_id = self.resp.headers.get("x-request-id", "")[:128]
         bytes_in = self.body.bytes_read if self.body else 0
         self.audit.finish(

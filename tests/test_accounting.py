@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from datetime import datetime, timedelta, timezone as dt_timezone
 from decimal import Decimal
 
@@ -123,6 +124,27 @@ def test_a_streamed_background_create_is_a_job_not_a_billed_call(sdk, upstream):
     assert (job.status, job.counted_at) == ("queued", None)
     settle()
     assert ApiCall.objects.get().billing == Billing.FREE
+
+
+def test_a_background_stream_cut_early_still_records_its_job_and_bills_it_once(
+        relay_url, relay_key, upstream, alice):
+    # The job runs on upstream whoever stops listening; the client resumes it later by id.
+    upstream.inject("/v1/responses", method="POST", drop_after_events=1)
+    with requests.post(f"{relay_url}/v1/responses", stream=True, timeout=30,
+                       headers={"Authorization": f"Bearer {relay_key}"},
+                       json={"model": "gpt-4o-mini", "input": "hi", "background": True, "stream": True}) as r:
+        first = next(r.iter_lines())  # event: response.created
+        assert first.startswith(b"event: response.created")
+    deadline = time.monotonic() + 10
+    while not AsyncJob.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    settle()
+    job = AsyncJob.objects.get()
+    assert (job.created_by, job.status, job.counted_at) == (alice, "queued", None)
+    assert ApiCall.objects.get(method="POST").billing == Billing.FREE  # the call is free, the job is billed
+    upstream.advance_response(job.job_id, "completed")
+    assert "jobs: checked 1, changed 1, completed 1" in poll()
+    assert rollup_totals()["cost"] == CALL_COST
 
 
 def test_a_cancelled_background_response_counts_the_partial_usage_upstream_reports(sdk, upstream):

@@ -15,10 +15,11 @@ from decimal import Decimal
 
 import pytest
 import requests
+from django.db.models import Sum
 from django.utils import timezone
 
 from audit_app import budgets
-from audit_app.models import Billing, BudgetHold, ModelPrice, UsageDaily
+from audit_app.models import AsyncJob, Billing, BudgetHold, ModelPrice, UsageDaily
 from proxy_app.models import UserLimit
 from tests.conftest import finished_calls
 
@@ -168,14 +169,14 @@ def test_twenty_concurrent_calls_on_a_key_one_cent_from_its_budget(start_gunicor
 
 
 @pytest.mark.parametrize("path, body", [
-    ("/v1/responses", {"model": "gpt-4o-mini", "input": "hi", "background": True}),
     ("/v1/batches", {"input_file_id": "file-abc", "endpoint": "/v1/responses", "completion_window": "24h"}),
     ("/v1/videos", {"model": "sora-2", "prompt": "a cat"}),
     ("/v1/containers", {"name": "scratch"}),
 ])
-def test_a_budgeted_key_may_not_start_work_billed_after_the_call_ends(relay_url, issue_key, upstream, path, body):
-    # Its reservation would end with the call: jobs started one after another would each see
-    # the budget untouched.
+def test_a_budgeted_key_may_not_start_work_whose_cost_the_request_does_not_bound(
+        relay_url, issue_key, upstream, path, body):
+    # Nothing in the create call bounds what a batch, a video or a container costs: jobs
+    # started one after another would each see the budget untouched.
     key, plaintext = budgeted_key(issue_key)
     refused = post(relay_url, plaintext, body, path)
     assert refused.status_code == 403, refused.text
@@ -183,12 +184,65 @@ def test_a_budgeted_key_may_not_start_work_billed_after_the_call_ends(relay_url,
     assert not any(r.path == path for r in upstream.requests)  # nothing forwarded
 
 
-def test_a_large_background_body_is_refused_too(relay_url, issue_key, upstream, settings):
-    settings.RELAY_INSPECT_MAX_BYTES = 64  # read as a stream, not parsed whole
+def wait_for_spend(key, expected: Decimal) -> Decimal:
+    """The key's budget spend, once the server has marked its cached figure stale."""
+    deadline = time.monotonic() + 5
+    while budgets.month_spend(f"k{key.pk}") != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return budgets.month_spend(f"k{key.pk}")
+
+
+def test_a_background_response_holds_its_reservation_until_it_is_billed(relay_url, issue_key, upstream):
+    key, plaintext = budgeted_key(issue_key, "1.00")
+    UsageDaily.objects.create(date=timezone.localdate(), user=key.owner, key=key, model="gpt-4o",
+                              family="responses", calls=1, cost=Decimal("0.99"))
+    body = {"model": "gpt-4o", "input": "hi", "max_output_tokens": 400, "background": True}
+    # Each reserves 400 output x 1e-05 + the body's bytes as input x 2.5e-06 (gpt-4o's rates).
+    hold = 400 * Decimal("1e-05") + len(json.dumps(body).encode()) * Decimal("2.5e-06")
+    assert hold == Decimal("0.0042")  # 400 x 1e-05 + 80 bytes x 2.5e-06
+    first = post(relay_url, plaintext, body)
+    second = post(relay_url, plaintext, body)
+    assert (first.status_code, second.status_code) == (200, 200)
+    finished_calls(2)
+    # The calls have ended, their jobs run on: each holds its call's reservation.
+    jobs = {j.job_id: j for j in AsyncJob.objects.all()}
+    assert {j.budget_hold for j in jobs.values()} == {hold}
+    assert wait_for_spend(key, Decimal("0.99") + 2 * hold) == Decimal("0.99") + 2 * hold
+    # 0.99 + 3 x 0.0042 = 1.0026 > 1.00: a third does not fit, though no call is in flight.
+    third = post(relay_url, plaintext, body)
+    assert third.status_code == 429 and third.json()["error"]["code"] == "relay_budget_exceeded"
+    assert sum(1 for r in upstream.requests if r.path == "/v1/responses") == 2
+
+    # The first ends and a retrieve bills it: its real cost replaces its hold.
+    # (12 - 4 cached) x 2.5e-06 + 4 x 1.25e-06 + 7 x 1e-05 = 0.000095
+    upstream.advance_response(first.json()["id"], "completed")
+    assert post_get(relay_url, plaintext, f"/v1/responses/{first.json()['id']}").status_code == 200
+    finished_calls(4)
+    job = AsyncJob.objects.get(job_id=first.json()["id"])
+    assert (job.billing, job.cost) == (Billing.PRICED, Decimal("0.000095"))
+    expected = Decimal("0.99") + Decimal("0.000095") + hold
+    assert wait_for_spend(key, expected) == expected
+    # 0.990095 + 2 x 0.0042 = 0.998495 <= 1.00: now a third fits.
+    assert post(relay_url, plaintext, body).status_code == 200
+
+
+def test_a_background_response_of_unknown_cost_keeps_its_hold_as_spend(relay_url, issue_key, upstream):
     key, plaintext = budgeted_key(issue_key)
-    body = {"model": "gpt-4o-mini", "input": "x" * 500, "background": True}
-    assert post(relay_url, plaintext, body).status_code == 403
-    assert not upstream.requests
+    body = {"model": "gpt-4o", "input": "hi", "max_output_tokens": 100, "background": True}
+    hold = 100 * Decimal("1e-05") + len(json.dumps(body).encode()) * Decimal("2.5e-06")
+    created = post(relay_url, plaintext, body).json()
+    finished_calls(1)
+    upstream.advance_response(created["id"], "completed")
+    upstream.responses[created["id"]]["usage"] = None  # completed, but no usage to read
+    assert post_get(relay_url, plaintext, f"/v1/responses/{created['id']}").status_code == 200
+    finished_calls(2)
+    assert AsyncJob.objects.get().billing == Billing.UNKNOWN
+    assert UsageDaily.objects.aggregate(held=Sum("budget_held"), cost=Sum("cost")) == {"held": hold, "cost": 0}
+    assert wait_for_spend(key, hold) == hold, "counted, never as $0"
+
+
+def post_get(url: str, key: str, path: str) -> requests.Response:
+    return requests.get(f"{url}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 
 def test_a_key_without_a_budget_starts_background_work_as_before(relay_url, issue_key, upstream):

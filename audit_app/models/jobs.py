@@ -39,6 +39,11 @@ class AsyncJob(Owned, TokenUsage, Maced):
     video_seconds = models.DecimalField(max_digits=12, decimal_places=3, null=True, blank=True)
     unpriced = models.BooleanField(default=False)
     billing = models.CharField(max_length=8, choices=Billing.choices, blank=True, default="")
+    # The creating call's budget reservation, held against its key's, owner's and team's
+    # budgets while the job runs (audit_app.budgets.month_spend counts it until the job
+    # is billed), and kept as spend if the job's cost turns out unknown.
+    budget_hold = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True,
+                                      help_text="USD held against budgets until the job is billed")
 
     first_seen_at = models.DateTimeField(default=timezone.now)
     # Set once, by the single conditional write that bills the job.
