@@ -15,7 +15,8 @@ Kinds (docs/accounting.md has the same table, for people):
   Response, a video, a batch): the call itself is free, the job carries the cost.
   A Response is a job only when its body says `"background": true`.
 - UNMETERED: billed by OpenAI in a way the relay cannot measure on the call
-  (fine-tuning jobs, eval runs, containers): always `unknown`.
+  (fine-tuning jobs, eval runs, containers, Assistants runs, ChatKit sessions):
+  always `unknown`.
 - FREE: everything else (retrievals, lists, deletes, cancels, file uploads
   and downloads, moderations, token counting, minting realtime secrets).
 """
@@ -46,7 +47,14 @@ TABLE: tuple[tuple[str, re.Pattern[str], Kind], ...] = tuple(
         ("POST", r"/v1/audio/(speech|transcriptions|translations)", Kind.GENERATES),
         ("POST", r"/v1/videos", Kind.JOB),
         ("POST", rf"/v1/videos/{_ID}/remix", Kind.JOB),
+        ("POST", r"/v1/videos/(edits|extensions)", Kind.JOB),
         ("POST", r"/v1/batches", Kind.JOB),
+        # Assistants runs generate on upstream after the call, and the relay does not follow
+        # them; a ChatKit session's workflow runs between the client and OpenAI.
+        ("POST", r"/v1/threads/runs", Kind.UNMETERED),
+        ("POST", rf"/v1/threads/{_ID}/runs", Kind.UNMETERED),
+        ("POST", rf"/v1/threads/{_ID}/runs/{_ID}/submit_tool_outputs", Kind.UNMETERED),
+        ("POST", r"/v1/chatkit/sessions", Kind.UNMETERED),
         ("POST", r"/v1/fine_tuning/jobs", Kind.UNMETERED),
         ("POST", rf"/v1/evals/{_ID}/runs", Kind.UNMETERED),
         ("POST", r"/v1/containers", Kind.UNMETERED),

@@ -85,8 +85,8 @@ def check_model_scope(ctx: CallContext, api_path: ApiPath, method: str, fields: 
                       takes_model: str | None = None, unreadable: str | None = None) -> None:
     """The body's model, and for a new batch the models inside its input file.
 
-    `takes_model` ('required' or 'optional', from proxy_app.paths.model_field) says
-    the endpoint names a model; `unreadable` why the relay's reading of the body
+    `takes_model` ('required', 'optional' or 'implicit', from proxy_app.paths.model_field)
+    says the endpoint names a model, or generates on one it does not name; `unreadable` why the relay's reading of the body
     may differ from upstream's. Either way a scoped key is refused rather than
     forwarded on a guess.
     """
@@ -94,6 +94,9 @@ def check_model_scope(ctx: CallContext, api_path: ApiPath, method: str, fields: 
         return
     if unreadable:
         _refuse_unread(ctx, f"the relay could not read this body as upstream will: {unreadable}")
+    if takes_model == "implicit":
+        _refuse_unread(ctx, f"{api_path.path} generates with a model the request does not name (a source "
+                            "video's, a ChatKit workflow's), which the relay cannot check")
     model = fields.get("model", _MISSING)
     if model is _MISSING:
         if takes_model == "required":

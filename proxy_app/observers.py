@@ -678,6 +678,7 @@ _JOB_ROUTES: list[tuple[str, re.Pattern[str], Any]] = [
     ("POST", re.compile(rf"^/v1/responses/{_ID}/cancel$"), lambda ctx: ResponseJob(ctx, creating=False)),
     ("POST", re.compile(r"^/v1/videos$"), lambda ctx: VideoSeen(ctx, creating=True)),
     ("POST", re.compile(rf"^/v1/videos/{_ID}/remix$"), lambda ctx: VideoSeen(ctx, creating=True)),
+    ("POST", re.compile(r"^/v1/videos/(edits|extensions)$"), lambda ctx: VideoSeen(ctx, creating=True)),
     ("GET", re.compile(r"^/v1/videos$"), lambda ctx: VideoSeen(ctx, creating=False)),
     ("GET", re.compile(rf"^/v1/videos/{_ID}$"), lambda ctx: VideoSeen(ctx, creating=False)),
 ]

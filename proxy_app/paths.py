@@ -127,11 +127,22 @@ _PATTERNS = [(re.compile(re.sub(r"\{[^}]+\}", _SEGMENT, path) + r"/?\Z", re.IGNO
              for path, optional in _ENDPOINTS]
 
 
+# POST endpoints that generate with a model their request does not name: a remix, an
+# edit or an extension runs on its source video's model, a ChatKit session on its
+# workflow's. A key with a model scope cannot use them: the relay cannot check the model.
+_IMPLICIT = tuple(re.compile(re.sub(r"\{[^}]+\}", _SEGMENT, path) + r"/?\Z", re.IGNORECASE) for path in (
+    "/v1/videos/{video_id}/remix", "/v1/videos/edits", "/v1/videos/extensions", "/v1/chatkit/sessions",
+))
+
+
 def model_field(path: str, method: str) -> str | None:
-    """'required' or 'optional' when a POST to `path` names a model; None otherwise."""
+    """'required' or 'optional' when a POST to `path` names a model, 'implicit' when it
+    generates on a model it does not name; None otherwise."""
     if method != "POST":
         return None
     for pattern, optional in _PATTERNS:
         if pattern.match(path):
             return "optional" if optional else "required"
+    if any(pattern.match(path) for pattern in _IMPLICIT):
+        return "implicit"
     return None

@@ -716,6 +716,21 @@ class _Handler(BaseHTTPRequestHandler):
             with fake.lock:
                 fake.videos[vid] = obj
             return self.send_json(obj)
+        if len(parts) == 2 and parts[1] in ("edits", "extensions") and m == "POST":
+            # A new video from a finished one: its model; an extension generates `seconds` more.
+            ref = body.get("video")
+            source = fake.videos.get(ref.get("id")) if isinstance(ref, dict) else None
+            if source is None:
+                return self.send_error_json(400, "video must reference a finished video", "video")
+            vid = "video_" + secrets.token_hex(10)
+            seconds = str(body.get("seconds") or source["seconds"]) if parts[1] == "extensions" \
+                else source["seconds"]
+            obj = {**source, "id": vid, "status": "queued", "progress": 0, "created_at": now(),
+                   "completed_at": None, "prompt": body.get("prompt", ""), "seconds": seconds,
+                   "remixed_from_video_id": None}
+            with fake.lock:
+                fake.videos[vid] = obj
+            return self.send_json(obj)
         if parts == ["videos"] and m == "GET":
             items = sorted(fake.videos.values(), key=lambda v: v["created_at"], reverse=True)
             return self.send_json({"object": "list", "data": items, "has_more": False})

@@ -181,6 +181,31 @@ def test_a_video_is_billed_per_second_once_when_first_seen_completed(sdk, upstre
     assert set(ApiCall.objects.values_list("billing", flat=True)) == {Billing.FREE}
 
 
+@pytest.mark.parametrize("make", ["edit", "extend"])
+def test_video_edits_and_extensions_are_jobs_billed_per_second_once(sdk, upstream, alice, make,
+                                                                     relay_url, relay_key):
+    source = sdk.videos.create(model="sora-2", prompt="a cat", seconds="4")
+    settle()
+    upstream.advance_video(source.id, "completed")
+    sdk.videos.retrieve(source.id)  # the source is billed: 4 x 0.10 = 0.40
+    # By reference, in JSON (the SDK would upload the video as a file).
+    body = {"prompt": "a dog", "video": {"id": source.id}, **({"seconds": "8"} if make == "extend" else {})}
+    r = requests.post(f"{relay_url}/v1/videos/{'edits' if make == 'edit' else 'extensions'}", json=body,
+                      headers={"Authorization": f"Bearer {relay_key}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    video = sdk.videos.retrieve(r.json()["id"])
+    settle()
+    upstream.advance_video(video.id, "completed")
+    for _ in range(2):
+        sdk.videos.retrieve(video.id)
+    job = AsyncJob.objects.get(job_id=video.id)
+    # The edit generates as long as its source (4 s), the extension the 8 s it asked for, at 0.10.
+    seconds = Decimal(4) if make == "edit" else Decimal(8)
+    assert (job.kind, job.model, job.video_seconds, job.created_by) == ("video", "sora-2", seconds, alice)
+    assert job.cost == seconds * Decimal("0.10")
+    assert rollup_totals()["cost"] == Decimal("0.4") + seconds * Decimal("0.10")
+
+
 def test_a_failed_video_costs_nothing(sdk, upstream):
     video = sdk.videos.create(model="sora-2", prompt="a cat", seconds="4")
     settle()  # its job is recorded as the create call's row closes
@@ -234,6 +259,11 @@ def test_the_operation_table_decides_by_method_and_path():
     assert kind_of("POST", "/v1/batches") is Kind.JOB
     assert kind_of("GET", "/v1/batches/batch_1") is Kind.FREE
     assert kind_of("POST", "/v1/fine_tuning/jobs") is Kind.UNMETERED
+    # Work that generates on upstream where the relay cannot follow it is never free.
+    assert kind_of("POST", "/v1/videos/edits") is kind_of("POST", "/v1/videos/extensions") is Kind.JOB
+    for path in ("/v1/threads/runs", "/v1/threads/thread_1/runs", "/v1/threads/thread_1/runs/run_1/submit_tool_outputs",
+                 "/v1/chatkit/sessions"):
+        assert kind_of("POST", path) is Kind.UNMETERED, path
 
 
 # --- include_usage for streamed chat whose body the relay will not hold -----------------

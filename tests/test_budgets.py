@@ -171,7 +171,11 @@ def test_twenty_concurrent_calls_on_a_key_one_cent_from_its_budget(start_gunicor
 @pytest.mark.parametrize("path, body", [
     ("/v1/batches", {"input_file_id": "file-abc", "endpoint": "/v1/responses", "completion_window": "24h"}),
     ("/v1/videos", {"model": "sora-2", "prompt": "a cat"}),
+    ("/v1/videos/edits", {"prompt": "a dog", "video": {"id": "video_1"}}),
+    ("/v1/videos/extensions", {"prompt": "more", "video": {"id": "video_1"}, "seconds": "4"}),
     ("/v1/containers", {"name": "scratch"}),
+    ("/v1/chatkit/sessions", {"workflow": {"id": "wf_1"}, "user": "alice"}),
+    ("/v1/threads/runs", {"assistant_id": "asst_1"}),
 ])
 def test_a_budgeted_key_may_not_start_work_whose_cost_the_request_does_not_bound(
         relay_url, issue_key, upstream, path, body):

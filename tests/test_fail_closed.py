@@ -157,6 +157,21 @@ def test_large_json_with_an_allowed_model_is_forwarded_whole(relay_url, scoped, 
     assert upstream.requests[-1].body_length == len(body)
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/v1/videos/video_1/remix", {"prompt": "again"}),
+    ("/v1/videos/edits", {"prompt": "a dog", "video": {"id": "video_1"}}),
+    ("/v1/videos/extensions", {"prompt": "more", "video": {"id": "video_1"}, "seconds": "4"}),
+    ("/v1/chatkit/sessions", {"workflow": {"id": "wf_1"}, "user": "alice"}),
+])
+def test_work_on_a_model_the_request_does_not_name_is_refused_to_a_scoped_key(relay_url, scoped, upstream,
+                                                                            path, body):
+    # The source video's model, the workflow's: the relay cannot check them against the scope.
+    _, key = scoped
+    error = refused(requests.post(f"{relay_url}{path}", json=body, headers=auth(key), timeout=30), upstream)
+    assert error["code"] == "outside_key_scope"
+    assert "does not name" in error["message"]
+
+
 def test_an_assistant_update_may_leave_the_model_out(relay_url, scoped, upstream):
     response = post_raw(relay_url, scoped[1], b'{"name": "renamed"}', "/v1/assistants/asst_1")
     assert response.status_code != 403, response.text
