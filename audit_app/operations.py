@@ -56,6 +56,7 @@ TABLE: tuple[tuple[str, re.Pattern[str], Kind], ...] = tuple(
         ("POST", rf"/v1/threads/{_ID}/runs/{_ID}/submit_tool_outputs", Kind.UNMETERED),
         ("POST", r"/v1/chatkit/sessions", Kind.UNMETERED),
         ("POST", r"/v1/fine_tuning/jobs", Kind.UNMETERED),
+        ("POST", r"/v1/fine_tuning/alpha/graders/run", Kind.UNMETERED),  # model graders bill tokens
         ("POST", rf"/v1/evals/{_ID}/runs", Kind.UNMETERED),
         ("POST", r"/v1/containers", Kind.UNMETERED),
     )
