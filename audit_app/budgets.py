@@ -17,7 +17,7 @@ docs/prices.md ("Budgets") states the design and the overshoot bound; in short:
   budget counts the most it could have been.
 - An unsettled reservation (a worker killed mid-call) expires with the pending-call
   timeout: reservations are counted in time buckets that expire after it.
-- A background Response's reservation passes to its job when the create call ends
+- A background Response's or a video's reservation passes to its job when the call ends
   (`AsyncJob.budget_hold`, counted by `month_spend`), and holds until the job is
   billed, by whoever sees it end first (audit_app.jobs).
 - A key or user with a budget may not use a model without a price, or a dimension
@@ -47,20 +47,23 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from . import pricing
+from .jobs import video_priced_as
 from .models import AsyncJob, BudgetAlert, BudgetHold, UsageDaily
 
 
 UNIT = Decimal("1e-10")
-# Requests that generate (and so are billed), each reserved while it runs. A background
-# Response's reservation passes to its job, which holds it until billed (jobs.bill);
-# batches and videos are refused under a budget (docs/prices.md).
+# Requests that generate (and so are billed), each reserved while it runs. The
+# reservation of a background Response or a video passes to its job, which holds it
+# until billed (jobs.bill); batches and remixes are refused under a budget (docs/prices.md).
 GENERATING_PATHS = frozenset({
     "/v1/responses", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
     "/v1/images/generations", "/v1/images/edits", "/v1/images/variations",
-    "/v1/audio/speech", "/v1/audio/transcriptions", "/v1/audio/translations",
+    "/v1/audio/speech", "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/videos",
 })
+# What upstream assumes for a video request that leaves them out (OpenAI's spec).
+_VIDEO_DEFAULTS = {"model": "sora-2", "seconds": "4", "size": "720x1280"}
 # Body fields the estimate reads (sniffed from bodies too large to parse whole).
-ESTIMATE_FIELDS = frozenset({"background", "model", "max_output_tokens", "max_completion_tokens", "max_tokens", "n",
+ESTIMATE_FIELDS = frozenset({"background", "model", "max_output_tokens", "max_completion_tokens", "max_tokens", "n", "seconds",
                              "service_tier", "size", "quality", "max_tool_calls"})
 _OUTPUT_LIMITS = ("max_output_tokens", "max_completion_tokens", "max_tokens")
 # Tools whose calls OpenAI bills per call: the rate each needs in the model's price.
@@ -126,6 +129,8 @@ def _rates_with(rates: dict, test) -> list[Decimal]:
 
 def estimate(model: Any, fields: dict[str, Any], body_bytes: int, path: str) -> Decimal:
     """An upper estimate of the call's cost; Unpriceable names what has no rate."""
+    if path == "/v1/videos":
+        return _video_cost(model, fields)
     if not isinstance(model, str) or not model:
         raise Unpriceable("the relay could not read the request's model")
     price = pricing.price_for(model, timezone.now())
@@ -178,6 +183,23 @@ def estimate(model: Any, fields: dict[str, Any], body_bytes: int, path: str) -> 
     if path == "/v1/chat/completions" and pricing.is_search_model(model):
         total += max(_rates_with(rates, lambda k: k.startswith(_SEARCH_RATE)), default=Decimal(0))
     return max(total, _setting('RELAY_BUDGET_MIN_RESERVATION_USD'))
+
+
+def _video_cost(model: Any, fields: dict[str, Any]) -> Decimal:
+    """A video's cost, known from its request: its seconds at its model's (and size's) rate."""
+    model = _VIDEO_DEFAULTS["model"] if model is None else model
+    seconds = fields.get("seconds", _VIDEO_DEFAULTS["seconds"])
+    if not isinstance(model, str) or not model:
+        raise Unpriceable("the relay could not read the request's model")
+    if not isinstance(seconds, (str, int)) or isinstance(seconds, bool) or not str(seconds).isdigit() \
+            or int(seconds) <= 0:
+        raise Unpriceable("the relay could not read the request's seconds")
+    priced_as = video_priced_as(model, fields.get("size", _VIDEO_DEFAULTS["size"]))
+    price = pricing.price_for(priced_as, timezone.now())
+    cost = pricing.cost_of(pricing.Usage(video_seconds=Decimal(int(seconds))), price) if price is not None else None
+    if cost is None:
+        raise Unpriceable(f"model '{priced_as}' has no per-second video price")
+    return max(cost, _setting('RELAY_BUDGET_MIN_RESERVATION_USD'))
 
 
 def _tool_fees(model: str, rates: dict, fields: dict[str, Any]) -> Decimal:

@@ -107,11 +107,15 @@ def usage_of(job: AsyncJob, obj: dict[str, Any]) -> Usage | None:
 _HIGH_RES = frozenset({"1024x1792", "1792x1024"})
 
 
-def _priced_as(job: AsyncJob, model: str, obj: dict[str, Any]) -> str:
-    if job.kind == JobKind.VIDEO and model.startswith("sora-2-pro") and obj.get("size") in _HIGH_RES \
-            and not model.endswith("-high-res"):
+def video_priced_as(model: str, size: Any) -> str:
+    """The price-map model a video of this model and size is priced by."""
+    if model.startswith("sora-2-pro") and size in _HIGH_RES and not model.endswith("-high-res"):
         return "sora-2-pro-high-res"
     return model
+
+
+def _priced_as(job: AsyncJob, model: str, obj: dict[str, Any]) -> str:
+    return video_priced_as(model, obj.get("size")) if job.kind == JobKind.VIDEO else model
 
 
 def bill(job: AsyncJob, obj: dict[str, Any]) -> bool:

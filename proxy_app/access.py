@@ -286,10 +286,13 @@ def _budget_message(ctx: CallContext, owner: str, name: str, budget, spent, held
 
 def refuse_unbounded_work(ctx: CallContext, api_path: ApiPath, method: str, fields: dict) -> None:
     """Under a budget, no work whose cost the relay cannot hold until it ends: a batch, a
-    video, or what OpenAI bills unmeasurably (containers). Their cost is not bounded by
-    anything in the create call, so jobs started one after another would each see the
-    budget untouched and together overshoot it without bound. (A background Response is
-    estimated like any Response, and its job holds the reservation until billed.)"""
+    remix, edit or extension of a video, or what OpenAI bills unmeasurably (containers,
+    Assistants runs). Their cost is not bounded by anything in the create call, so jobs
+    started one after another would each see the budget untouched and together overshoot
+    it without bound. (A background Response and a new video are estimated from their
+    request, and their job holds the reservation until billed.)"""
+    if api_path.path == "/v1/videos":
+        return
     if operations.kind_of(method, api_path.path) in (operations.Kind.JOB, operations.Kind.UNMETERED):
         raise PolicyDenied(
             f"This key has a monthly budget, and {api_path.path} is billed when it ends, after this "

@@ -664,7 +664,9 @@ class VideoSeen(JsonObjectObserver):
 
     def record(self, obj, call_id):
         if self.creating:
-            jobs.record_job(obj, user=self.ctx.user, key=self.ctx.key, call_id=call_id)
+            # The call's budget reservation (a new video's) passes to the job, held until billed.
+            hold = self.ctx.reservation.amount if self.ctx.reservation is not None else None
+            jobs.record_job(obj, user=self.ctx.user, key=self.ctx.key, call_id=call_id, budget_hold=hold)
             return
         items = obj.get("data") if obj.get("object") == "list" else [obj]
         for item in items if isinstance(items, list) else []:

@@ -170,7 +170,7 @@ def test_twenty_concurrent_calls_on_a_key_one_cent_from_its_budget(start_gunicor
 
 @pytest.mark.parametrize("path, body", [
     ("/v1/batches", {"input_file_id": "file-abc", "endpoint": "/v1/responses", "completion_window": "24h"}),
-    ("/v1/videos", {"model": "sora-2", "prompt": "a cat"}),
+    ("/v1/videos/video_1/remix", {"prompt": "again"}),
     ("/v1/videos/edits", {"prompt": "a dog", "video": {"id": "video_1"}}),
     ("/v1/videos/extensions", {"prompt": "more", "video": {"id": "video_1"}, "seconds": "4"}),
     ("/v1/containers", {"name": "scratch"}),
@@ -228,6 +228,29 @@ def test_a_background_response_holds_its_reservation_until_it_is_billed(relay_ur
     assert wait_for_spend(key, expected) == expected
     # 0.990095 + 2 x 0.0042 = 0.998495 <= 1.00: now a third fits.
     assert post(relay_url, plaintext, body).status_code == 200
+
+
+def test_a_video_holds_its_exact_cost_until_it_ends(relay_url, issue_key, upstream):
+    key, plaintext = budgeted_key(issue_key, "1.00")
+    # sora-2 at 0.10 a second: 8 s hold 0.80 (the request says how long; no estimate needed).
+    eight = post(relay_url, plaintext, {"model": "sora-2", "prompt": "a cat", "seconds": "8"}, "/v1/videos")
+    assert eight.status_code == 200, eight.text
+    finished_calls(1)
+    assert AsyncJob.objects.get().budget_hold == Decimal("0.8")
+    # 0.80 + 4 x 0.10 = 1.20 > 1.00. Left out, the model is sora-2 and the length 4 s, as upstream reads it.
+    four = post(relay_url, plaintext, {"prompt": "a dog"}, "/v1/videos")
+    assert four.status_code == 429 and four.json()["error"]["code"] == "relay_budget_exceeded"
+    # The first fails: a failed video is free, and its hold goes with it.
+    upstream.advance_video(eight.json()["id"], "failed")
+    assert post_get(relay_url, plaintext, f"/v1/videos/{eight.json()['id']}").status_code == 200
+    finished_calls(3)
+    assert wait_for_spend(key, Decimal(0)) == 0
+    assert post(relay_url, plaintext, {"prompt": "a dog"}, "/v1/videos").status_code == 200
+    # sora-2-pro at 1792x1024 is priced as sora-2-pro-high-res, 0.50 a second: 4 s = 2.00 > 1.00.
+    pro = post(relay_url, plaintext, {"model": "sora-2-pro", "prompt": "x", "size": "1792x1024"}, "/v1/videos")
+    assert pro.status_code == 429 and "up to $2.0000" in pro.json()["error"]["message"]
+    bad = post(relay_url, plaintext, {"prompt": "x", "seconds": "four"}, "/v1/videos")
+    assert bad.status_code == 403 and bad.json()["error"]["code"] == "relay_unpriced_under_budget"
 
 
 def test_a_background_response_of_unknown_cost_keeps_its_hold_as_spend(relay_url, issue_key, upstream):
