@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone as dt_timezone
 from decimal import Decimal, ROUND_CEILING
@@ -59,6 +60,7 @@ GENERATING_PATHS = frozenset({
     "/v1/responses", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
     "/v1/images/generations", "/v1/images/edits", "/v1/images/variations",
     "/v1/audio/speech", "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/videos",
+    "/v1/responses/compact",
 })
 # What upstream assumes for a video request that leaves them out (OpenAI's spec).
 _VIDEO_DEFAULTS = {"model": "sora-2", "seconds": "4", "size": "720x1280"}
@@ -191,8 +193,8 @@ def _video_cost(model: Any, fields: dict[str, Any]) -> Decimal:
     seconds = fields.get("seconds", _VIDEO_DEFAULTS["seconds"])
     if not isinstance(model, str) or not model:
         raise Unpriceable("the relay could not read the request's model")
-    if not isinstance(seconds, (str, int)) or isinstance(seconds, bool) or not str(seconds).isdigit() \
-            or int(seconds) <= 0:
+    if not isinstance(seconds, (str, int)) or isinstance(seconds, bool) \
+            or not re.fullmatch(r"[0-9]{1,4}", str(seconds)) or int(seconds) <= 0:
         raise Unpriceable("the relay could not read the request's seconds")
     priced_as = video_priced_as(model, fields.get("size", _VIDEO_DEFAULTS["size"]))
     price = pricing.price_for(priced_as, timezone.now())
@@ -267,14 +269,16 @@ def month_spend(owner: str) -> Decimal:
     cached = got.get(spend_key)
     if cached is not None and cached[1] == gen:
         return Decimal(cached[0])
-    rows = UsageDaily.objects.filter(date__gte=first)
     owner_id = int(owner[1:])
-    rows = rows.filter(**{"k": {"key_id": owner_id}, "u": {"user_id": owner_id}, "t": {"key__team_id": owner_id}}[owner[0]])
-    sums = rows.aggregate(cost=Sum("cost"), held=Sum("budget_held"))
+    # Running jobs' holds first: a job billed between the two reads is then counted twice
+    # for a moment (its hold, then its cost), never not at all.
     jobs = AsyncJob.objects.filter(counted_at__isnull=True, budget_hold__isnull=False, **{
         "k": {"created_by_key_id": owner_id}, "u": {"created_by_id": owner_id},
         "t": {"created_by_key__team_id": owner_id}}[owner[0]])
     running = jobs.aggregate(held=Sum("budget_hold"))["held"]
+    rows = UsageDaily.objects.filter(date__gte=first)
+    rows = rows.filter(**{"k": {"key_id": owner_id}, "u": {"user_id": owner_id}, "t": {"key__team_id": owner_id}}[owner[0]])
+    sums = rows.aggregate(cost=Sum("cost"), held=Sum("budget_held"))
     spend = (sums["cost"] or Decimal(0)) + (sums["held"] or Decimal(0)) + (running or Decimal(0))
     cache.set(spend_key, (str(spend), gen), _setting('RELAY_SPEND_CACHE_SECONDS'))
     return spend

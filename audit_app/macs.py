@@ -20,8 +20,13 @@ from django.utils import timezone
 # poll_batches stamps these with a bulk UPDATE on every poll.
 UNSEALED_FIELDS: dict[str, frozenset[str]] = {
     "audit_app.BatchRecord": frozenset({"last_polled_at", "last_poll_error", "claimed_until"}),
-    # A job's budget hold is budget control, like a poller's lease; its cost is the content.
-    "audit_app.AsyncJob": frozenset({"last_polled_at", "last_poll_error", "claimed_until", "budget_hold"}),
+    "audit_app.AsyncJob": frozenset({"last_polled_at", "last_poll_error", "claimed_until"}),
+}
+# Columns added after records were first MACed: in the canonical text only when set, so
+# a record written before the column existed still verifies, and one written after binds it
+# (as ledger.LATE_FIELDS does for calls).
+LATE_RECORD_FIELDS: dict[str, frozenset[str]] = {
+    "audit_app.AsyncJob": frozenset({"budget_hold"}),
 }
 # Not content: the id is bound by the ledger entry, updated_at moves on every save.
 _NEVER = frozenset({"id", "updated_at", "row_mac"})
@@ -71,15 +76,17 @@ def record_fields(model: type[models.Model]) -> tuple[models.Field, ...]:
 
 
 def _record_canonical(obj: models.Model) -> bytes:
-    fields = record_fields(type(obj))
+    late = LATE_RECORD_FIELDS.get(obj._meta.label, frozenset())
     values = {}
-    for f in fields:
+    for f in record_fields(type(obj)):
         # As the database will give it back: a date string assigned before save is a datetime after.
         value = f.to_python(getattr(obj, f.attname))
         if isinstance(value, datetime) and timezone.is_naive(value):
             value = timezone.make_aware(value)
+        if value is None and f.attname in late:
+            continue
         values[f.attname] = value
-    return canonical(values, [f.attname for f in fields])
+    return canonical(values, list(values))
 
 
 def record_mac(obj: models.Model) -> str:

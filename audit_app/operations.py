@@ -55,6 +55,7 @@ TABLE: tuple[tuple[str, re.Pattern[str], Kind], ...] = tuple(
         ("POST", rf"/v1/threads/{_ID}/runs", Kind.UNMETERED),
         ("POST", rf"/v1/threads/{_ID}/runs/{_ID}/submit_tool_outputs", Kind.UNMETERED),
         ("POST", r"/v1/chatkit/sessions", Kind.UNMETERED),
+        ("POST", rf"/v1/realtime/calls/{_ID}/accept", Kind.UNMETERED),  # starts a billed SIP session
         ("POST", r"/v1/fine_tuning/jobs", Kind.UNMETERED),
         ("POST", r"/v1/fine_tuning/alpha/graders/run", Kind.UNMETERED),  # model graders bill tokens
         ("POST", rf"/v1/evals/{_ID}/runs", Kind.UNMETERED),

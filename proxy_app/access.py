@@ -226,7 +226,11 @@ class CostReserved(BasePermission):
     def has_permission(self, request, view) -> bool:
         body = view.body
         if body.reserve:
-            reserve_budget(view.ctx, view.api_path, view.forwarded.method, body.fields, body.size)
+            # A body the relay could not read as upstream will (not JSON nor a form, or a form
+            # it reads differently) cannot be estimated: its fields would be guessed.
+            unread = body.unreadable or (None if body.held else "the body is neither JSON nor a form")
+            reserve_budget(view.ctx, view.api_path, view.forwarded.method, body.fields, body.size,
+                           unreadable=unread)
         return True
 
 
@@ -301,7 +305,8 @@ def refuse_unbounded_work(ctx: CallContext, api_path: ApiPath, method: str, fiel
             code="relay_async_under_budget")
 
 
-def reserve_budget(ctx: CallContext, api_path: ApiPath, method: str, fields: dict, body_bytes: int | None) -> None:
+def reserve_budget(ctx: CallContext, api_path: ApiPath, method: str, fields: dict, body_bytes: int | None,
+                   *, unreadable: str | None = None) -> None:
     """Once the body's fields are known: reserve the call's estimated cost against every
     budget over it, or refuse (403 when its cost could not be counted, 429 when it does
     not fit)."""
@@ -311,6 +316,8 @@ def reserve_budget(ctx: CallContext, api_path: ApiPath, method: str, fields: dic
             or not budgets.applies(ctx.key, ctx.user):
         return
     try:
+        if unreadable:
+            raise budgets.Unpriceable(f"the relay could not read the request as upstream will ({unreadable})")
         amount = budgets.estimate(fields.get("model"), fields, body_bytes or 0, api_path.path)
     except budgets.Unpriceable as exc:
         raise PolicyDenied(

@@ -673,6 +673,12 @@ class VideoSeen(JsonObjectObserver):
             if isinstance(item, dict) and item.get("object") == "video":
                 jobs.seen(item)
 
+    def on_abandoned(self, call_id: int) -> None:
+        # The client left as the answer arrived: the video is made all the same, so it is
+        # recorded (and held, and billed) if upstream's whole answer was read.
+        if self.creating:
+            self.on_complete(call_id)
+
 
 _JOB_ROUTES: list[tuple[str, re.Pattern[str], Any]] = [
     ("POST", re.compile(r"^/v1/responses$"), lambda ctx: ResponseJob(ctx, creating=True)),

@@ -60,6 +60,11 @@ def parse(path: str, raw: str | None = None) -> ApiPath:
         raise RelayError("Only /v1 paths are relayed.", code="invalid_path", status=404)
     if _FORBIDDEN.search(path):
         raise RelayError("The path contains characters that are not allowed.", code="invalid_path")
+    if len(path) > 4 and path.endswith("/"):
+        # One spelling per endpoint: every rule here (scopes, budgets, what is billed) names
+        # `/v1/videos`, and `/v1/videos/` went past all of them.
+        path = path[:-1]
+        raw = raw[:-1] if raw and raw.endswith("/") else raw
     segments = path[4:].split("/") if len(path) > 4 else []
     if any(seg in (".", "..") for seg in segments) or "" in segments[:-1]:
         raise RelayError("The path contains empty or dot segments.", code="invalid_path")
@@ -129,9 +134,10 @@ _PATTERNS = [(re.compile(re.sub(r"\{[^}]+\}", _SEGMENT, path) + r"/?\Z", re.IGNO
 
 # POST endpoints that generate with a model their request does not name: a remix, an
 # edit or an extension runs on its source video's model, a ChatKit session on its
-# workflow's. A key with a model scope cannot use them: the relay cannot check the model.
+# workflow's, a run's tool outputs on the run's. A key with a model scope cannot use them: the relay cannot check the model.
 _IMPLICIT = tuple(re.compile(re.sub(r"\{[^}]+\}", _SEGMENT, path) + r"/?\Z", re.IGNORECASE) for path in (
     "/v1/videos/{video_id}/remix", "/v1/videos/edits", "/v1/videos/extensions", "/v1/chatkit/sessions",
+    "/v1/threads/{thread_id}/runs/{run_id}/submit_tool_outputs",
 ))
 
 

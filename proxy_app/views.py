@@ -180,7 +180,9 @@ class RelayView(APIView):
 
     @cached_property
     def api_path(self) -> paths.ApiPath:
-        return paths.parse(self.forwarded.path, paths.raw_path(self.forwarded))
+        parsed = paths.parse(self.forwarded.path, paths.raw_path(self.forwarded))
+        self.ctx.path = parsed.path  # what every rule, the operation table and the audit row go by
+        return parsed
 
     @cached_property
     def body(self) -> inspection.Body:

@@ -208,6 +208,29 @@ def test_video_edits_and_extensions_are_jobs_billed_per_second_once(sdk, upstrea
     assert rollup_totals()["cost"] == Decimal("0.4") + seconds * Decimal("0.10")
 
 
+def test_a_video_whose_client_left_as_the_answer_came_is_still_recorded_and_billed(
+        relay_url, relay_key, upstream, alice):
+    import socket
+
+    # The whole answer is read from upstream, then the client is gone before it is relayed.
+    upstream.latency = 0.3
+    host, port = relay_url.split("//")[1].split(":")
+    body = json.dumps({"model": "sora-2", "prompt": "a cat", "seconds": "4"}).encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/videos HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + relay_key.encode() + b"\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    deadline = time.monotonic() + 10
+    while not AsyncJob.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    settle()
+    job = AsyncJob.objects.get()
+    upstream.advance_video(job.job_id, "completed")
+    assert "jobs: checked 1, changed 1, completed 1" in poll()
+    assert rollup_totals()["cost"] == Decimal("0.4")  # 4 s at 0.10
+
+
 def test_a_failed_video_costs_nothing(sdk, upstream):
     video = sdk.videos.create(model="sora-2", prompt="a cat", seconds="4")
     settle()  # its job is recorded as the create call's row closes
@@ -294,7 +317,7 @@ FREE_BY_DESIGN = {
     "free upstream": ["/v1/moderations", "/v1/responses/input_tokens"],
     "Realtime sessions started here run between the client and OpenAI (docs/websockets.md); "
     "a limited key may only mint a checked client secret": [
-        "/v1/realtime/calls", "/v1/realtime/calls/{}/accept", "/v1/realtime/calls/{}/hangup",
+        "/v1/realtime/calls", "/v1/realtime/calls/{}/hangup",
         "/v1/realtime/calls/{}/refer", "/v1/realtime/calls/{}/reject", "/v1/realtime/client_secrets",
         "/v1/realtime/sessions", "/v1/realtime/transcription_sessions", "/v1/realtime/translations/client_secrets",
     ],

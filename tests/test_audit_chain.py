@@ -4,6 +4,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 import requests
@@ -426,3 +427,19 @@ def test_a_partial_save_keeps_the_record_mac_whole_when_another_writer_got_there
     mine.save(update_fields=["status", "updated_at"])
     row = FileRecord.objects.get()
     assert (row.bytes, row.status) == (42, "deleted") and record_mac_ok(row)
+
+
+@pytest.mark.django_db
+def test_a_jobs_budget_hold_is_bound_by_its_mac_and_a_job_without_one_verifies_as_before(user):
+    from audit_app import jobs
+    from audit_app.macs import record_mac_ok
+    from audit_app.models import AsyncJob
+
+    held = jobs.record_job({"object": "video", "id": "video_held", "model": "sora-2", "status": "queued"},
+                           user=user, budget_hold=Decimal("0.4"))
+    plain = jobs.record_job({"object": "video", "id": "video_plain", "model": "sora-2", "status": "queued"},
+                            user=user)
+    assert record_mac_ok(AsyncJob.objects.get(pk=held.pk)) and record_mac_ok(AsyncJob.objects.get(pk=plain.pk))
+    # Lowering a hold by SQL would lift a budget: the MAC no longer matches.
+    AsyncJob.objects.filter(pk=held.pk).update(budget_hold=Decimal("0.01"))
+    assert not record_mac_ok(AsyncJob.objects.get(pk=held.pk))

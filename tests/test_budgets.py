@@ -253,6 +253,39 @@ def test_a_video_holds_its_exact_cost_until_it_ends(relay_url, issue_key, upstre
     assert bad.status_code == 403 and bad.json()["error"]["code"] == "relay_unpriced_under_budget"
 
 
+@pytest.mark.parametrize("content_type", ["application/octet-stream", "application/x-www-form-urlencoded"])
+def test_a_video_request_the_relay_cannot_read_is_not_reserved_at_a_guess(relay_url, issue_key, upstream,
+                                                                       content_type):
+    # Upstream reads this JSON whatever its label: a $6.00 video (12 s of sora-2-pro at high-res),
+    # which the relay, reading no fields, would have held at its $0.40 defaults.
+    key, plaintext = budgeted_key(issue_key)
+    body = json.dumps({"model": "sora-2-pro", "prompt": "x", "seconds": "12", "size": "1792x1024"})
+    r = requests.post(f"{relay_url}/v1/videos", data=body, timeout=30,
+                      headers={"Authorization": f"Bearer {plaintext}", "Content-Type": content_type})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "relay_unpriced_under_budget"
+    assert "could not read the request as upstream will" in r.json()["error"]["message"]
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("seconds", ["²", "8.0", " 8", True, 0, "99999"])
+def test_a_video_length_the_relay_cannot_read_is_refused_under_a_budget(relay_url, issue_key, upstream, seconds):
+    key, plaintext = budgeted_key(issue_key)
+    r = post(relay_url, plaintext, {"prompt": "x", "seconds": seconds}, "/v1/videos")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "relay_unpriced_under_budget", r.text
+    assert upstream.requests == []
+
+
+def test_a_trailing_slash_is_the_same_endpoint_to_every_rule(relay_url, issue_key, upstream):
+    key, plaintext = budgeted_key(issue_key, "0.01")
+    # A 12 s sora-2 video costs $1.20: refused by the budget, with or without the slash.
+    r = post(relay_url, plaintext, {"prompt": "x", "seconds": "12"}, "/v1/videos/")
+    assert r.status_code == 429 and upstream.requests == []
+    assert post(relay_url, plaintext, {"model": "gpt-4o-mini", "input": "hi"}, "/v1/responses/").status_code == 200
+    assert [r.path for r in upstream.requests] == ["/v1/responses"]
+    row = finished_calls(2)[-1]
+    assert (row.path, row.billing) == ("/v1/responses", Billing.PRICED)
+
+
 def test_a_background_response_of_unknown_cost_keeps_its_hold_as_spend(relay_url, issue_key, upstream):
     key, plaintext = budgeted_key(issue_key)
     body = {"model": "gpt-4o", "input": "hi", "max_output_tokens": 100, "background": True}
