@@ -60,14 +60,14 @@ def parse(path: str, raw: str | None = None) -> ApiPath:
         raise RelayError("Only /v1 paths are relayed.", code="invalid_path", status=404)
     if _FORBIDDEN.search(path):
         raise RelayError("The path contains characters that are not allowed.", code="invalid_path")
+    segments = path[4:].split("/") if len(path) > 4 else []
+    if any(seg in (".", "..") for seg in segments) or "" in segments[:-1]:
+        raise RelayError("The path contains empty or dot segments.", code="invalid_path")
     if len(path) > 4 and path.endswith("/"):
         # One spelling per endpoint: every rule here (scopes, budgets, what is billed) names
         # `/v1/videos`, and `/v1/videos/` went past all of them.
         path = path[:-1]
         raw = raw[:-1] if raw and raw.endswith("/") else raw
-    segments = path[4:].split("/") if len(path) > 4 else []
-    if any(seg in (".", "..") for seg in segments) or "" in segments[:-1]:
-        raise RelayError("The path contains empty or dot segments.", code="invalid_path")
     encoded = None
     if raw and "%2f" in raw.lower():
         raw_segments = raw.split("/")
