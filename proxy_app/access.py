@@ -86,9 +86,9 @@ def check_model_scope(ctx: CallContext, api_path: ApiPath, method: str, fields: 
     """The body's model, and for a new batch the models inside its input file.
 
     `takes_model` ('required', 'optional' or 'implicit', from proxy_app.paths.model_field)
-    says the endpoint names a model, or generates on one it does not name; `unreadable` why the relay's reading of the body
-    may differ from upstream's. Either way a scoped key is refused rather than
-    forwarded on a guess.
+    says the endpoint names a model, or generates on one it does not name; `unreadable`
+    why the relay's reading of the body may differ from upstream's. Either way a scoped
+    key is refused rather than forwarded on a guess.
     """
     if not has_model_scope(ctx):
         return
