@@ -65,8 +65,8 @@ GENERATING_PATHS = frozenset({
 # What upstream assumes for a video request that leaves them out (OpenAI's spec).
 _VIDEO_DEFAULTS = {"model": "sora-2", "seconds": "4", "size": "720x1280"}
 # Body fields the estimate reads (sniffed from bodies too large to parse whole).
-ESTIMATE_FIELDS = frozenset({"background", "model", "max_output_tokens", "max_completion_tokens", "max_tokens", "n", "seconds",
-                             "service_tier", "size", "quality", "max_tool_calls"})
+ESTIMATE_FIELDS = frozenset({"background", "model", "max_output_tokens", "max_completion_tokens", "max_tokens",
+                             "n", "seconds", "service_tier", "size", "quality", "max_tool_calls"})
 _OUTPUT_LIMITS = ("max_output_tokens", "max_completion_tokens", "max_tokens")
 # Tools whose calls OpenAI bills per call: the rate each needs in the model's price.
 _SEARCH_RATE = "search_context_cost_per_query.search_context_size_"
@@ -255,8 +255,8 @@ def _month() -> date:
 
 def month_spend(owner: str) -> Decimal:
     """Priced cost plus the holds of unpriced and usage-unknown calls, this calendar month,
-    plus the holds of background jobs still running (whenever they started: their cost
-    lands on the day they end).
+    plus the holds of jobs still running, background responses and videos (whenever they
+    started: their cost lands on the day they end).
 
     Cached in the shared cache together with the settlement generation it was read
     at: a settlement bumps the generation, so the next check reads the rollups

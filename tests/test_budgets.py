@@ -237,6 +237,7 @@ def test_a_video_holds_its_exact_cost_until_it_ends(relay_url, issue_key, upstre
     assert eight.status_code == 200, eight.text
     finished_calls(1)
     assert AsyncJob.objects.get().budget_hold == Decimal("0.8")
+    assert wait_for_spend(key, Decimal("0.8")) == Decimal("0.8")  # the server settles just after the row
     # 0.80 + 4 x 0.10 = 1.20 > 1.00. Left out, the model is sora-2 and the length 4 s, as upstream reads it.
     four = post(relay_url, plaintext, {"prompt": "a dog"}, "/v1/videos")
     assert four.status_code == 429 and four.json()["error"]["code"] == "relay_budget_exceeded"
