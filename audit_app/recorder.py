@@ -58,6 +58,8 @@ class CallContext:
     first_byte_at: float | None = None
     # The budget reservation made before forwarding (audit_app.budgets), settled at close.
     reservation: Any = None
+    # The audit row's id once it is open (proxy_app.call_audit.CallAudit.open).
+    call_id: int | None = None
 
 
 def _base_fields(ctx: CallContext) -> dict[str, Any]:

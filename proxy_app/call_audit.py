@@ -56,7 +56,7 @@ class CallAudit:
         No call goes upstream without its row: a DatabaseError here stops it.
         """
         try:
-            self.call_id = open_call(self.ctx)
+            self.call_id = self.ctx.call_id = open_call(self.ctx)
         except DatabaseError:
             AUDIT_WRITE_FAILED.send(sender=None)
             log.exception("audit: cannot open a row for %s %s; refusing to forward",

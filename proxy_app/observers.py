@@ -35,7 +35,7 @@ from django.conf import settings
 
 from audit_app import batch_records, file_records, jobs
 from audit_app.models import FileOrigin
-from audit_app.recorder import CallContext
+from audit_app.recorder import CallContext, release_connection
 from audit_app.usage import OutputItemCounter, Usage, image_variant
 
 from audit_app.operations import generates
@@ -577,7 +577,13 @@ class ResponseEvents:
 
 
 class ResponseJob(Observer):
-    """A Response created, retrieved, streamed again or cancelled."""
+    """A Response created, retrieved, streamed again or cancelled.
+
+    A background Response streamed as it is created becomes a job the moment its
+    `response.created` event passes, not when the stream ends: the stream may last
+    minutes, and a worker killed meanwhile must not leave upstream's work unbilled
+    (reconcile_calls then finds the job and leaves the call free).
+    """
 
     def __init__(self, ctx: CallContext, creating: bool) -> None:
         self.ctx = ctx
@@ -586,6 +592,7 @@ class ResponseJob(Observer):
         self.events: ResponseEvents | None = None
         self.ok = False
         self.maybe_background = False
+        self.job: Any = None
         self._tail = b""
 
     def on_response_start(self, status: int, headers: Any) -> None:
@@ -600,7 +607,11 @@ class ResponseJob(Observer):
 
     def on_response_chunk(self, chunk: bytes) -> None:
         if self.events is not None:
+            seen_first = self.events.first is not None
             self.events.feed(chunk)
+            if not seen_first and self.events.first is not None and self._background():
+                self._record_job(self.ctx.call_id)
+                release_connection()  # the stream goes on: no DB connection held while it does
         elif self.json is not None:
             if self.creating and not self.maybe_background:
                 self.maybe_background = _MAYBE_BACKGROUND.search(self._tail + chunk) is not None
@@ -622,7 +633,18 @@ class ResponseJob(Observer):
         if not self.creating or (self.json is not None and not self.maybe_background):
             return False
         first, _ = self._objects()
-        return self.creating and first is not None and first.get("background") is True
+        return first is not None and first.get("background") is True
+
+    def _record_job(self, call_id: int | None) -> None:
+        """Record the job the call created; the call's budget reservation passes to it,
+        held until the job is billed."""
+        first, _ = self._objects()
+        hold = self.ctx.reservation.amount if self.ctx.reservation is not None else None
+        try:
+            self.job = jobs.record_job({"object": "response", **first}, user=self.ctx.user,
+                                       key=self.ctx.key, call_id=call_id, budget_hold=hold)
+        except Exception:  # a refused write: the call row must still close
+            log.exception("could not record response job from %s %s", self.ctx.method, self.ctx.path)
 
     def audit_fields(self) -> dict[str, Any]:
         if self._background():
@@ -639,12 +661,10 @@ class ResponseJob(Observer):
         last = {"object": "response", **last}
         try:
             if self._background():
-                # The call's budget reservation passes to the job, which holds it until billed.
-                hold = self.ctx.reservation.amount if self.ctx.reservation is not None else None
-                job = jobs.record_job({"object": "response", **first}, user=self.ctx.user,
-                                      key=self.ctx.key, call_id=call_id, budget_hold=hold)
-                if job is not None and last is not first:
-                    jobs.seen(last, job=job)
+                if self.job is None:
+                    self._record_job(call_id)
+                if self.job is not None and last is not first:
+                    jobs.seen(last, job=self.job)
             elif not self.creating:
                 jobs.seen(last)
         except Exception:  # a refused write: the call row must still close

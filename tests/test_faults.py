@@ -1,19 +1,22 @@
 """Failures on either side: clear errors for the client, and the row records what happened."""
+import io
 import json
 import os
 import signal
 import socket
 import threading
 import time
+from decimal import Decimal
 
 import openai
 import pytest
 import requests
 from django.core.management import call_command
 from django.db import connection
+from django.db.models import Sum
 
-from audit_app.models import ApiCall, Outcome
-from tests.conftest import finished_call
+from audit_app.models import ApiCall, AsyncJob, Billing, Outcome, UsageDaily
+from tests.conftest import finished_call, settle
 from tests.fake_openai import FakeUpstream
 
 
@@ -135,3 +138,36 @@ def test_worker_killed_mid_request_is_marked_interrupted_by_reconcile(start_guni
     row = ApiCall.objects.get()
     assert row.outcome == Outcome.INTERRUPTED and row.finished_at is not None
     assert "interrupted" in row.error
+
+
+def test_a_background_stream_whose_worker_is_killed_leaves_a_job_billed_once_and_a_free_call(
+        start_gunicorn, relay_key, upstream):
+    """The job is recorded as `response.created` passes, not when the stream ends: a worker
+    killed mid-stream leaves upstream's work billed (by the poller) and the call free."""
+    upstream.sse_delay_between = 30  # response.queued would come 30 s after response.created
+    relay = start_gunicorn()
+    with requests.post(f"{relay.url}/v1/responses", stream=True, timeout=30,
+                       headers={"Authorization": f"Bearer {relay_key}"},
+                       json={"model": "gpt-4o-mini", "input": "hi", "background": True, "stream": True}) as r:
+        assert next(r.iter_lines()).startswith(b"event: response.created")
+        deadline = time.monotonic() + 10
+        while not AsyncJob.objects.exists():
+            assert time.monotonic() < deadline, "the job was not recorded while the stream was open"
+            time.sleep(0.02)
+        call = ApiCall.objects.get()
+        assert call.outcome == Outcome.PENDING
+        (worker,) = relay.worker_pids()
+        os.kill(worker, signal.SIGKILL)
+    job = AsyncJob.objects.get()
+    assert (job.call_id, job.status, job.counted_at) == (call.pk, "queued", None)
+
+    call_command("reconcile_calls", "--older-than", "0")
+    call = ApiCall.objects.get()
+    assert (call.outcome, call.billing) == (Outcome.INTERRUPTED, Billing.FREE)  # its usage is the job's
+    upstream.advance_response(job.job_id, "completed")
+    call_command("poll_batches", "--concurrency", "1", stdout=io.StringIO())
+    job.refresh_from_db()
+    # 8 * 0.15e-6 + 4 * 0.075e-6 + 7 * 0.60e-6 (gpt-4o-mini, 12 input of which 4 cached, 7 output)
+    assert (job.billing, job.cost) == (Billing.PRICED, Decimal("0.0000057"))
+    settle()
+    assert UsageDaily.objects.aggregate(c=Sum("cost"))["c"] == Decimal("0.0000057")

@@ -10,7 +10,7 @@ from django.utils import timezone
 from audit_app import latency, rollups, spool
 from audit_app.ledger import call_mac
 from audit_app.management.stoppable import StoppableCommand
-from audit_app.models import ApiCall, Billing, Outcome
+from audit_app.models import ApiCall, AsyncJob, Billing, Outcome
 from audit_app.recorder import replay_journal
 from audit_app.operations import billed_on_call
 
@@ -64,6 +64,8 @@ class Command(StoppableCommand):
             if not rows:
                 break
             last_id = rows[-1].pk
+            # Calls that created a job (a background stream cut by the kill): their usage is the job's.
+            job_calls = set(AsyncJob.objects.filter(call_id__in=[r.pk for r in rows]).values_list("call_id", flat=True))
             with transaction.atomic():
                 for row in rows:
                     # Only a row the relay opened: finishing a row forged by SQL would give
@@ -73,8 +75,10 @@ class Command(StoppableCommand):
                         continue
                     row.outcome, row.finished_at = Outcome.INTERRUPTED, now
                     row.error = "interrupted: the relay stopped before the call finished"
-                    # A generating call went upstream and may have been billed: usage unknown, never free.
-                    row.billing = Billing.UNKNOWN if billed_on_call(row.method, row.path) else Billing.FREE
+                    # A generating call went upstream and may have been billed: usage unknown, never
+                    # free; unless it created a job, which is billed when it ends (audit_app.jobs).
+                    billed = billed_on_call(row.method, row.path) and row.pk not in job_calls
+                    row.billing = Billing.UNKNOWN if billed else Billing.FREE
                     row.row_mac = call_mac(row)  # the relay's own write: keep the row verifiable
                     # Only if still pending: the call may have ended since it was read.
                     if ApiCall.objects.filter(pk=row.pk, outcome=Outcome.PENDING).update(
