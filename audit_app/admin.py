@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from proxy_app.models import RelayKey
+from proxy_app.models import RelayKey, Team
 
 from .admin_toolkit import (CsvExportMixin, HasFailuresFilter, LinkPermissionsMixin, OutcomeClassFilter,
                             ReadOnlyAdmin, ResultErrorFilter, StatusClassFilter, call_totals, change_url,
@@ -641,7 +641,7 @@ class BudgetAlertAdmin(ReadOnlyAdmin):
 
     @admin.display(description="of")
     def budget_of(self, obj: BudgetAlert) -> str:
-        model = RelayKey if obj.kind == BudgetAlert.KIND_KEY else get_user_model()
+        model = {BudgetAlert.KIND_KEY: RelayKey, BudgetAlert.KIND_TEAM: Team}.get(obj.kind, get_user_model())
         target = model.objects.filter(pk=obj.object_id).first()
         return object_link(target) if target else f"{obj.kind} #{obj.object_id}"
 

@@ -408,18 +408,25 @@ def month_start(today: date | None = None) -> date:
 
 @dataclass
 class BudgetLine:
-    kind: str  # "key" or "user"
+    kind: str  # "key", "user" or "team"
     object_id: int
     label: str
     owner: str
-    owner_id: int
+    owner_id: int | None  # the user mailed with the admins; None for a team
     budget: Decimal
-    spend: Decimal
+    spend: Decimal  # priced cost this month
     unknown_calls: int  # unpriced + usage unknown: not in the spend
+    # What the budget counts beyond the spend, as `month_spend` does: the holds of calls of
+    # unknown cost and of jobs still running. Alerts and the bar count it, as refusals do.
+    held: Decimal = Decimal(0)
+
+    @property
+    def counted(self) -> Decimal:
+        return self.spend + self.held
 
     @property
     def share(self) -> float:
-        return float(self.spend / self.budget) if self.budget > 0 else 1.0
+        return float(self.counted / self.budget) if self.budget > 0 else 1.0
 
     @property
     def percent(self) -> int:
@@ -431,33 +438,53 @@ class BudgetLine:
         return "over" if self.share >= 1 else "near" if self.share >= 0.8 else "ok"
 
 
-def _spend(field: str, ids: list[int], first: date) -> dict[int, tuple[Decimal, int]]:
+# A budget's owner field in the rollups and on AsyncJob, by kind.
+_OWNER_FIELDS = {"key": ("key_id", "created_by_key_id"), "user": ("user_id", "created_by_id"),
+                 "team": ("key__team_id", "created_by_key__team_id")}
+
+
+def _spend(kind: str, ids: list[int], first: date) -> dict[int, tuple[Decimal, int, Decimal]]:
+    """(priced cost, calls of unknown cost, held) this month per owner id."""
     if not ids:
         return {}
+    field, job_field = _OWNER_FIELDS[kind]
+    holds = dict(AsyncJob.objects.filter(counted_at__isnull=True, budget_hold__isnull=False, **{f"{job_field}__in": ids})
+                 .values(job_field).annotate(s=Sum("budget_hold")).order_by().values_list(job_field, "s"))
     rows = (UsageDaily.objects.filter(date__gte=first, **{f"{field}__in": ids}).values(field)
-            .annotate(cost=Sum("cost"), unpriced=Sum("unpriced_calls"), unknown=Sum("unknown_calls")).order_by())
-    return {r[field]: (r["cost"] or Decimal(0), (r["unpriced"] or 0) + (r["unknown"] or 0)) for r in rows}
+            .annotate(cost=Sum("cost"), held=Sum("budget_held"), unpriced=Sum("unpriced_calls"),
+                      unknown=Sum("unknown_calls")).order_by())
+    out = {oid: (Decimal(0), 0, held or Decimal(0)) for oid, held in holds.items()}
+    for r in rows:
+        held = (r["held"] or Decimal(0)) + (holds.get(r[field]) or Decimal(0))
+        out[r[field]] = (r["cost"] or Decimal(0), (r["unpriced"] or 0) + (r["unknown"] or 0), held)
+    return out
 
 
 def budget_lines(*, today: date | None = None, key_ids: list[int] | None = None,
-                 user_ids: list[int] | None = None) -> list[BudgetLine]:
-    """Every key and user with a monthly budget (or only those named), with this month's spend."""
-    from proxy_app.models import RelayKey, UserLimit
+                 user_ids: list[int] | None = None, team_ids: list[int] | None = None) -> list[BudgetLine]:
+    """Every key, user and team with a monthly budget (or only those named), with this month's spend."""
+    from proxy_app.models import RelayKey, Team, UserLimit
 
     first = month_start(today)
     keys = RelayKey.objects.select_related("owner").filter(monthly_budget_usd__isnull=False,
                                                            revoked_at__isnull=True)
     limits = UserLimit.objects.select_related("user").filter(monthly_budget_usd__isnull=False)
-    if key_ids is not None or user_ids is not None:
+    teams = Team.objects.select_related("group").filter(monthly_budget_usd__isnull=False)
+    if key_ids is not None or user_ids is not None or team_ids is not None:
         keys = keys.filter(pk__in=key_ids or [])
         limits = limits.filter(user_id__in=user_ids or [])
-    keys, limits = list(keys), list(limits)
-    key_spend = _spend("key_id", [k.pk for k in keys], first)
-    user_spend = _spend("user_id", [lim.user_id for lim in limits], first)
+        teams = teams.filter(pk__in=team_ids or [])
+    keys, limits, teams = list(keys), list(limits), list(teams)
+    none = (Decimal(0), 0, Decimal(0))
+    key_spend = _spend("key", [k.pk for k in keys], first)
+    user_spend = _spend("user", [lim.user_id for lim in limits], first)
+    team_spend = _spend("team", [t.pk for t in teams], first)
     lines = [BudgetLine("key", k.pk, str(k), k.owner.get_username(), k.owner_id, k.monthly_budget_usd,
-                        *key_spend.get(k.pk, (Decimal(0), 0))) for k in keys]
+                        *key_spend.get(k.pk, none)) for k in keys]
     lines += [BudgetLine("user", lim.user_id, lim.user.get_username(), lim.user.get_username(), lim.user_id,
-                         lim.monthly_budget_usd, *user_spend.get(lim.user_id, (Decimal(0), 0))) for lim in limits]
+                         lim.monthly_budget_usd, *user_spend.get(lim.user_id, none)) for lim in limits]
+    lines += [BudgetLine("team", t.pk, str(t), str(t), None, t.monthly_budget_usd, *team_spend.get(t.pk, none))
+              for t in teams]
     return sorted(lines, key=lambda line: (-line.share, line.kind, line.label))
 
 
@@ -470,23 +497,24 @@ def _admin_emails() -> list[str]:
 
 
 def check_budget_alerts(*, key_id: int | None = None, user_id: int | None = None,
-                        today: date | None = None) -> list[BudgetAlert]:
-    """Send the 80% and 100% alerts due for one key and/or user (or, with neither, for
+                        team_id: int | None = None, today: date | None = None) -> list[BudgetAlert]:
+    """Send the 80% and 100% alerts due for one key, user and/or team (or, with none, for
     every budget); returns the alerts sent now. Each goes once per threshold per month.
+    A budget counts what refusals count (`BudgetLine.counted`): spend and holds.
 
     Cheap enough to call after a call settles: two small rollup queries when the key
     or user has a budget, none otherwise. Never raises on a mail failure (logged; the
     alert row is removed so that the next check tries again).
     """
-    if key_id is None and user_id is None:
+    if key_id is None and user_id is None and team_id is None:
         lines = budget_lines(today=today)
     else:
         lines = budget_lines(today=today, key_ids=[key_id] if key_id else [],
-                             user_ids=[user_id] if user_id else [])
+                             user_ids=[user_id] if user_id else [], team_ids=[team_id] if team_id else [])
     first = month_start(today)
     sent: list[BudgetAlert] = []
     for line in lines:
-        due = [t for t in THRESHOLDS if line.spend * 100 >= line.budget * t]
+        due = [t for t in THRESHOLDS if line.counted * 100 >= line.budget * t]
         if not due:
             continue
         already = set(BudgetAlert.objects.filter(kind=line.kind, object_id=line.object_id, month=first)
@@ -501,20 +529,25 @@ def check_budget_alerts(*, key_id: int | None = None, user_id: int | None = None
 
 
 def _send(line: BudgetLine, threshold: int, first: date) -> BudgetAlert | None:
-    owner_email = get_user_model().objects.filter(pk=line.owner_id).values_list("email", flat=True).first()
+    owner_email = None if line.owner_id is None else \
+        get_user_model().objects.filter(pk=line.owner_id).values_list("email", flat=True).first()
     recipients = list(dict.fromkeys([e for e in [owner_email, *_admin_emails()] if e]))
     try:
         with transaction.atomic():
             alert = BudgetAlert.objects.create(
                 kind=line.kind, object_id=line.object_id, month=first, threshold=threshold,
-                budget=line.budget, spend=line.spend, recipients=", ".join(recipients)[:1024])
+                budget=line.budget, spend=line.counted, recipients=", ".join(recipients)[:1024])
     except IntegrityError:
         return None  # another process sent it
-    what = f"Relay key {line.label} of {line.owner}" if line.kind == "key" else f"User {line.label}"
+    what = {"key": f"Relay key {line.label} of {line.owner}", "user": f"User {line.label}",
+            "team": f"Team {line.label}"}[line.kind]
     reached = "has used its whole" if threshold >= 100 else f"has used {threshold}% of its"
     subject = f"[Team Relay] {what} {reached} monthly budget"
     body = (f"{what} {reached} monthly budget for {first:%B %Y}.\n\n"
-            f"Spent: ${line.spend.quantize(Decimal('0.01'))} of ${line.budget} ({line.percent}%).\n")
+            f"Spent: ${line.counted.quantize(Decimal('0.01'))} of ${line.budget} ({line.percent}%).\n")
+    if line.held:
+        body += (f"Of this, ${line.held.quantize(Decimal('0.01'))} is held for calls of unknown cost and "
+                 f"for jobs still running (background responses, videos).\n")
     if line.unknown_calls:
         body += (f"{line.unknown_calls} calls of unknown cost (unpriced or usage unknown) are not in "
                  f"this figure.\n")
@@ -533,29 +566,22 @@ def _send(line: BudgetLine, threshold: int, first: date) -> BudgetAlert | None:
     return alert
 
 
-# A call that settles checks its budgets at most this often per key or user.
+# A call that settles checks its budgets at most this often per key, user or team.
 CHECK_EVERY_SECONDS = 60
 
 
 def check_after_call(key, user) -> list[BudgetAlert]:
     """For the integrator to call when a generating call settles (after its cost is in the
-    rollups): checks the alerts of that call's key and user, if either has a budget, at
-    most once per CHECK_EVERY_SECONDS each (a cache.add, shared by every worker). Costs
-    nothing for keys and users without a budget. Never raises."""
-    from django.core.cache import cache
-
-    key_id = key.pk if key is not None and key.monthly_budget_usd is not None else None
-    limit = getattr(user, "relay_limit", None) if user is not None else None
-    user_id = user.pk if limit is not None and limit.monthly_budget_usd is not None else None
+    rollups): checks the alerts of the budgets over that call (budget_of: its key, user
+    and team), at most once per CHECK_EVERY_SECONDS each (a cache.add, shared by every
+    worker). Costs nothing for calls without a budget. Never raises."""
     month = month_start()
-    if key_id is not None and not cache.add(f"relay:budget-check:k{key_id}:{month:%Y%m}", 1, CHECK_EVERY_SECONDS):
-        key_id = None
-    if user_id is not None and not cache.add(f"relay:budget-check:u{user_id}:{month:%Y%m}", 1, CHECK_EVERY_SECONDS):
-        user_id = None
-    if key_id is None and user_id is None:
+    due = {owner[0]: int(owner[1:]) for owner, _, _ in budget_of(key, user)
+           if cache.add(f"relay:budget-check:{owner}:{month:%Y%m}", 1, CHECK_EVERY_SECONDS)}
+    if not due:
         return []
     try:
-        return check_budget_alerts(key_id=key_id, user_id=user_id)
+        return check_budget_alerts(key_id=due.get("k"), user_id=due.get("u"), team_id=due.get("t"))
     except Exception:  # an alert must never fail the call that triggered it
         log.exception("budget alerts: check after a call failed")
         return []

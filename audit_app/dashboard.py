@@ -642,7 +642,7 @@ def usage_dashboard(request: HttpRequest) -> TemplateResponse:
             if scope.user_id is not None:
                 lines = [b for b in lines if b.owner_id == scope.user_id]
             if scope.key_id is not None:
-                lines = [b for b in lines if b.kind == "user" or b.object_id == scope.key_id]
+                lines = [b for b in lines if b.kind != "key" or b.object_id == scope.key_id]
             extra["budgets"] = lines
             extra["budget_month"] = budgets.month_start()
         return extra

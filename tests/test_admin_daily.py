@@ -10,18 +10,19 @@ from decimal import Decimal
 
 import pytest
 import requests
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Group, Permission
 from django.core import mail
+from django.core.cache import cache
 from django.core.management import call_command
 from django.utils import timezone
 
-from audit_app import latency, rollups
-from audit_app.budgets import check_budget_alerts
+from audit_app import jobs, latency, rollups
+from audit_app.budgets import check_after_call, check_budget_alerts
 from audit_app.latency import Histogram, bucket_of
 from audit_app.models import (ApiCall, BatchRecord, BatchResult, Billing, BudgetAlert, CallStatsDaily, Outcome,
                               UsageDaily)
 from audit_app.models.stats import DURATION_COLUMNS, LATENCY_EDGES_MS, TTFB_COLUMNS
-from proxy_app.models import RelayKey, UserLimit
+from proxy_app.models import RelayKey, Team, UserLimit
 from tests.conftest import finished_calls, settle
 
 CALLS = "/admin/audit_app/apicall/"
@@ -362,6 +363,37 @@ def test_budget_alerts_go_once_at_80_and_once_at_100_percent(db, django_user_mod
     assert "80%" in mail.outbox[0].subject and "whole" in mail.outbox[1].subject
     assert "$8.00 of $10.00 (80%)" in mail.outbox[0].body
     assert BudgetAlert.objects.count() == 2
+
+
+def test_a_team_budget_counts_its_keys_spend_and_the_holds_of_their_running_jobs(
+        admin_client, django_user_model, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    settings.RELAY_ALERT_EMAILS = ["admins@example.com"]
+    research = Team.objects.create(group=Group.objects.create(name="research"), monthly_budget_usd=Decimal("10.00"))
+    ida = django_user_model.objects.create_user("ida", email="ida@example.com")
+    ida.groups.add(research.group)
+    k1, k2 = RelayKey.issue(ida)[0], RelayKey.issue(ida)[0]
+    assert k1.team == k2.team == research
+    _spend(ida, k1, "3.00")
+    _spend(ida, k2, "3.00")
+    assert check_budget_alerts(team_id=research.pk) == []  # 60%
+    # A background response still running holds $2.00 of the team's budget, as refusals count it.
+    jobs.record_job({"object": "response", "id": "resp_running", "status": "in_progress", "model": "gpt-4o"},
+                    user=ida, key=k2, budget_hold=Decimal("2.00"))
+    (alert,) = check_budget_alerts(team_id=research.pk)  # 6.00 spent + 2.00 held = 80%
+    assert (alert.kind, alert.threshold, alert.spend) == ("team", 80, Decimal("8.00"))
+    assert mail.outbox[0].to == ["admins@example.com"]  # a team has no owner of its own
+    assert mail.outbox[0].subject == "[Team Relay] Team research has used 80% of its monthly budget"
+    assert "Spent: $8.00 of $10.00 (80%)" in mail.outbox[0].body and "$2.00 is held" in mail.outbox[0].body
+    (line,) = admin_client.get(DASHBOARD).context["budgets"]
+    assert (line.kind, line.label, line.spend, line.held, line.percent) == (
+        "team", "research", Decimal("6.00"), Decimal("2.00"), 80)
+    alerts = admin_client.get("/admin/audit_app/budgetalert/").content.decode()
+    assert f'/admin/proxy_app/team/{research.pk}/change/' in alerts
+    # A call of a team key that settles checks the team's budget too.
+    cache.delete(f"relay:budget-check:t{research.pk}:{timezone.localdate():%Y%m}")  # the cache may be shared
+    _spend(ida, k1, "2.00")
+    assert [(a.kind, a.threshold) for a in check_after_call(k1, ida)] == [("team", 100)]
 
 
 def test_sent_budget_alerts_are_listed_read_only_in_the_admin(admin_client, django_user_model, settings):

@@ -76,13 +76,14 @@ class BudgetAlert(models.Model):
     """One row per alert sent: the unique key makes "once per threshold per month" hold
     across processes (the row is inserted before the mail goes out)."""
 
-    KIND_KEY, KIND_USER = "key", "user"
-    kind = models.CharField(max_length=4, choices=[(KIND_KEY, "key"), (KIND_USER, "user")])
+    KIND_KEY, KIND_USER, KIND_TEAM = "key", "user", "team"
+    kind = models.CharField(max_length=4, choices=[(KIND_KEY, "key"), (KIND_USER, "user"), (KIND_TEAM, "team")])
     object_id = models.IntegerField()
     month = models.DateField(help_text="first day of the month")
     threshold = models.PositiveSmallIntegerField(help_text="percent of the budget")
     budget = models.DecimalField(max_digits=12, decimal_places=2)
-    spend = models.DecimalField(max_digits=20, decimal_places=10)
+    spend = models.DecimalField(max_digits=20, decimal_places=10,
+                                help_text="what the budget counted: spend and the holds of calls and jobs")
     recipients = models.CharField(max_length=1024, blank=True)
     sent_at = models.DateTimeField(auto_now_add=True)
 
