@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from django.conf import settings
 
-from audit_app import batch_records, file_records, jobs
+from audit_app import batch_records, budgets, file_records, jobs
 from audit_app.models import FileOrigin
 from audit_app.recorder import CallContext, release_connection
 from audit_app.usage import OutputItemCounter, Usage, image_variant
@@ -637,7 +637,8 @@ class ResponseJob(Observer):
 
     def _record_job(self, call_id: int | None) -> None:
         """Record the job the call created; the call's budget reservation passes to it,
-        held until the job is billed."""
+        held until the job is billed (and let go at once: counted twice for the rest of a
+        long stream, it would refuse calls that fit)."""
         first, _ = self._objects()
         hold = self.ctx.reservation.amount if self.ctx.reservation is not None else None
         try:
@@ -645,6 +646,9 @@ class ResponseJob(Observer):
                                        key=self.ctx.key, call_id=call_id, budget_hold=hold)
         except Exception:  # a refused write: the call row must still close
             log.exception("could not record response job from %s %s", self.ctx.method, self.ctx.path)
+            return
+        if self.job is not None:
+            budgets.settle(self.ctx.reservation)
 
     def audit_fields(self) -> dict[str, Any]:
         if self._background():

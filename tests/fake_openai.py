@@ -102,6 +102,8 @@ class FakeUpstream:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sse_delay_first = 0.0
         self.sse_delay_between = 0.0
+        # Set, it ends every SSE pause at once: a test that paced a stream lets it finish.
+        self.unpaced = threading.Event()
         self.sse_event_count = 3
         # How a streamed Response ends: "completed", "incomplete" or "failed" (all carry usage).
         self.responses_end = "completed"
@@ -165,6 +167,7 @@ class FakeUpstream:
             self.stalled_downloads = 0
             self.sse_sent.clear()
         self.sse_delay_first = self.sse_delay_between = self.latency = 0.0
+        self.unpaced.clear()
         self.extra_headers = {}
         self.sse_event_count = 3
         self.responses_end = "completed"
@@ -492,7 +495,9 @@ class _Handler(BaseHTTPRequestHandler):
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
                     return
-                time.sleep(self.fake.sse_delay_first if i == 0 else self.fake.sse_delay_between)
+                pause = self.fake.sse_delay_first if i == 0 else self.fake.sse_delay_between
+                if pause:
+                    self.fake.unpaced.wait(pause)
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")

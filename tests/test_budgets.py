@@ -196,6 +196,16 @@ def wait_for_spend(key, expected: Decimal) -> Decimal:
     return budgets.month_spend(f"k{key.pk}")
 
 
+def wait_for_release(key) -> None:
+    """The key's calls in progress have let their reservations go (just after their rows close).
+
+    Until then a call's reservation and its job's hold are both counted: twice for a
+    moment, never not at all (budgets.settle)."""
+    deadline = time.monotonic() + 5
+    while budgets.reserved(f"k{key.pk}", time.time()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_a_background_response_holds_its_reservation_until_it_is_billed(relay_url, issue_key, upstream):
     key, plaintext = budgeted_key(issue_key, "1.00")
     UsageDaily.objects.create(date=timezone.localdate(), user=key.owner, key=key, model="gpt-4o",
@@ -205,6 +215,7 @@ def test_a_background_response_holds_its_reservation_until_it_is_billed(relay_ur
     hold = 400 * Decimal("1e-05") + len(json.dumps(body).encode()) * Decimal("2.5e-06")
     assert hold == Decimal("0.0042")  # 400 x 1e-05 + 80 bytes x 2.5e-06
     first = post(relay_url, plaintext, body)
+    wait_for_release(key)
     second = post(relay_url, plaintext, body)
     assert (first.status_code, second.status_code) == (200, 200)
     finished_calls(2)
@@ -228,6 +239,27 @@ def test_a_background_response_holds_its_reservation_until_it_is_billed(relay_ur
     assert wait_for_spend(key, expected) == expected
     # 0.990095 + 2 x 0.0042 = 0.998495 <= 1.00: now a third fits.
     assert post(relay_url, plaintext, body).status_code == 200
+
+
+def test_a_background_stream_hands_its_reservation_to_its_job_as_the_job_begins(relay_url, issue_key, upstream):
+    key, plaintext = budgeted_key(issue_key, "1.00")
+    upstream.sse_delay_between = 30  # the stream stays open after response.created (until unpaced)
+    body = {"model": "gpt-4o", "input": "hi", "max_output_tokens": 400, "background": True, "stream": True}
+    hold = 400 * Decimal("1e-05") + len(json.dumps(body).encode()) * Decimal("2.5e-06")
+    assert hold == Decimal("0.00424")  # 400 x 1e-05 + 96 bytes x 2.5e-06
+    with requests.post(f"{relay_url}/v1/responses", json=body, stream=True, timeout=30,
+                       headers={"Authorization": f"Bearer {plaintext}"}) as r:
+        assert next(r.iter_lines(chunk_size=1)).startswith(b"event: response.created")  # as it comes
+        deadline = time.monotonic() + 5
+        while not AsyncJob.objects.exists():
+            assert time.monotonic() < deadline, "no job while the stream is open"
+            time.sleep(0.02)
+        assert AsyncJob.objects.get().budget_hold == hold
+        wait_for_release(key)
+        # Counted once while the stream goes on: by the job, not by the job and the call.
+        assert budgets.reserved(f"k{key.pk}", time.time()) == 0
+        assert wait_for_spend(key, hold) == hold
+        upstream.unpaced.set()
 
 
 def test_a_video_holds_its_exact_cost_until_it_ends(relay_url, issue_key, upstream):

@@ -144,12 +144,12 @@ def test_a_background_stream_whose_worker_is_killed_leaves_a_job_billed_once_and
         start_gunicorn, relay_key, upstream):
     """The job is recorded as `response.created` passes, not when the stream ends: a worker
     killed mid-stream leaves upstream's work billed (by the poller) and the call free."""
-    upstream.sse_delay_between = 30  # response.queued would come 30 s after response.created
+    upstream.sse_delay_between = 30  # response.queued 30 s after response.created (until unpaced)
     relay = start_gunicorn()
     with requests.post(f"{relay.url}/v1/responses", stream=True, timeout=30,
                        headers={"Authorization": f"Bearer {relay_key}"},
                        json={"model": "gpt-4o-mini", "input": "hi", "background": True, "stream": True}) as r:
-        assert next(r.iter_lines()).startswith(b"event: response.created")
+        assert next(r.iter_lines(chunk_size=1)).startswith(b"event: response.created")  # as it comes
         deadline = time.monotonic() + 10
         while not AsyncJob.objects.exists():
             assert time.monotonic() < deadline, "the job was not recorded while the stream was open"
@@ -158,6 +158,7 @@ def test_a_background_stream_whose_worker_is_killed_leaves_a_job_billed_once_and
         assert call.outcome == Outcome.PENDING
         (worker,) = relay.worker_pids()
         os.kill(worker, signal.SIGKILL)
+    upstream.unpaced.set()
     job = AsyncJob.objects.get()
     assert (job.call_id, job.status, job.counted_at) == (call.pk, "queued", None)
 
