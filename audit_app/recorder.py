@@ -6,10 +6,12 @@ transaction when the response has been sent, whatever way it ended.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections, connection, transaction
@@ -102,7 +104,12 @@ def open_call(ctx: CallContext) -> int:
     The pending row carries its MAC too: reconcile_calls only finishes rows the relay
     opened, and verify_audit reports a pending row forged by SQL.
     """
-    return call_rows.insert({**_base_fields(ctx), **_with_mac(ctx, {"outcome": Outcome.PENDING})})
+    fields: dict[str, Any] = {"outcome": Outcome.PENDING}
+    if ctx.reservation is not None:
+        # The budget's hold, on the row too: if the worker dies, reconcile_calls keeps it
+        # counted (a call of unknown cost) after the reservation itself has lapsed.
+        fields["budget_held"] = ctx.reservation.amount
+    return call_rows.insert({**_base_fields(ctx), **_with_mac(ctx, fields)})
 
 
 def _with_mac(ctx: CallContext, fields: dict[str, Any]) -> dict[str, Any]:
@@ -258,9 +265,11 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
     if not fields.get("model") and response_model:
         fields["model"] = response_model[:128]
     fields.setdefault("billing", Billing.FREE)
-    if ctx.reservation is not None and fields["billing"] in (Billing.UNPRICED, Billing.UNKNOWN):
-        # Its cost is unknown: the budget keeps counting the most it was estimated at.
-        fields["budget_held"] = ctx.reservation.amount
+    if ctx.reservation is not None:
+        # Its cost unknown, the budget keeps counting the most it was estimated at; else the
+        # hold the pending row carried (open_call) goes.
+        unknown_cost = fields["billing"] in (Billing.UNPRICED, Billing.UNKNOWN)
+        fields["budget_held"] = ctx.reservation.amount if unknown_cost else None
     fields = _with_mac(ctx, fields)
     bucket = _bucket(ctx, fields)
     stats = _stats(ctx, fields)
@@ -276,22 +285,25 @@ def _complete(call_id: int, ctx: CallContext, fields: dict[str, Any], usage: Usa
         # Rare: the call outlived RELAY_PENDING_TIMEOUT and reconcile_calls marked it
         # interrupted (and counted it in the rollups). While that row is not sealed, the
         # real outcome replaces it; a sealed row is in the ledger for good.
-        if call_rows.update(call_id, {**fields, "error": fields.get("error", "")},  # clear reconcile's note, as the MAC has it
-                            outcome=Outcome.INTERRUPTED, unsealed=True):
-            _move_out_of_interrupted(ctx, bucket, stats)
+        interrupted = ApiCall.objects.filter(pk=call_id, outcome=Outcome.INTERRUPTED).first()
+        if interrupted is not None and call_rows.update(
+                call_id, {**fields, "error": fields.get("error", "")},  # clear reconcile's note, as the MAC has it
+                outcome=Outcome.INTERRUPTED, unsealed=True):
+            _move_out_of_interrupted(ctx, interrupted, bucket, stats)
             return
     _amend_sealed(call_id, ctx, fields, bucket, stats)
 
 
-def _move_out_of_interrupted(ctx: CallContext, bucket: list[Any] | None, stats: list[Any]) -> None:
-    """Take back what reconcile_calls added for the call (one call, usage unknown if it
-    generates, an interrupted outcome in the latency rollup) and add its real outcome."""
-    from audit_app.operations import billed_on_call
-
+def _move_out_of_interrupted(ctx: CallContext, interrupted: ApiCall, bucket: list[Any] | None,
+                             stats: list[Any]) -> None:
+    """Take back what reconcile_calls added for the call (`interrupted`, the row as it
+    left it: one call, of unknown cost with its hold if it generates, an interrupted
+    outcome in the latency rollup) and add its real outcome."""
     if bucket is not None:
         rollups.add(started_at=ctx.started_at, user_id=ctx.user.pk, key_id=ctx.key.pk, model="",
                     family=storable(ctx.family), calls=-1,
-                    unknown=-1 if billed_on_call(ctx.method, ctx.path) else 0)
+                    unknown=-1 if interrupted.billing == Billing.UNKNOWN else 0,
+                    budget_held=-(interrupted.budget_held or 0))
         rollups.upsert(bucket)
     latency.upsert(latency.stat_values(
         started_at=ctx.started_at, model="", family=storable(ctx.family), user_id=stats[3], key_id=stats[4],
@@ -312,6 +324,7 @@ def _amend_sealed(call_id: int, ctx: CallContext, fields: dict[str, Any], bucket
             log.warning("audit: call %s finished (%s) but its row is neither pending nor interrupted; "
                         "left as it is", call_id, fields.get("outcome"))
             return
+        interrupted = copy.copy(row)
         values = {**fields, "error": fields.get("error", "")}  # clear reconcile's note, as the MAC has it
         for name, value in values.items():
             setattr(row, name, value)
@@ -319,7 +332,7 @@ def _amend_sealed(call_id: int, ctx: CallContext, fields: dict[str, Any], bucket
             row.chain_seq = amend(row)
         row.save(update_fields=[*(name for name in values if name != "price"),
                                 *(["price"] if "price" in values else []), "chain_seq"])
-        _move_out_of_interrupted(ctx, bucket, stats)
+        _move_out_of_interrupted(ctx, interrupted, bucket, stats)
     log.warning("audit: call %s finished (%s, status %s) after it was sealed as interrupted; "
                 "amended in the ledger", call_id, fields.get("outcome"), fields.get("status"))
 
@@ -347,6 +360,8 @@ def _ctx_state(ctx: CallContext) -> dict[str, Any]:
     state = {name: getattr(ctx, name) for name in _CTX_FIELDS}
     state["key_id"] = ctx.key.pk if ctx.key is not None else None
     state["user_id"] = ctx.user.pk if ctx.user is not None else None
+    if ctx.reservation is not None:  # what an unknown cost keeps held (_complete)
+        state["reserved"] = str(ctx.reservation.amount)
     return state
 
 
@@ -359,6 +374,8 @@ def _ctx_from_state(state: dict[str, Any]) -> CallContext:
     # Only the primary keys matter from here on.
     ctx.key = RelayKey(pk=state["key_id"]) if state["key_id"] is not None else None
     ctx.user = get_user_model()(pk=state["user_id"]) if state["user_id"] is not None else None
+    if state.get("reserved"):  # its amount only: the reservation itself was settled when journaled
+        ctx.reservation = budgets.Reservation(amount=Decimal(state["reserved"]))
     return ctx
 
 

@@ -11,6 +11,7 @@ import requests
 from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
+from django.db.models import Sum
 
 from audit_app.ledger import seal, verify
 from audit_app.models import ApiCall, ChainState, LedgerEntry, Outcome, PruneRun, UsageDaily
@@ -243,6 +244,35 @@ def test_a_call_ending_after_reconcile_but_before_sealing_keeps_its_real_outcome
     assert seal().calls == 1 and verify(record=False).ok
     assert sorted(UsageDaily.objects.values_list("model", "calls", "total_tokens")) == [
         ("", 0, 0), ("gpt-4o-mini", 1, 15)]
+
+
+def test_an_interrupted_budgeted_call_keeps_its_hold_counted_until_its_real_outcome_replaces_it(
+        issue_key, shipped_prices):
+    from audit_app import budgets
+    from audit_app.recorder import CallContext, close_call, open_call
+    from audit_app.usage import Usage
+
+    key, _ = issue_key()
+    hold = Decimal("0.25")
+    ctx = CallContext(method="POST", path="/v1/responses", family="responses", key=key, user=key.owner,
+                      reservation=budgets.Reservation(amount=hold))
+    call = ApiCall.objects.get(pk=open_call(ctx))
+    assert call.budget_held == hold and verify(record=False).ok  # the pending row's MAC binds it
+    # The worker dies; its reservation lapses with the pending timeout, the row's hold does not.
+    call_command("reconcile_calls", "--older-than", "0")
+    row = ApiCall.objects.get(pk=call.pk)
+    assert (row.outcome, row.billing, row.budget_held) == (Outcome.INTERRUPTED, "unknown", hold)
+    assert budgets.month_spend(f"k{key.pk}") == hold  # of unknown cost: counted, never as $0
+    assert verify(record=False).ok
+    # It was only slow: its real cost replaces the hold.
+    # (10 - 0 cached) x 0.15e-06 + 5 x 0.60e-06 (gpt-4o-mini) = 0.0000045
+    close_call(call.pk, ctx, outcome=Outcome.OK, status=200, upstream_status=200, model="gpt-4o-mini",
+               usage=Usage(input_tokens=10, output_tokens=5, total_tokens=15))
+    row = ApiCall.objects.get(pk=call.pk)
+    assert (row.outcome, row.billing, row.budget_held, row.cost) == (Outcome.OK, "priced", None, Decimal("0.0000045"))
+    totals = UsageDaily.objects.aggregate(held=Sum("budget_held"), cost=Sum("cost"), unknown=Sum("unknown_calls"))
+    assert totals == {"held": 0, "cost": Decimal("0.0000045"), "unknown": 0}
+    assert verify(record=False).ok
 
 
 def test_rejected_calls_with_a_key_are_in_the_rollups(relay_url, relay_key, upstream):

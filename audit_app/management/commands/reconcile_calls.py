@@ -79,11 +79,13 @@ class Command(StoppableCommand):
                     # free; unless it created a job, which is billed when it ends (audit_app.jobs).
                     billed = billed_on_call(row.method, row.path) and row.pk not in job_calls
                     row.billing = Billing.UNKNOWN if billed else Billing.FREE
+                    if not billed:  # the budget's hold the row carries (open_call) stays only on a cost unknown
+                        row.budget_held = None
                     row.row_mac = call_mac(row)  # the relay's own write: keep the row verifiable
                     # Only if still pending: the call may have ended since it was read.
                     if ApiCall.objects.filter(pk=row.pk, outcome=Outcome.PENDING).update(
                             outcome=row.outcome, finished_at=now, error=row.error, billing=row.billing,
-                            row_mac=row.row_mac):
+                            budget_held=row.budget_held, row_mac=row.row_mac):
                         rollups.add_call(row)  # a finished call with a key is in the rollups
                         latency.add_call(row)  # and every finished call in the error rate
                         count += 1
