@@ -40,6 +40,7 @@ from . import access, policy
 from .errors import BodyTooLarge, RelayError
 from .paths import ApiPath, model_field
 from .policy import media_type
+from .realtime_http import must_read_whole
 from relay_project.lib.sniff import JsonFieldSniffer, MultipartFieldSniffer, boundary_of
 
 SPOOL_IN_MEMORY = 1024 * 1024
@@ -180,10 +181,11 @@ def inspect(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Body:
     takes_model = model_field(api_path.path, method) if scoped else None
     if source is None:
         return Body(None, length, content_type, check_scope=True, takes_model=takes_model)
-    as_json = kind == "application/json" or (takes_model is not None and kind != "multipart/form-data")
+    whole = must_read_whole(api_path, method, ctx)  # upstream reads it as JSON, whatever its label
+    as_json = kind == "application/json" or ((takes_model is not None or whole) and kind != "multipart/form-data")
     if as_json and length is not None and length <= settings.RELAY_INSPECT_MAX_BYTES:
         raw = read_exactly(source, length)
-        document, duplicates = _json_object(raw, strict=scoped)
+        document, duplicates = _json_object(raw, strict=scoped or whole)
         return Body(io.BytesIO(raw), len(raw), content_type, held=True, raw=raw, document=document,
                     duplicates=duplicates, fields=document, check_scope=True, reserve=True,
                     takes_model=takes_model, size=len(raw))

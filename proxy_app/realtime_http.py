@@ -24,10 +24,8 @@ the key, its owner or its team.
 """
 from __future__ import annotations
 
-import io
-import json
 import re
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -82,68 +80,78 @@ def check_realtime_call(api_path: ApiPath, method: str, ctx: CallContext) -> Non
 
 
 def check_has_body(request, api_path: ApiPath, ctx: CallContext) -> None:
-    """A limited key's client_secrets call must carry the session it mints: without a body,
-    OpenAI would mint one for its default model."""
+    """A limited key's client_secrets call must carry the session it mints (without a body,
+    OpenAI would mint one for its default model), small enough to be read whole and
+    checked (ClientSecretChecked): sent with its Content-Length, at most RELAY_INSPECT_MAX_BYTES."""
     if request.method != "POST" or api_path.path != CLIENT_SECRETS or not _limited(ctx):
         return
     meta = request.META
-    if not (meta.get("CONTENT_LENGTH") or "").strip("0") and "chunked" not in meta.get(
-            "HTTP_TRANSFER_ENCODING", "").lower():
+    length = (meta.get("CONTENT_LENGTH") or "").strip()
+    if "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower():
+        raise PolicyDenied(f"Relay key {ctx.key.prefix}… is limited to some models or by a budget: a "
+                           "client_secrets body must be sent with its Content-Length so the relay can check it.",
+                           code="outside_key_scope")
+    if not length.strip("0"):
         raise PolicyDenied(
             f"Relay key {ctx.key.prefix}… is limited to some models or by a budget: the session "
             "must name its model (session.model) so the relay can check it.",
             code="outside_key_scope", param="session.model")
+    limit = settings.RELAY_INSPECT_MAX_BYTES
+    if length.isdigit() and int(length) > limit:
+        raise PolicyDenied(f"A client_secrets body over {limit} bytes cannot be checked for this key.",
+                           code="outside_key_scope")
 
 
-class ClientSecretPolicy(Observer):
-    """Reads a limited key's client_secrets body (bounded) and checks the session it mints."""
+def must_read_whole(api_path: ApiPath, method: str, ctx: CallContext) -> bool:
+    """Whether the body policy reads this body as one JSON object, whatever its label:
+    a limited key minting a client secret (checked by ClientSecretChecked)."""
+    return method == "POST" and api_path.path == CLIENT_SECRETS and _limited(ctx)
 
-    def __init__(self, api_path: ApiPath, ctx: CallContext) -> None:
-        self.api_path, self.ctx = api_path, ctx
 
-    def rewrite_request(self, source: BinaryIO, length: int | None) -> tuple[BinaryIO, int | None]:
-        limit = settings.RELAY_INSPECT_MAX_BYTES
-        raw = source.read(limit + 1)
-        if len(raw) > limit:
-            raise PolicyDenied(f"A client_secrets body over {limit} bytes cannot be checked for this key.",
-                               code="outside_key_scope")
-        from .websocket import _no_duplicates
+class ClientSecretChecked(BasePermission):
+    """A limited key's client secret names its session's model, one the key may use and,
+    under a budget, one with a price (403); every `model` anywhere in the body is checked.
 
-        try:
-            # Strict like a WebSocket event: of two duplicate keys another reader could take the other.
-            body = json.loads(raw, object_pairs_hook=_no_duplicates)
-        except (ValueError, RecursionError):
-            raise RelayError("The client_secrets body must be a JSON object the relay can read "
-                             "(no duplicate keys).", code="invalid_body") from None
-        if not isinstance(body, dict):
-            raise RelayError("The client_secrets body must be a JSON object.", code="invalid_body")
-        session = body.get("session")
-        from .websocket import _all_models, _session_models
+    Judges the JSON object BodyReadable read whole (must_read_whole), strictly: of two
+    duplicate keys another reader could take the other, so a body with any is refused.
+    """
 
-        try:
-            models = _session_models(session)
-        except RelayError as exc:
-            raise RelayError(exc.message.replace("the relay cannot read it the way upstream would, so it "
-                                                 "was not forwarded", "the relay cannot check it"),
-                             code="invalid_body", param=exc.param) from None
-        if not isinstance(session, dict) or not isinstance(session.get("model"), str):
+    def has_permission(self, request, view) -> bool:
+        if must_read_whole(view.api_path, view.forwarded.method, view.ctx):
+            check_client_secret(view.body.document, view.body.duplicates, view.api_path, view.ctx)
+        return True
+
+
+def check_client_secret(body: dict | None, duplicates: bool, api_path: ApiPath, ctx: CallContext) -> None:
+    from .websocket import _all_models, _session_models
+
+    if body is None or duplicates:
+        raise RelayError("The client_secrets body must be a JSON object the relay can read "
+                         "(no duplicate keys).", code="invalid_body")
+    session = body.get("session")
+    try:
+        models = _session_models(session)
+    except RelayError as exc:
+        raise RelayError(exc.message.replace("the relay cannot read it the way upstream would, so it "
+                                             "was not forwarded", "the relay cannot check it"),
+                         code="invalid_body", param=exc.param) from None
+    if not isinstance(session, dict) or not isinstance(session.get("model"), str):
+        raise PolicyDenied(
+            f"Relay key {ctx.key.prefix}… is limited to some models or by a budget: the session "
+            "must name its model (session.model) so the relay can check it.",
+            code="outside_key_scope", param="session.model")
+    # Every field named `model` anywhere in the body, not only the ones the relay knows of.
+    for model in [*models, *_all_models(body)]:
+        if not isinstance(model, str):
             raise PolicyDenied(
-                f"Relay key {self.ctx.key.prefix}… is limited to some models or by a budget: the session "
-                "must name its model (session.model) so the relay can check it.",
-                code="outside_key_scope", param="session.model")
-        # Every field named `model` anywhere in the body, not only the ones the relay knows of.
-        for model in [*models, *_all_models(body)]:
-            if not isinstance(model, str):
-                raise PolicyDenied(
-                    f"Relay key {self.ctx.key.prefix}… is limited to some models or by a budget, and this "
-                    f"body names a model that is a {type(model).__name__}, not a string.",
-                    code="outside_key_scope", param="model")
-            access.check_model_scope(self.ctx, self.api_path, "POST", {"model": model})
-            if access.has_budget(self.ctx) and pricing.price_for(model, timezone.now()) is None:
-                raise PolicyDenied(
-                    f"Model '{model}' has no price, and this key or its owner has a budget.",
-                    code="model_without_price", param="session.model")
-        return io.BytesIO(raw), len(raw)
+                f"Relay key {ctx.key.prefix}… is limited to some models or by a budget, and this "
+                f"body names a model that is a {type(model).__name__}, not a string.",
+                code="outside_key_scope", param="model")
+        access.check_model_scope(ctx, api_path, "POST", {"model": model})
+        if access.has_budget(ctx) and pricing.price_for(model, timezone.now()) is None:
+            raise PolicyDenied(
+                f"Model '{model}' has no price, and this key or its owner has a budget.",
+                code="model_without_price", param="session.model")
 
 
 class RealtimeCallBilling(Observer):
@@ -162,8 +170,6 @@ class RealtimeCallBilling(Observer):
 def realtime_observers(api_path: ApiPath, method: str, ctx: CallContext) -> list[Observer]:
     if method != "POST":
         return []
-    if api_path.path == CLIENT_SECRETS and _limited(ctx):
-        return [ClientSecretPolicy(api_path, ctx)]
     if api_path.path == CALLS:
         return [RealtimeCallBilling()]
     return []

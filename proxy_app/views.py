@@ -21,7 +21,7 @@ from .auth import HasRelayKey, TooManyFailedAuthentications, failed_auth, refuse
 from .call_audit import CallAudit
 from .inspection import BodyReadable
 from .policy import NoUserDataFiles, PathAllowed
-from .realtime_http import RealtimeCallAllowed
+from .realtime_http import ClientSecretChecked, RealtimeCallAllowed
 from .errors import AuditUnavailable, error_response, render_exception
 
 
@@ -123,7 +123,8 @@ class RelayView(APIView):
     6. FamilyInScope (403), WithinBudget: spend alone fills no budget (429);
     7. NoUserDataFiles (403), RealtimeCallAllowed (403);
     8. BodyReadable: framing, size and type (400/413/415), its JSON or fields (400),
-       read once (`body`); ModelInScope (400/403); CostReserved (403/429);
+       read once (`body`); ModelInScope (400/403); ClientSecretChecked, the session a
+       limited key's client secret mints (400/403); CostReserved (403/429);
     9. KeyRateLimit, the only throttle and so last (429): only admitted requests count;
     10. the audit row is opened (503 if it cannot be), then the call is forwarded.
 
@@ -135,7 +136,7 @@ class RelayView(APIView):
 
     http_method_names = ["get", "post", "put", "patch", "delete", "head", "options"]
     permission_classes = [HasRelayKey, PathAllowed, FamilyInScope, WithinBudget, NoUserDataFiles,
-                          RealtimeCallAllowed, BodyReadable, ModelInScope, CostReserved]
+                          RealtimeCallAllowed, BodyReadable, ModelInScope, ClientSecretChecked, CostReserved]
     throttle_classes = [KeyRateLimit]
 
     @property

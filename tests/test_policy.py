@@ -112,11 +112,11 @@ def test_the_relay_view_lists_its_whole_policy_in_the_order_it_runs():
     from proxy_app.auth import HasRelayKey
     from proxy_app.inspection import BodyReadable
     from proxy_app.policy import NoUserDataFiles, PathAllowed
-    from proxy_app.realtime_http import RealtimeCallAllowed
+    from proxy_app.realtime_http import ClientSecretChecked, RealtimeCallAllowed
     from proxy_app.views import RelayView
 
     assert RelayView.permission_classes == [HasRelayKey, PathAllowed, FamilyInScope, WithinBudget,
                                             NoUserDataFiles, RealtimeCallAllowed, BodyReadable,
-                                            ModelInScope, CostReserved]
+                                            ModelInScope, ClientSecretChecked, CostReserved]
     assert RelayView.throttle_classes == [KeyRateLimit]
     assert not hasattr(policy, "REQUEST_RULES")

@@ -2,6 +2,8 @@
 and ephemeral client secrets, recorded with their caller."""
 from __future__ import annotations
 
+import json
+
 import requests
 
 from tests.conftest import finished_call, settle
@@ -54,6 +56,30 @@ def test_a_model_scoped_key_mints_a_client_secret_only_for_an_allowed_model(rela
     settle()
     minted = [r for r in upstream.requests if r.path.endswith("/client_secrets")]
     assert len(minted) == 1
+
+
+def test_a_limited_keys_client_secret_is_read_as_upstream_reads_it_or_refused(relay_url, upstream, issue_key, settings):
+    key, plaintext = limited_key(issue_key, models=["gpt-realtime-mini"])
+    auth = {"Authorization": f"Bearer {plaintext}"}
+    url = f"{relay_url}/v1/realtime/client_secrets"
+    denied = json.dumps({"session": {"type": "realtime", "model": "gpt-realtime"}}).encode()
+    # Upstream reads the body as JSON whatever its label: so does the relay.
+    for label in ("application/octet-stream", "application/x-www-form-urlencoded"):
+        r = requests.post(url, data=denied, headers={**auth, "Content-Type": label}, timeout=10)
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "outside_key_scope"), label
+    # Of two `model` keys the relay and upstream could take different ones.
+    twice = b'{"session": {"type": "realtime", "model": "gpt-realtime-mini", "model": "gpt-realtime"}}'
+    r = requests.post(url, data=twice, headers={**auth, "Content-Type": "application/json"}, timeout=10)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_body")
+    # A body it cannot read whole before forwarding: sent chunked, or over the inspection limit.
+    r = requests.post(url, data=iter([denied]), headers={**auth, "Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 403 and "Content-Length" in r.json()["error"]["message"]
+    settings.RELAY_INSPECT_MAX_BYTES = 64
+    allowed = {"session": {"type": "realtime", "model": "gpt-realtime-mini", "instructions": "x" * 64}}
+    r = requests.post(url, json=allowed, headers=auth, timeout=10)
+    assert r.status_code == 403 and "over 64 bytes" in r.json()["error"]["message"]
+    settle()
+    assert not [r for r in upstream.requests if r.path.endswith("/client_secrets")]
 
 
 def test_a_key_with_a_budget_may_not_start_a_webrtc_call_directly(relay_url, upstream, issue_key):
