@@ -127,6 +127,7 @@ def test_a_call_refused_by_the_rate_limit_holds_nothing_against_the_budget(relay
     key.requests_per_minute = 1
     key.save()
     assert post(relay_url, plaintext, {"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 50}).status_code == 200
+    wait_for_release(key)  # the first call's, just after its row closes
     refused = post(relay_url, plaintext, {"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 50})
     assert refused.status_code == 429 and len(upstream.requests) == 1
     # The rate limit runs after the reservation: the refused call's hold is let go at once.
