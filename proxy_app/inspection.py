@@ -38,6 +38,7 @@ from audit_app.recorder import CallContext, release_connection
 
 from . import access, policy
 from .errors import BodyTooLarge, RelayError
+from .observers import REQUEST_FIELD_LIMITS, REQUEST_FIELDS
 from .paths import ApiPath, model_field
 from .policy import media_type
 from .realtime_http import must_read_whole
@@ -45,6 +46,7 @@ from relay_project.lib.sniff import JsonFieldSniffer, MultipartFieldSniffer, bou
 
 SPOOL_IN_MEMORY = 1024 * 1024
 _FIELDS = frozenset({"model", "input_file_id", "endpoint"})
+_SPOOLED_FIELDS = _FIELDS | budgets.ESTIMATE_FIELDS | REQUEST_FIELDS
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -119,7 +121,7 @@ class Body:
     - `raw`, `document`: a JSON body read whole, and the object it parsed to
       (`duplicates`: some object in it repeats a key; json.loads kept the last);
     - `fields`: what the key's scopes and budget judge (the document, the fields a
-      sniffer picked out of a spooled body, or nothing);
+      sniffer picked out of a spooled body, `sniffed`, or nothing);
     - `check_scope`, `reserve`: whether the model scope and the budget reservation
       look at this body at all, `takes_model` and `unreadable` what they need.
     """
@@ -132,6 +134,7 @@ class Body:
     document: dict | None = None
     duplicates: bool = False
     fields: dict = field(default_factory=dict)
+    sniffed: bool = False
     check_scope: bool = False
     reserve: bool = False
     takes_model: str | None = None
@@ -192,16 +195,24 @@ def inspect(request: HttpRequest, api_path: ApiPath, ctx: CallContext) -> Body:
     # A budget needs the model (and output limits) too, to reserve the call's cost.
     if not scoped and not budgets.applies(ctx.key, ctx.user):
         return Body(source, length, content_type)
-    if as_json:
-        sniffer: JsonFieldSniffer | MultipartFieldSniffer = JsonFieldSniffer(_FIELDS | budgets.ESTIMATE_FIELDS)
-    elif kind == "multipart/form-data":
-        sniffer = MultipartFieldSniffer(boundary_of(content_type) or "", budgets.ESTIMATE_FIELDS)
-    else:
+    if not as_json and kind != "multipart/form-data":
         # Reserved with no fields: refused, there is no model to price it by.
         return Body(source, length, content_type, reserve=True, size=length)
+    return spooled(source, content_type, as_json=as_json, takes_model=takes_model)
+
+
+def spooled(source: BinaryIO, content_type: str, *, as_json: bool, takes_model: str | None = None) -> Body:
+    """A body too large (or too open-ended) to parse whole, spooled while a reader picks
+    out the fields the policy judges and those the audit row records
+    (observers.REQUEST_FIELDS): nothing reads it again on its way upstream."""
+    sniffer: JsonFieldSniffer | MultipartFieldSniffer
+    if as_json:
+        sniffer = JsonFieldSniffer(_SPOOLED_FIELDS, limits=REQUEST_FIELD_LIMITS)
+    else:
+        sniffer = MultipartFieldSniffer(boundary_of(content_type) or "", _SPOOLED_FIELDS)
     spool, total = _spool(source, sniffer)
-    return Body(spool, total, content_type, held=True, fields=sniffer.values, check_scope=True, reserve=True,
-                takes_model=takes_model, unreadable=_unreadable(sniffer), size=total)
+    return Body(spool, total, content_type, held=True, fields=sniffer.values, sniffed=True, check_scope=True,
+                reserve=True, takes_model=takes_model, unreadable=_unreadable(sniffer), size=total)
 
 
 def _body_framing(request: HttpRequest) -> tuple[BinaryIO | None, int | None, bool]:

@@ -60,6 +60,10 @@ _OUTPUT_MODALITY = {"images": "image"}
 _FORMS_WITHOUT_FIELDS = frozenset({"files", "uploads"})
 # The text a speech request turns into audio: what tts models bill by.
 _SPEECH_INPUT_LIMIT = 64 * 1024
+# What RequestFields reads: the policy's reader of a spooled body picks these out too,
+# so that such a body is scanned once (proxy_app.inspection).
+REQUEST_FIELDS = _REQUEST_FIELDS | _IMAGE_FIELDS | {"input"}
+REQUEST_FIELD_LIMITS = {"input": _SPEECH_INPUT_LIMIT}
 
 
 class Observer:
@@ -96,9 +100,11 @@ class Observer:
 class RequestFields(Observer):
     """`model`, `stream` and billing hints from a JSON body or multipart form fields.
 
-    A JSON body the policy already parsed (inspection.Body.document) is read from
-    that object, not sniffed again as it streams up; only a body nobody read (a
-    large one, a form) is sniffed on its way.
+    A body the policy read is not read again: a JSON body it parsed whole
+    (inspection.Body.document) is read from that object, one it spooled from the
+    fields its reader picked out on the way in (`Body.sniffed`, REQUEST_FIELDS among
+    them). Only a body nobody read (a key without limits: a large one, a form) is
+    sniffed as it streams up.
     """
 
     def __init__(self, api_path: ApiPath, body: "Body", generating: bool = True) -> None:
@@ -107,16 +113,23 @@ class RequestFields(Observer):
         self.speech = generating and api_path.path == "/v1/audio/speech"
         self.images = generating and api_path.family == "images"
         self.sniffer: JsonFieldSniffer | MultipartFieldSniffer | None = None
+        self.values: dict[str, Any] = {}
         wanted = _REQUEST_FIELDS | _IMAGE_FIELDS if self.images else _REQUEST_FIELDS
         if kind == "application/json":
             wanted = wanted | {"input"} if self.speech else wanted
-            self.sniffer = JsonFieldSniffer(wanted, limits={"input": _SPEECH_INPUT_LIMIT})
-            if body.document is not None:
-                self.sniffer.take(body.document, body.raw, duplicates=body.duplicates)
+            self.sniffer = JsonFieldSniffer(wanted, limits=REQUEST_FIELD_LIMITS)
         elif kind == "multipart/form-data" and api_path.family not in _FORMS_WITHOUT_FIELDS \
                 and (boundary := boundary_of(content_type)):
             self.sniffer = MultipartFieldSniffer(boundary, wanted)
-        # Sniffed on the way up only when the policy did not parse the body already.
+        if self.sniffer is not None:
+            if kind == "application/json" and body.document is not None:
+                self.sniffer.take(body.document, body.raw, duplicates=body.duplicates)
+            elif body.sniffed:
+                self.sniffer = None  # the policy's reader has them all
+                self.values = {k: v for k, v in body.fields.items() if k in wanted}
+            if self.sniffer is not None:
+                self.values = self.sniffer.values
+        # Sniffed on the way up only when the policy did not read the body already.
         self.sniffing = self.sniffer is not None and not (kind == "application/json" and body.document is not None)
         self.is_event_stream = False
         self.status = 0
@@ -130,7 +143,7 @@ class RequestFields(Observer):
         self.is_event_stream = media_type(headers.get("content-type", "")) == "text/event-stream"
 
     def audit_fields(self) -> dict[str, Any]:
-        values = self.sniffer.values if self.sniffer is not None else {}
+        values = self.values
         model = values.get("model")
         fields: dict[str, Any] = {
             "model": model[:128] if isinstance(model, str) else "",

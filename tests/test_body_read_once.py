@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from proxy_app.inspection import Body, _json_object
+from proxy_app.inspection import Body, _json_object, spooled
 from proxy_app.observers import ChatStreamUsage, RequestFields
 from proxy_app.paths import parse
 from relay_project.lib.sniff import JsonFieldSniffer
@@ -38,6 +38,38 @@ def test_request_fields_from_the_parsed_body_are_what_sniffing_its_bytes_finds(r
     fields = RequestFields(parse(path), inspected(raw))
     assert not fields.sniffing  # nothing is scanned on the way up
     assert fields.audit_fields() == sniffed(raw, path)
+
+
+@pytest.mark.parametrize("raw", BODIES)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/images/generations", "/v1/audio/speech"])
+def test_request_fields_of_a_spooled_body_are_what_the_policy_picked_out_on_its_way_in(raw, path):
+    # A limited key's body too large to parse whole: spooled once by the policy, not scanned again.
+    fields = RequestFields(parse(path), spooled(io.BytesIO(raw), "application/json", as_json=True))
+    assert not fields.sniffing and fields.sniffer is None
+    assert fields.audit_fields() == sniffed(raw, path)
+
+
+def test_the_speech_input_of_a_spooled_body_is_counted_in_characters():
+    raw = json.dumps({"model": "tts-1", "input": "é" * 5000, "voice": "alloy"}).encode()
+    fields = RequestFields(parse("/v1/audio/speech"), spooled(io.BytesIO(raw), "application/json", as_json=True))
+    assert fields.audit_fields()["usage_hint"].characters == 5000 == sniffed(raw, "/v1/audio/speech")[
+        "usage_hint"].characters
+
+
+def test_form_fields_of_a_spooled_multipart_body_are_read_once():
+    boundary = "b0und"
+    raw = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-image-1\r\n"
+           f"--{boundary}\r\nContent-Disposition: form-data; name=\"n\"\r\n\r\n3\r\n"
+           f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+           f"Content-Type: image/png\r\n\r\n").encode() + b"\x89PNG" * 1000 + f"\r\n--{boundary}--\r\n".encode()
+    content_type = f"multipart/form-data; boundary={boundary}"
+    fields = RequestFields(parse("/v1/images/edits"), spooled(io.BytesIO(raw), content_type, as_json=False))
+    assert not fields.sniffing
+    hint = fields.audit_fields()
+    assert (hint["model"], hint["usage_hint"].images) == ("gpt-image-1", 3)
+    by_bytes = RequestFields(parse("/v1/images/edits"), Body(content_type=content_type))
+    by_bytes.on_request_chunk(raw)
+    assert by_bytes.audit_fields() == hint
 
 
 @pytest.mark.parametrize("raw", BODIES)
