@@ -573,7 +573,8 @@ def test_a_realtime_session_through_nginx_is_relayed_and_audited(ws_behind_nginx
     key, plaintext = issue_key()
     client = openai.OpenAI(base_url=f"{ws_behind_nginx.url}/v1", api_key=plaintext, max_retries=0, timeout=30)
     with client.realtime.connect(model="gpt-realtime",
-                                 websocket_connection_options={"ssl": ws_behind_nginx.tls()}) as conn:
+                                 # open_timeout: CI once took over the default 10 s on a loaded machine
+                                 websocket_connection_options={"ssl": ws_behind_nginx.tls(), "open_timeout": 30}) as conn:
         assert until("session.created", conn)[-1].type == "session.created"
         conn.response.create()
         events = until("response.done", conn)
