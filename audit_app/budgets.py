@@ -35,7 +35,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone as dt_timezone
+from datetime import date, datetime, timedelta, timezone as dt_timezone
 from decimal import Decimal, ROUND_CEILING
 from typing import Any
 
@@ -49,7 +49,7 @@ from django.utils import timezone
 
 from . import pricing
 from .jobs import video_priced_as
-from .models import AsyncJob, BudgetAlert, BudgetHold, UsageDaily
+from .models import ApiCall, AsyncJob, BudgetAlert, BudgetHold, Outcome, UsageDaily
 
 
 UNIT = Decimal("1e-10")
@@ -256,7 +256,8 @@ def _month() -> date:
 def month_spend(owner: str) -> Decimal:
     """Priced cost plus the holds of unpriced and usage-unknown calls, this calendar month,
     plus the holds of jobs still running, background responses and videos (whenever they
-    started: their cost lands on the day they end).
+    started: their cost lands on the day they end), plus those of calls left pending past
+    the timeout, whose reservations have lapsed.
 
     Cached in the shared cache together with the settlement generation it was read
     at: a settlement bumps the generation, so the next check reads the rollups
@@ -270,16 +271,21 @@ def month_spend(owner: str) -> Decimal:
     if cached is not None and cached[1] == gen:
         return Decimal(cached[0])
     owner_id = int(owner[1:])
-    # Running jobs' holds first: a job billed between the two reads is then counted twice
-    # for a moment (its hold, then its cost), never not at all.
+    # Running jobs' holds and lapsed calls' first: a job billed (or a call reconciled)
+    # between the reads is then counted twice for a moment, never not at all.
     jobs = AsyncJob.objects.filter(counted_at__isnull=True, budget_hold__isnull=False, **{
         "k": {"created_by_key_id": owner_id}, "u": {"created_by_id": owner_id},
         "t": {"created_by_key__team_id": owner_id}}[owner[0]])
     running = jobs.aggregate(held=Sum("budget_hold"))["held"]
-    rows = UsageDaily.objects.filter(date__gte=first)
-    rows = rows.filter(**{"k": {"key_id": owner_id}, "u": {"user_id": owner_id}, "t": {"key__team_id": owner_id}}[owner[0]])
-    sums = rows.aggregate(cost=Sum("cost"), held=Sum("budget_held"))
-    spend = (sums["cost"] or Decimal(0)) + (sums["held"] or Decimal(0)) + (running or Decimal(0))
+    by_owner = {"k": {"key_id": owner_id}, "u": {"user_id": owner_id}, "t": {"key__team_id": owner_id}}[owner[0]]
+    # Calls still pending past the timeout (a dead worker, reconcile_calls not run yet):
+    # their reservations have lapsed, the hold their rows carry still counts.
+    lapsed = ApiCall.objects.filter(
+        outcome=Outcome.PENDING, budget_held__isnull=False, **by_owner,
+        started_at__lt=timezone.now() - timedelta(seconds=settings.RELAY_PENDING_TIMEOUT_SECONDS),
+    ).aggregate(held=Sum("budget_held"))["held"]
+    sums = UsageDaily.objects.filter(date__gte=first, **by_owner).aggregate(cost=Sum("cost"), held=Sum("budget_held"))
+    spend = sum((v or Decimal(0) for v in (sums["cost"], sums["held"], running, lapsed)), Decimal(0))
     cache.set(spend_key, (str(spend), gen), _setting('RELAY_SPEND_CACHE_SECONDS'))
     return spend
 
@@ -549,8 +555,8 @@ def _send(line: BudgetLine, threshold: int, first: date) -> BudgetAlert | None:
         body += (f"Of this, ${line.held.quantize(Decimal('0.01'))} is held for calls of unknown cost and "
                  f"for jobs still running (background responses, videos).\n")
     if line.unknown_calls:
-        body += (f"{line.unknown_calls} calls of unknown cost (unpriced or usage unknown) are not in "
-                 f"this figure.\n")
+        body += (f"{line.unknown_calls} calls are of unknown cost (unpriced or usage unknown): this "
+                 f"figure counts what was held for them, not what they cost.\n")
     if threshold >= 100:
         body += "\nFurther calls are refused until the budget is raised or the month ends.\n"
     if not recipients:

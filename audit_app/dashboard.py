@@ -639,10 +639,14 @@ def usage_dashboard(request: HttpRequest) -> TemplateResponse:
                  "chart": spend_chart(dashboard.days, timezone_name=settings.TIME_ZONE)}
         if request.user.has_perm("proxy_app.view_relaykey"):
             lines = budgets.budget_lines()
-            if scope.user_id is not None:
-                lines = [b for b in lines if b.owner_id == scope.user_id]
-            if scope.key_id is not None:
-                lines = [b for b in lines if b.kind != "key" or b.object_id == scope.key_id]
+            if scope.user_id is not None or scope.key_id is not None:
+                # The budgets over the filtered calls: their keys', their owners' and their teams'.
+                keys = RelayKey.objects.filter(**{"owner_id": scope.user_id} if scope.user_id is not None else {},
+                                               **{"pk": scope.key_id} if scope.key_id is not None else {})
+                over = {("key", pk) for pk in keys.values_list("pk", flat=True)}
+                over |= {("user", pk) for pk in [scope.user_id, *keys.values_list("owner_id", flat=True)]}
+                over |= {("team", pk) for pk in keys.values_list("team_id", flat=True) if pk is not None}
+                lines = [b for b in lines if (b.kind, b.object_id) in over]
             extra["budgets"] = lines
             extra["budget_month"] = budgets.month_start()
         return extra

@@ -374,7 +374,7 @@ def _ctx_from_state(state: dict[str, Any]) -> CallContext:
     # Only the primary keys matter from here on.
     ctx.key = RelayKey(pk=state["key_id"]) if state["key_id"] is not None else None
     ctx.user = get_user_model()(pk=state["user_id"]) if state["user_id"] is not None else None
-    if state.get("reserved"):  # its amount only: the reservation itself was settled when journaled
+    if state.get("reserved"):  # its amount only; the reservation itself lapses with the pending timeout
         ctx.reservation = budgets.Reservation(amount=Decimal(state["reserved"]))
     return ctx
 

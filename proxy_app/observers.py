@@ -113,7 +113,7 @@ class RequestFields(Observer):
         self.speech = generating and api_path.path == "/v1/audio/speech"
         self.images = generating and api_path.family == "images"
         self.sniffer: JsonFieldSniffer | MultipartFieldSniffer | None = None
-        self.values: dict[str, Any] = {}
+        self._taken: dict[str, Any] = {}
         wanted = _REQUEST_FIELDS | _IMAGE_FIELDS if self.images else _REQUEST_FIELDS
         if kind == "application/json":
             wanted = wanted | {"input"} if self.speech else wanted
@@ -126,9 +126,7 @@ class RequestFields(Observer):
                 self.sniffer.take(body.document, body.raw, duplicates=body.duplicates)
             elif body.sniffed:
                 self.sniffer = None  # the policy's reader has them all
-                self.values = {k: v for k, v in body.fields.items() if k in wanted}
-            if self.sniffer is not None:
-                self.values = self.sniffer.values
+                self._taken = {k: v for k, v in body.fields.items() if k in wanted}
         # Sniffed on the way up only when the policy did not read the body already.
         self.sniffing = self.sniffer is not None and not (kind == "application/json" and body.document is not None)
         self.is_event_stream = False
@@ -137,6 +135,11 @@ class RequestFields(Observer):
     def on_request_chunk(self, chunk: bytes) -> None:
         if self.sniffing:
             self.sniffer.feed(chunk)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        # Read only at the end: reading a sniffer's values ends its small-body fast path.
+        return self.sniffer.values if self.sniffer is not None else self._taken
 
     def on_response_start(self, status: int, headers: Any) -> None:
         self.status = status
@@ -657,17 +660,20 @@ class ResponseJob(Observer):
         try:
             self.job = jobs.record_job({"object": "response", **first}, user=self.ctx.user,
                                        key=self.ctx.key, call_id=call_id, budget_hold=hold)
-        except Exception:  # a refused write: the call row must still close
+            if self.job is not None:
+                budgets.settle(self.ctx.reservation)
+        except Exception:  # a refused write, a cache away: the stream goes on, the row must still close
             log.exception("could not record response job from %s %s", self.ctx.method, self.ctx.path)
-            return
-        if self.job is not None:
-            budgets.settle(self.ctx.reservation)
 
     def audit_fields(self) -> dict[str, Any]:
-        if self._background():
+        # Asked as the row closes, before on_complete: a job not recorded yet (a JSON
+        # answer, or a write refused at response.created) is recorded now.
+        if self._background() and self.job is None:
+            self._record_job(self.ctx.call_id)
+        if self.job is not None:
             # A job: the call is free, its usage is the job's (billed once, in audit_app.jobs).
             return {"billed": False, "usage": None}
-        return {}
+        return {}  # a background job that could not be recorded: the call is billed, usage unknown
 
     def on_complete(self, call_id: int) -> None:
         if not self.ok:
@@ -677,10 +683,8 @@ class ResponseJob(Observer):
             return
         last = {"object": "response", **last}
         try:
-            if self._background():
-                if self.job is None:
-                    self._record_job(call_id)
-                if self.job is not None and last is not first:
+            if self.job is not None:
+                if last is not first:
                     jobs.seen(last, job=self.job)
             elif not self.creating:
                 jobs.seen(last)
@@ -689,7 +693,8 @@ class ResponseJob(Observer):
 
     def on_abandoned(self, call_id: int) -> None:
         # A background stream the client left (or upstream cut) after `response.created`:
-        # the job runs on upstream and is billed when it ends, so it is recorded all the same.
+        # the job runs on upstream and is billed when it ends (recorded all the same, by
+        # audit_fields); what was seen of it counts.
         if self.creating:
             self.on_complete(call_id)
 

@@ -9,13 +9,13 @@ import requests
 from django.conf import settings
 from rest_framework.permissions import BasePermission
 
-from audit_app import file_records
+from audit_app import budgets, file_records, operations
 from audit_app.models import FileOrigin, FileRecord
 from audit_app.recorder import CallContext
 from relay_project.lib import upstream
 
-from .errors import BodyTooLarge, PolicyDenied, UnsupportedMediaType, UpstreamUnreachable
-from .paths import ApiPath
+from .errors import BodyTooLarge, PolicyDenied, RelayError, UnsupportedMediaType, UpstreamUnreachable
+from .paths import ApiPath, family_hint, model_field
 
 # Body types the OpenAI API takes; anything else is a client mistake or a probe.
 ALLOWED_BODY_TYPES = frozenset(
@@ -39,17 +39,31 @@ class PathAllowed(BasePermission):
     """
 
     def has_permission(self, request, view) -> bool:
-        check_path(view.api_path)
+        check_path(view.api_path, view.forwarded.method)
         return True
 
 
-def check_path(api_path: ApiPath) -> None:
+def _reading(path: str, method: str) -> tuple:
+    """Everything the relay's rules read from a path: its family, what the operation
+    costs, whether it names a model, whether a budget reserves for it."""
+    return (family_hint(path), operations.kind_of(method, path), model_field(path, method),
+            path in budgets.GENERATING_PATHS)
+
+
+def check_path(api_path: ApiPath, method: str = "GET") -> None:
+    path = api_path.path
     for prefix in settings.RELAY_BLOCKED_PATH_PREFIXES:
         if api_path.starts_with(prefix):
             raise PolicyDenied(
                 f"The relay's policy blocks {prefix} (rule: RELAY_BLOCKED_PATH_PREFIXES).",
                 code="blocked_path",
             )
+    if path != (lowered := path.lower()) and _reading(path, method) != _reading(lowered, method):
+        # `/v1/Chat/completions`: OpenAI's endpoints are lower case (ids need not be). Whether
+        # upstream reads another spelling as the endpoint is not the relay's to guess, and
+        # every rule keyed on the endpoint (scopes, budgets, billing) would pass it by.
+        raise RelayError(f"Invalid URL ({method} {path}): OpenAI's endpoint names are lower case.",
+                         code="unknown_url", status=404)
 
 
 def check_body(content_type: str, content_length: int | None, chunked: bool) -> None:

@@ -388,6 +388,11 @@ def test_a_team_budget_counts_its_keys_spend_and_the_holds_of_their_running_jobs
     (line,) = admin_client.get(DASHBOARD).context["budgets"]
     assert (line.kind, line.label, line.spend, line.held, line.percent) == (
         "team", "research", Decimal("6.00"), Decimal("2.00"), 80)
+    # Filtered by a key or a user, the budgets over those calls stay, their team's among them.
+    other = Team.objects.create(group=Group.objects.create(name="ops"), monthly_budget_usd=Decimal("5.00"))
+    assert [b.label for b in admin_client.get(DASHBOARD, {"key__id__exact": k1.pk}).context["budgets"]] == ["research"]
+    assert [b.label for b in admin_client.get(DASHBOARD, {"user__id__exact": ida.pk}).context["budgets"]] == ["research"]
+    assert {b.label for b in admin_client.get(DASHBOARD).context["budgets"]} == {"research", str(other)}
     alerts = admin_client.get("/admin/audit_app/budgetalert/").content.decode()
     assert f'/admin/proxy_app/team/{research.pk}/change/' in alerts
     # A call of a team key that settles checks the team's budget too.

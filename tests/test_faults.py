@@ -107,6 +107,23 @@ def test_database_unavailable_is_503_and_nothing_is_forwarded(relay_url, relay_k
     assert upstream.requests == []
 
 
+def test_a_background_response_whose_job_cannot_be_written_is_billed_as_unknown_not_free(
+        relay_url, relay_key, upstream):
+    # Upstream runs (and bills) the job; a relay that cannot record it must not call the call free.
+    table = AsyncJob._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} RENAME TO {table}_away")
+    try:
+        response = requests.post(f"{relay_url}/v1/responses", headers={"Authorization": f"Bearer {relay_key}"},
+                                 json={"model": "gpt-4o-mini", "input": "hi", "background": True}, timeout=10)
+        assert response.status_code == 200 and response.json()["status"] == "queued"
+        row = wait_for_row(outcome=Outcome.OK)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table}_away RENAME TO {table}")
+    assert (row.billing, row.cost) == (Billing.UNKNOWN, None)
+
+
 def test_worker_killed_mid_request_is_marked_interrupted_by_reconcile(start_gunicorn, relay_key, upstream):
     """A SIGKILLed worker cannot close its row; reconcile_calls does, once the row is old enough."""
     upstream.inject("/v1/responses", hang=20)

@@ -28,6 +28,25 @@ def test_blocked_prefixes_are_403_naming_the_rule(relay_url, auth, upstream, pat
     assert row.outcome == Outcome.REJECTED and row.status == 403 and row.key_id is not None
 
 
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/v1/chat/Completions"), ("POST", "/v1/Responses"), ("POST", "/v1/Realtime/client_secrets"),
+    ("POST", "/v1/Embeddings"), ("GET", "/v1/Models"), ("POST", "/v1/videos/video_1/Remix"),
+])
+def test_an_endpoint_spelled_in_other_letter_case_is_refused_not_guessed(relay_url, auth, upstream, method, path):
+    # Every rule keyed on the endpoint (scopes, budgets, billing) reads it in lower case, as
+    # OpenAI names it; another spelling would pass them all by if upstream took it.
+    error = error_of(requests.request(method, relay_url + path, json={"model": "gpt-4o-mini"}, headers=auth,
+                                      timeout=10), 404)
+    assert error["code"] == "unknown_url"
+    assert upstream.requests == []
+
+
+def test_ids_in_any_letter_case_pass(relay_url, auth, upstream):
+    mixed = "file-AbCdEf0123456789AbCdEf01"
+    assert requests.get(f"{relay_url}/v1/files/{mixed}/content", headers=auth, timeout=10).status_code == 404
+    assert upstream.requests[-1].path == f"/v1/files/{mixed}/content"  # forwarded: upstream's 404
+
+
 def test_prefix_match_is_by_segment(relay_url, auth, upstream):
     # /v1/evals_extra is not /v1/evals: it is forwarded (and upstream 404s it).
     response = requests.get(f"{relay_url}/v1/evals_extra", headers=auth, timeout=10)

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from audit_app import latency, rollups, spool
+from audit_app import budgets, latency, rollups, spool
 from audit_app.ledger import call_mac
 from audit_app.management.stoppable import StoppableCommand
 from audit_app.models import ApiCall, AsyncJob, Billing, Outcome
@@ -57,6 +57,7 @@ class Command(StoppableCommand):
             self.stdout.write(f"{stale.count()} pending calls older than {seconds}s would be interrupted.")
             return
         count = 0
+        touched: set[str] = set()
         forged: list[int] = []
         last_id = 0
         while not self.stopping:
@@ -64,9 +65,10 @@ class Command(StoppableCommand):
             if not rows:
                 break
             last_id = rows[-1].pk
-            # Calls that created a job (a background stream cut by the kill): their usage is the job's.
-            job_calls = set(AsyncJob.objects.filter(call_id__in=[r.pk for r in rows]).values_list("call_id", flat=True))
             with transaction.atomic():
+                # Calls that created a job (a background stream cut by the kill): their usage is the job's.
+                job_calls = set(AsyncJob.objects.filter(call_id__in=[r.pk for r in rows])
+                                .values_list("call_id", flat=True))
                 for row in rows:
                     # Only a row the relay opened: finishing a row forged by SQL would give
                     # it a valid MAC and the sealer would seal it.
@@ -89,6 +91,10 @@ class Command(StoppableCommand):
                         rollups.add_call(row)  # a finished call with a key is in the rollups
                         latency.add_call(row)  # and every finished call in the error rate
                         count += 1
+                        if row.budget_held:  # now in the rollups: budgets read them again
+                            touched.update(owner for owner, _, _ in budgets.budget_of(row.key, row.user))
+            budgets.mark_spend_stale(sorted(touched))
+            touched.clear()
             self.progress(f"  {count} interrupted so far")
         for pk in forged:
             self.stderr.write(f"NOT reconciled: pending call {pk} does not match its MAC "
