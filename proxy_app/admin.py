@@ -23,7 +23,7 @@ from django.utils.html import format_html
 
 from audit_app.admin_toolkit import LinkPermissionsMixin, change_url, changelist_url, link
 from audit_app.admin_toolkit import user_filter
-from audit_app.models import ApiCall, UsageDaily
+from audit_app.models import ApiCall, AsyncJob, UsageDaily
 
 from .models import RelayKey, Team, UserLimit
 
@@ -37,23 +37,41 @@ def month_spend(**owner: int) -> Decimal:
     return UsageDaily.objects.filter(date__gte=first, **owner).aggregate(s=Sum("cost"))["s"] or Decimal(0)
 
 
-def _month_spend_subquery(field: str):
-    """This month's spend from the rollups, as a column of the keys' or limits' list: one
-    indexed sum per row of the page (usagedaily_key_date / usagedaily_user_date)."""
+_MONEY = DecimalField(max_digits=20, decimal_places=10)
+# An owner's column in the rollups and on jobs, and the list row's column it matches.
+_OWNER = {"key_id": ("created_by_key_id", "pk"), "user_id": ("created_by_id", "user_id"),
+          "key__team_id": ("created_by_key__team_id", "pk")}
+
+
+def _sum(queryset, field: str, outer: str, column: str):
+    total = queryset.filter(**{field: OuterRef(outer)}).order_by().values(field).annotate(s=Sum(column)).values("s")
+    return Coalesce(Subquery(total, output_field=_MONEY), Value(Decimal(0)), output_field=_MONEY)
+
+
+def month_spend_columns(field: str) -> dict[str, Any]:
+    """This month's spend and what the budget holds beyond it (calls of unknown cost, jobs
+    still running: what refusals count, audit_app.budgets.month_spend), as columns of the
+    keys', limits' or teams' list: a few indexed sums per row of the page
+    (usagedaily_key_date / usagedaily_user_date, the jobs' owner keys)."""
     first = timezone.localdate().replace(day=1)
-    spend = (UsageDaily.objects.filter(**{field: OuterRef("pk" if field == "key_id" else "user_id")},
-                                       date__gte=first)
-             .order_by().values(field).annotate(s=Sum("cost")).values("s"))
-    return Coalesce(Subquery(spend, output_field=DecimalField(max_digits=20, decimal_places=10)),
-                    Value(Decimal(0)), output_field=DecimalField(max_digits=20, decimal_places=10))
+    job_field, outer = _OWNER[field]
+    rollups = UsageDaily.objects.filter(date__gte=first)
+    running = AsyncJob.objects.filter(counted_at__isnull=True, budget_hold__isnull=False)
+    return {"spent_this_month": _sum(rollups, field, outer, "cost"),
+            "held_this_month": _sum(rollups, field, outer, "budget_held") + _sum(running, job_field, outer, "budget_hold")}
 
 
-def spend_against_budget(spend: Decimal, budget: Decimal | None) -> str:
-    """"$12.34 of $50.00 (24%)" with a bar, or the spend alone without a budget."""
+def spend_against_budget(obj: Any, budget: Decimal | None) -> str:
+    """"$12.34 of $50.00 (24%)" (with what is held, when anything is), or the spend alone
+    without a budget. The share counts the held amount too, as refusals do."""
+    spend = getattr(obj, "spent_this_month", Decimal(0))
+    held = getattr(obj, "held_this_month", Decimal(0))
     text = f"${spend.quantize(Decimal('0.01'))}"
+    if held:
+        text += f" + ${held.quantize(Decimal('0.01'))} held"
     if budget is None:
         return format_html('{} <span class="quiet">no budget</span>', text)
-    share = float(spend / budget) if budget > 0 else 1.0
+    share = float((spend + held) / budget) if budget > 0 else 1.0
     level = "over" if share >= 1 else "near" if share >= 0.8 else "ok"
     return format_html('<span class="budget-{}" title="{}% of the monthly budget">{} of ${} ({}%)</span>',
                        level, int(share * 100), text, budget, int(share * 100))
@@ -156,11 +174,11 @@ class RelayKeyAdmin(LinkPermissionsMixin, admin.ModelAdmin):
                        "calls_link")
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(spent_this_month=_month_spend_subquery("key_id"))
+        return super().get_queryset(request).annotate(**month_spend_columns("key_id"))
 
     @admin.display(description="this month / budget")
     def month_spend(self, obj: RelayKey) -> str:
-        return spend_against_budget(getattr(obj, "spent_this_month", Decimal(0)), obj.monthly_budget_usd)
+        return spend_against_budget(obj, obj.monthly_budget_usd)
 
     def get_fieldsets(self, request, obj=None):
         if obj is None:  # adding: the state does not exist yet
@@ -254,11 +272,11 @@ class UserLimitAdmin(LinkPermissionsMixin, admin.ModelAdmin):
     sortable_by = ()
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(spent_this_month=_month_spend_subquery("user_id"))
+        return super().get_queryset(request).annotate(**month_spend_columns("user_id"))
 
     @admin.display(description="this month / budget")
     def month_spend(self, obj: UserLimit) -> str:
-        return spend_against_budget(getattr(obj, "spent_this_month", Decimal(0)), obj.monthly_budget_usd)
+        return spend_against_budget(obj, obj.monthly_budget_usd)
 
     search_fields = ("user__username",)
     list_select_related = ("user",)
@@ -281,13 +299,20 @@ class UserLimitAdmin(LinkPermissionsMixin, admin.ModelAdmin):
 class TeamAdmin(admin.ModelAdmin):
     """A Django group as a team: its OpenAI project and its monthly budget."""
 
-    list_display = ("__str__", "openai_project_id", "monthly_budget_usd", "spend_this_month", "keys_link")
+    list_display = ("__str__", "openai_project_id", "month_spend", "keys_link")
     search_fields = ("group__name", "openai_project_id")
     list_select_related = ("group",)
     autocomplete_fields = ("group",)
     fields = ("group", "openai_project_id", "monthly_budget_usd", "spend_this_month")
     readonly_fields = ("spend_this_month",)
     show_facets = ShowFacets.NEVER
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(**month_spend_columns("key__team_id"))
+
+    @admin.display(description="this month / budget")
+    def month_spend(self, obj: Team) -> str:
+        return spend_against_budget(obj, obj.monthly_budget_usd)
 
     @admin.display(description="spent this month (USD)")
     def spend_this_month(self, obj: Team) -> str:

@@ -395,6 +395,11 @@ def test_a_team_budget_counts_its_keys_spend_and_the_holds_of_their_running_jobs
     assert {b.label for b in admin_client.get(DASHBOARD).context["budgets"]} == {"research", str(other)}
     alerts = admin_client.get("/admin/audit_app/budgetalert/").content.decode()
     assert f'/admin/proxy_app/team/{research.pk}/change/' in alerts
+    # The teams', keys' and limits' lists count the held amount as the budget does.
+    teams = admin_client.get("/admin/proxy_app/team/").content.decode()
+    assert "$6.00 + $2.00 held of $10.00 (80%)" in teams
+    keys = admin_client.get("/admin/proxy_app/relaykey/", {"owner__id__exact": ida.pk}).content.decode()
+    assert "$3.00 + $2.00 held" in keys and "$3.00 <span" in keys  # k2 holds the job; k1 holds nothing
     # A call of a team key that settles checks the team's budget too.
     cache.delete(f"relay:budget-check:t{research.pk}:{timezone.localdate():%Y%m}")  # the cache may be shared
     _spend(ida, k1, "2.00")
