@@ -44,7 +44,7 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache, caches
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import Exists, OuterRef, Sum
 from django.utils import timezone
 
 from . import pricing
@@ -278,12 +278,16 @@ def month_spend(owner: str) -> Decimal:
         "t": {"created_by_key__team_id": owner_id}}[owner[0]])
     running = jobs.aggregate(held=Sum("budget_hold"))["held"]
     by_owner = {"k": {"key_id": owner_id}, "u": {"user_id": owner_id}, "t": {"key__team_id": owner_id}}[owner[0]]
-    # Calls still pending past the timeout (a dead worker, reconcile_calls not run yet):
-    # their reservations have lapsed, the hold their rows carry still counts.
+    # Calls of this month still pending past the timeout (a dead worker, reconcile_calls not
+    # run yet): their reservations have lapsed, the hold their rows carry still counts; from
+    # a cached figure's lifetime before the lapse (twice for a moment, never not at all),
+    # and not for a call whose job holds it now.
+    cutoff = settings.RELAY_PENDING_TIMEOUT_SECONDS - _setting("RELAY_SPEND_CACHE_SECONDS")
     lapsed = ApiCall.objects.filter(
         outcome=Outcome.PENDING, budget_held__isnull=False, **by_owner,
-        started_at__lt=timezone.now() - timedelta(seconds=settings.RELAY_PENDING_TIMEOUT_SECONDS),
-    ).aggregate(held=Sum("budget_held"))["held"]
+        started_at__gte=timezone.make_aware(datetime.combine(first, datetime.min.time())),
+        started_at__lt=timezone.now() - timedelta(seconds=cutoff),
+    ).exclude(Exists(AsyncJob.objects.filter(call_id=OuterRef("pk")))).aggregate(held=Sum("budget_held"))["held"]
     sums = UsageDaily.objects.filter(date__gte=first, **by_owner).aggregate(cost=Sum("cost"), held=Sum("budget_held"))
     spend = sum((v or Decimal(0) for v in (sums["cost"], sums["held"], running, lapsed)), Decimal(0))
     cache.set(spend_key, (str(spend), gen), _setting('RELAY_SPEND_CACHE_SECONDS'))

@@ -50,7 +50,8 @@ def _sum(queryset, field: str, outer: str, column: str):
 
 def month_spend_columns(field: str) -> dict[str, Any]:
     """This month's spend and what the budget holds beyond it (calls of unknown cost, jobs
-    still running: what refusals count, audit_app.budgets.month_spend), as columns of the
+    still running: what refusals count, audit_app.budgets.month_spend, but for calls left
+    pending past the timeout until reconcile_calls has run), as columns of the
     keys', limits' or teams' list: a few indexed sums per row of the page
     (usagedaily_key_date / usagedaily_user_date, the jobs' owner keys)."""
     first = timezone.localdate().replace(day=1)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from django.conf import settings
 
 from audit_app import batch_records, budgets, file_records, jobs
-from audit_app.models import FileOrigin
+from audit_app.models import AsyncJob, FileOrigin
 from audit_app.recorder import CallContext, release_connection
 from audit_app.usage import OutputItemCounter, Usage, image_variant
 
@@ -664,6 +664,11 @@ class ResponseJob(Observer):
                 budgets.settle(self.ctx.reservation)
         except Exception:  # a refused write, a cache away: the stream goes on, the row must still close
             log.exception("could not record response job from %s %s", self.ctx.method, self.ctx.path)
+            if self.job is None:  # written before what failed? then it is billed: the call is not
+                try:
+                    self.job = AsyncJob.objects.filter(job_id=str(first.get("id"))[:128]).first()
+                except Exception:
+                    pass
 
     def audit_fields(self) -> dict[str, Any]:
         # Asked as the row closes, before on_complete: a job not recorded yet (a JSON

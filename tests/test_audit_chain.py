@@ -281,6 +281,26 @@ def test_an_interrupted_budgeted_call_keeps_its_hold_counted_until_its_real_outc
     assert verify(record=False).ok
 
 
+def test_a_lapsed_call_whose_job_took_over_its_hold_is_counted_once(issue_key, shipped_prices, settings):
+    from audit_app import budgets, jobs
+    from audit_app.recorder import CallContext, open_call
+
+    key, _ = issue_key()
+    hold = Decimal("0.25")
+    ctx = CallContext(method="POST", path="/v1/responses", family="responses", key=key, user=key.owner,
+                      reservation=budgets.Reservation(amount=hold))
+    call_id = open_call(ctx)
+    # A background stream: its job holds the reservation from response.created on.
+    jobs.record_job({"object": "response", "id": "resp_bg", "status": "queued", "model": "gpt-4o-mini"},
+                    user=key.owner, key=key, call_id=call_id, budget_hold=hold)
+    settings.RELAY_PENDING_TIMEOUT_SECONDS = 0  # the worker died; the call's reservation has lapsed
+    budgets.mark_spend_stale([f"k{key.pk}"])
+    assert budgets.month_spend(f"k{key.pk}") == hold  # the job's hold, not the row's as well
+    call_command("reconcile_calls")
+    assert ApiCall.objects.get(pk=call_id).budget_held is None  # free: its usage is the job's
+    assert budgets.month_spend(f"k{key.pk}") == hold
+
+
 def test_rejected_calls_with_a_key_are_in_the_rollups(relay_url, relay_key, upstream):
     # A valid key refused by the relay (unknown route); one without any key is nobody's usage.
     requests.post(f"{relay_url}/v1/responses", data=b"{not json", timeout=10,

@@ -61,6 +61,8 @@ class AsyncJob(Owned, TokenUsage, Maced):
             models.Index(fields=["last_polled_at"], name="asyncjob_open",
                          condition=models.Q(counted_at__isnull=True)),
             models.Index(fields=["created_by", "-first_seen_at"], name="asyncjob_user_seen"),
+            # A call's job: budgets and reconcile_calls leave a call that created one free.
+            models.Index(fields=["call_id"], name="asyncjob_call", condition=models.Q(call_id__isnull=False)),
         ]
 
     def __str__(self) -> str:

@@ -61,7 +61,7 @@ class Command(StoppableCommand):
         forged: list[int] = []
         last_id = 0
         while not self.stopping:
-            rows = list(stale.filter(pk__gt=last_id)[:BATCH])
+            rows = list(stale.filter(pk__gt=last_id).select_related("key__team", "user__relay_limit")[:BATCH])
             if not rows:
                 break
             last_id = rows[-1].pk
