@@ -249,6 +249,12 @@ def _reservation_keys(owner: str, now: float) -> list[str]:
     return [f"relay:resv:{owner}:{b}" for b in range(current - 12, current + 1)]
 
 
+# A budget's owner (its tag's letter: k12, u3, t7; a BudgetLine's kind's first letter) as
+# a column of the rollups (and of ApiCall) and of AsyncJob.
+OWNER_FIELDS = {"k": ("key_id", "created_by_key_id"), "u": ("user_id", "created_by_id"),
+                "t": ("key__team_id", "created_by_key__team_id")}
+
+
 def _month() -> date:
     return timezone.localdate().replace(day=1)
 
@@ -271,13 +277,12 @@ def month_spend(owner: str) -> Decimal:
     if cached is not None and cached[1] == gen:
         return Decimal(cached[0])
     owner_id = int(owner[1:])
+    field, job_field = OWNER_FIELDS[owner[0]]
+    by_owner = {field: owner_id}
     # Running jobs' holds and lapsed calls' first: a job billed (or a call reconciled)
     # between the reads is then counted twice for a moment, never not at all.
-    jobs = AsyncJob.objects.filter(counted_at__isnull=True, budget_hold__isnull=False, **{
-        "k": {"created_by_key_id": owner_id}, "u": {"created_by_id": owner_id},
-        "t": {"created_by_key__team_id": owner_id}}[owner[0]])
-    running = jobs.aggregate(held=Sum("budget_hold"))["held"]
-    by_owner = {"k": {"key_id": owner_id}, "u": {"user_id": owner_id}, "t": {"key__team_id": owner_id}}[owner[0]]
+    running = AsyncJob.objects.filter(counted_at__isnull=True, budget_hold__isnull=False, **{job_field: owner_id}) \
+        .aggregate(held=Sum("budget_hold"))["held"]
     # Calls of this month still pending past the timeout (a dead worker, reconcile_calls not
     # run yet): their reservations have lapsed, the hold their rows carry still counts; from
     # a cached figure's lifetime before the lapse (twice for a moment, never not at all),
@@ -448,16 +453,11 @@ class BudgetLine:
         return "over" if self.share >= 1 else "near" if self.share >= 0.8 else "ok"
 
 
-# A budget's owner field in the rollups and on AsyncJob, by kind.
-_OWNER_FIELDS = {"key": ("key_id", "created_by_key_id"), "user": ("user_id", "created_by_id"),
-                 "team": ("key__team_id", "created_by_key__team_id")}
-
-
 def _spend(kind: str, ids: list[int], first: date) -> dict[int, tuple[Decimal, int, Decimal]]:
     """(priced cost, calls of unknown cost, held) this month per owner id."""
     if not ids:
         return {}
-    field, job_field = _OWNER_FIELDS[kind]
+    field, job_field = OWNER_FIELDS[kind[0]]
     holds = dict(AsyncJob.objects.filter(counted_at__isnull=True, budget_hold__isnull=False, **{f"{job_field}__in": ids})
                  .values(job_field).annotate(s=Sum("budget_hold")).order_by().values_list(job_field, "s"))
     rows = (UsageDaily.objects.filter(date__gte=first, **{f"{field}__in": ids}).values(field)

@@ -23,6 +23,7 @@ from django.utils.html import format_html
 
 from audit_app.admin_toolkit import LinkPermissionsMixin, change_url, changelist_url, link
 from audit_app.admin_toolkit import user_filter
+from audit_app.budgets import OWNER_FIELDS
 from audit_app.models import ApiCall, AsyncJob, UsageDaily
 
 from .models import RelayKey, Team, UserLimit
@@ -38,9 +39,6 @@ def month_spend(**owner: int) -> Decimal:
 
 
 _MONEY = DecimalField(max_digits=20, decimal_places=10)
-# An owner's column in the rollups and on jobs, and the list row's column it matches.
-_OWNER = {"key_id": ("created_by_key_id", "pk"), "user_id": ("created_by_id", "user_id"),
-          "key__team_id": ("created_by_key__team_id", "pk")}
 
 
 def _sum(queryset, field: str, outer: str, column: str):
@@ -48,14 +46,15 @@ def _sum(queryset, field: str, outer: str, column: str):
     return Coalesce(Subquery(total, output_field=_MONEY), Value(Decimal(0)), output_field=_MONEY)
 
 
-def month_spend_columns(field: str) -> dict[str, Any]:
+def month_spend_columns(owner: str, outer: str = "pk") -> dict[str, Any]:
     """This month's spend and what the budget holds beyond it (calls of unknown cost, jobs
     still running: what refusals count, audit_app.budgets.month_spend, but for calls left
     pending past the timeout until reconcile_calls has run), as columns of the
-    keys', limits' or teams' list: a few indexed sums per row of the page
+    keys', limits' or teams' list (`owner`: "k", "u" or "t", audit_app.budgets.OWNER_FIELDS;
+    `outer`: the list row's column it matches): a few indexed sums per row of the page
     (usagedaily_key_date / usagedaily_user_date, the jobs' owner keys)."""
     first = timezone.localdate().replace(day=1)
-    job_field, outer = _OWNER[field]
+    field, job_field = OWNER_FIELDS[owner]
     rollups = UsageDaily.objects.filter(date__gte=first)
     running = AsyncJob.objects.filter(counted_at__isnull=True, budget_hold__isnull=False)
     return {"spent_this_month": _sum(rollups, field, outer, "cost"),
@@ -175,7 +174,7 @@ class RelayKeyAdmin(LinkPermissionsMixin, admin.ModelAdmin):
                        "calls_link")
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(**month_spend_columns("key_id"))
+        return super().get_queryset(request).annotate(**month_spend_columns("k"))
 
     @admin.display(description="this month / budget")
     def month_spend(self, obj: RelayKey) -> str:
@@ -273,7 +272,7 @@ class UserLimitAdmin(LinkPermissionsMixin, admin.ModelAdmin):
     sortable_by = ()
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(**month_spend_columns("user_id"))
+        return super().get_queryset(request).annotate(**month_spend_columns("u", "user_id"))
 
     @admin.display(description="this month / budget")
     def month_spend(self, obj: UserLimit) -> str:
@@ -309,7 +308,7 @@ class TeamAdmin(admin.ModelAdmin):
     show_facets = ShowFacets.NEVER
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(**month_spend_columns("key__team_id"))
+        return super().get_queryset(request).annotate(**month_spend_columns("t"))
 
     @admin.display(description="this month / budget")
     def month_spend(self, obj: Team) -> str:

@@ -128,14 +128,21 @@ _ENDPOINTS: tuple[tuple[str, bool], ...] = (
     ("/v1/threads/{thread_id}/runs", False),
     ("/v1/videos", False),
 )
-_PATTERNS = [(re.compile(re.sub(r"\{[^}]+\}", _SEGMENT, path) + r"/?\Z", re.IGNORECASE), optional)
-             for path, optional in _ENDPOINTS]
+
+
+def _template(path: str) -> re.Pattern[str]:
+    """A spec path template (`/v1/videos/{video_id}/remix`) as a pattern matching its paths."""
+    return re.compile(re.sub(r"\{[^}]+\}", _SEGMENT, path) + r"/?\Z", re.IGNORECASE)
+
+
+_PATTERNS = [(_template(path), optional) for path, optional in _ENDPOINTS]
 
 
 # POST endpoints that generate with a model their request does not name: a remix, an
 # edit or an extension runs on its source video's model, a ChatKit session on its
-# workflow's, a run's tool outputs on the run's. A key with a model scope cannot use them: the relay cannot check the model.
-_IMPLICIT = tuple(re.compile(re.sub(r"\{[^}]+\}", _SEGMENT, path) + r"/?\Z", re.IGNORECASE) for path in (
+# workflow's, a run's tool outputs on the run's. A key with a model scope cannot use them:
+# the relay cannot check the model.
+_IMPLICIT = tuple(_template(path) for path in (
     "/v1/videos/{video_id}/remix", "/v1/videos/edits", "/v1/videos/extensions", "/v1/chatkit/sessions",
     "/v1/threads/{thread_id}/runs/{run_id}/submit_tool_outputs",
 ))
