@@ -141,10 +141,15 @@ def sdk(relay_url: str, relay_key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{relay_url}/v1", api_key=relay_key, max_retries=0, timeout=30)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(*taken: int) -> int:
+    """A port nothing listens on now, and not one of `taken` (picked but not bound yet:
+    the kernel may hand the same free port out twice)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            return port
 
 
 def database_url_for_subprocess() -> str:

@@ -59,7 +59,8 @@ class Nginx:
     def __init__(self, directory: Path, gunicorn: str, max_body: int = MAX_BODY, https_port: int | None = None) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.http_port, self.https_port = free_port(), https_port or free_port()
+        self.https_port = https_port or free_port()
+        self.http_port = free_port(self.https_port)  # CI once got the same port for both
         self.cert, key = throwaway_certificate(self.dir)
         self.body_temp = self.dir / "client_body_temp"
         self.site = self.dir / "team-relay.conf"
